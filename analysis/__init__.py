@@ -1,0 +1,1 @@
+"""analysis room of layerwise (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""compiler room of layerwise (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""devices room of layerwise (see DESIGN.md)."""

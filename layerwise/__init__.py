@@ -1,0 +1,24 @@
+"""layerwise: lift a PyTorch model, measure its layers, compress, emit verified edge artifacts.
+
+The public API (`inspect`, `compile`, `profile`) is imported lazily so that `import layerwise`
+stays fast and works without torch (the runtime-only install on a device).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API = {"inspect", "compile", "profile", "load_source", "lift"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from layerwise import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'layerwise' has no attribute {name!r}")
+
+
+__all__ = sorted(_API)

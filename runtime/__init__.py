@@ -1,0 +1,1 @@
+"""runtime room of layerwise (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""targets room of layerwise (see DESIGN.md)."""
