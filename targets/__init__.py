@@ -1,1 +1,34 @@
-"""targets room of layerwise (see DESIGN.md)."""
+"""Targets room: one module per backend, each with `INFO` and `emit(ir, out_dir, opts)`.
+
+Backends are imported only when used, so a missing SDK costs nothing until it is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from layerwise.errors import TargetError
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """What a backend declares: precisions, required legalization passes, its pip extra."""
+
+    name: str
+    runtime: str
+    precisions: tuple[str, ...]
+    extra: str | None
+    legalize: tuple[str, ...] = ()
+
+
+TARGETS: dict[str, str] = {
+    "onnx": "layerwise.targets.onnx",
+}
+
+
+def get_target(name: str):
+    """The target module for `name` (has INFO and emit)."""
+    if name not in TARGETS:
+        raise TargetError(f"unknown target {name!r}; available: {', '.join(sorted(TARGETS))}")
+    return importlib.import_module(TARGETS[name])

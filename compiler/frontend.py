@@ -1,0 +1,102 @@
+"""Frontend: torch.export (non-strict), decomposed to Core ATen, into the IR.
+
+The batch dimension of every input is marked `Dim.AUTO`: export keeps it dynamic where the
+model allows and specialises it otherwise; which inputs stayed dynamic is recorded in the IR.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from typing import Any
+
+import torch
+from torch.export import Dim
+
+from layerwise.compiler.ir import IR
+from layerwise.compiler.layers import build_layer_table
+from layerwise.errors import ExportError
+
+
+def flatten_outputs(obj: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) leaves of a model output in torch pytree order (dicts by key, tuples by
+    index, None skipped); a lone tensor is named 'output'."""
+    if isinstance(obj, torch.Tensor):
+        return [(prefix or "output", obj)]
+    out: list[tuple[str, torch.Tensor]] = []
+    if isinstance(obj, dict):  # includes transformers' ModelOutput
+        for k, v in obj.items():
+            out += flatten_outputs(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (tuple, list)):
+        for i, v in enumerate(obj):
+            out += flatten_outputs(v, f"{prefix}.{i}" if prefix else f"output_{i}")
+    return out
+
+
+def lift(source, *, decompose: bool = True) -> IR:
+    """Export `source` (a layerwise.sources.Source) to the IR; raises ExportError on failure."""
+    if isinstance(source.program, IR):
+        return source.program
+    if source.program is not None:
+        ep = source.program.run_decompositions() if decompose else source.program
+        ref = [t for t in torch.utils._pytree.tree_leaves(ep.module()(**source.inputs))
+               if isinstance(t, torch.Tensor)]
+        names = [f"output_{i}" for i in range(len(ref))] if len(ref) > 1 else ["output"]
+        return _make_ir(ep, source, ref, names)
+
+    model = source.module.eval()
+    with torch.no_grad():
+        try:
+            eager = model(**source.inputs)
+        except Exception as e:  # noqa: BLE001 - user model code
+            raise ExportError(f"the model fails on its example inputs: {_where(e)}; check the "
+                              "input shapes and dtypes the model expects") from e
+    named = flatten_outputs(eager)
+    dynamic = {k: {0: Dim.AUTO} if v.dim() > 0 else None for k, v in source.inputs.items()}
+    try:
+        ep = torch.export.export(model, (), kwargs=source.inputs, dynamic_shapes=dynamic,
+                                 strict=False)
+    except Exception as e:  # noqa: BLE001 - export failures come in many types
+        raise ExportError(
+            f"torch.export cannot lift {source.spec}: {_where(e)}. Try: remove data-dependent "
+            "Python control flow or .item()/.tolist() at that line, or export the model "
+            "yourself with torch.export and pass the .pt2") from e
+    if decompose:
+        ep = ep.run_decompositions()
+    ir = _make_ir(ep, source, [t for _, t in named], [n for n, _ in named])
+    leaves = ir.run()
+    if len(leaves) != len(named):
+        raise ExportError(f"the exported program returns {len(leaves)} tensors where the model "
+                          f"returns {len(named)}; export the model yourself and pass the .pt2")
+    return ir
+
+
+def _make_ir(ep, source, reference, names) -> IR:
+    dynamic_inputs = []
+    for node in ep.graph.nodes:
+        if node.op == "placeholder" and node.name in source.inputs:
+            val = node.meta.get("val")
+            if isinstance(val, torch.Tensor) and val.dim() and not isinstance(val.shape[0], int):
+                dynamic_inputs.append(node.name)
+    meta = {
+        "spec": source.spec,
+        "modality": source.modality,
+        "task": source.task,
+        "notes": list(source.notes),
+        "dynamic_inputs": dynamic_inputs,
+        "torch": torch.__version__,
+    }
+    return IR(ep, build_layer_table(ep), dict(source.inputs),
+              [t.detach() for t in reference], list(names), meta)
+
+
+def _where(e: BaseException) -> str:
+    """First line of the error plus the deepest frame in user code (not torch, not layerwise)."""
+    msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    torch_dir = os.path.dirname(torch.__file__)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    outside = [f for f in traceback.extract_tb(e.__traceback__)
+               if not f.filename.startswith((torch_dir, here))]
+    frames = [f for f in outside if "site-packages" not in f.filename] or outside
+    loc = f" (at {frames[-1].filename}:{frames[-1].lineno}: {frames[-1].line})" if frames else ""
+    return f"{type(e).__name__}: {msg}{loc}"

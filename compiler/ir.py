@@ -1,0 +1,132 @@
+"""The IR: a Core ATen ExportedProgram plus the layer table, example inputs and annotations.
+
+Saved as `NAME.pt2` (torch.export.save), `NAME.pt2.json` (table, metadata, annotations) and
+`NAME.pt2.npz` (example inputs and reference outputs); loaded back without pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from layerwise.compiler.layers import Layer
+from layerwise.errors import LayerwiseError
+
+FORMAT = "layerwise-ir/1"
+
+
+def sidecar_path(pt2: Path) -> Path:
+    return pt2.parent / (pt2.name + ".json")
+
+
+def arrays_path(pt2: Path) -> Path:
+    return pt2.parent / (pt2.name + ".npz")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+@dataclass
+class IR:
+    """A lifted model. `reference` holds the original model's outputs on `example_inputs`."""
+
+    program: torch.export.ExportedProgram
+    layers: list[Layer]
+    example_inputs: dict[str, torch.Tensor]
+    reference: list[torch.Tensor]
+    output_names: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+    annotations: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------ running
+
+    def module(self) -> torch.nn.Module:
+        """The unlifted graph module; it takes the user inputs by name."""
+        return self.program.module()
+
+    def run(self, inputs: dict[str, torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Outputs of the program on `inputs` (default: the example inputs), flattened."""
+        with torch.no_grad():
+            out = self.module()(**(inputs if inputs is not None else self.example_inputs))
+        return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+    # ------------------------------------------------------------ description
+
+    def input_specs(self) -> list[dict]:
+        dynamic = set(self.meta.get("dynamic_inputs", []))
+        return [
+            {"name": name, "dtype": dtype_name(t.dtype),
+             "shape": ["batch" if i == 0 and name in dynamic else int(d)
+                       for i, d in enumerate(t.shape)]}
+            for name, t in self.example_inputs.items()
+        ]
+
+    def output_specs(self) -> list[dict]:
+        dyn = bool(self.meta.get("dynamic_inputs"))
+        batch = next(iter(self.example_inputs.values())).shape[0] if self.example_inputs else None
+        return [
+            {"name": name, "dtype": dtype_name(t.dtype),
+             "shape": ["batch" if dyn and i == 0 and d == batch else int(d)
+                       for i, d in enumerate(t.shape)]}
+            for name, t in zip(self.output_names, self.reference)
+        ]
+
+    def layer(self, path: str) -> Layer:
+        for layer in self.layers:
+            if layer.path == path:
+                return layer
+        raise LayerwiseError(f"no layer {path!r} in this model; see `layerwise inspect`")
+
+    @property
+    def params(self) -> int:
+        sig = self.program.graph_signature
+        return sum(self.program.state_dict[n].numel() for n in sig.parameters
+                   if n in self.program.state_dict)
+
+    # ------------------------------------------------------------ serialization
+
+    def save(self, path: str | Path) -> Path:
+        """Write NAME.pt2 with its .json and .npz sidecars; returns the .pt2 path."""
+        p = Path(path)
+        if p.suffix != ".pt2":
+            p = p / "model.pt2"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        torch.export.save(self.program, str(p))
+        side = {
+            "format": FORMAT,
+            "meta": self.meta,
+            "annotations": self.annotations,
+            "output_names": self.output_names,
+            "input_names": list(self.example_inputs),
+            "layers": [layer.to_json() for layer in self.layers],
+        }
+        sidecar_path(p).write_text(json.dumps(side, indent=1))
+        arrays = {f"in.{k}": v.numpy() for k, v in self.example_inputs.items()}
+        arrays.update({f"ref.{i}": t.detach().numpy() for i, t in enumerate(self.reference)})
+        with open(arrays_path(p), "wb") as f:
+            np.savez(f, **arrays)
+        return p
+
+    @classmethod
+    def load(cls, path: str | Path) -> IR:
+        """Load what `save` wrote; no pickle is involved."""
+        p = Path(path)
+        try:
+            side = json.loads(sidecar_path(p).read_text())
+            program = torch.export.load(str(p))
+            with np.load(arrays_path(p), allow_pickle=False) as z:
+                inputs = {k: torch.from_numpy(z[f"in.{k}"]) for k in side["input_names"]}
+                refs = [torch.from_numpy(z[f"ref.{i}"]) for i in range(len(side["output_names"]))]
+        except (OSError, KeyError, ValueError, RuntimeError) as e:
+            raise LayerwiseError(f"cannot load IR {p}: {e}; re-create it with "
+                                 "`layerwise lift SPEC --out FILE.pt2`") from e
+        if side.get("format") != FORMAT:
+            raise LayerwiseError(f"{p} has IR format {side.get('format')!r}, expected {FORMAT}")
+        return cls(program, [Layer.from_json(d) for d in side["layers"]], inputs, refs,
+                   side["output_names"], side["meta"], side["annotations"])

@@ -1,0 +1,30 @@
+"""Rewrite passes: plain functions IR -> IR, found by name in one table.
+
+Each entry maps a pass name to "module:function"; modules are imported when a pass is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from layerwise.errors import LayerwiseError
+
+PASSES: dict[str, str] = {
+    "legalize_views": "layerwise.compiler.passes.legalize:legalize_views",
+}
+
+
+def get_pass(name: str) -> Callable:
+    """The pass function registered under `name`."""
+    if name not in PASSES:
+        raise LayerwiseError(f"unknown pass {name!r}; known passes: {', '.join(sorted(PASSES))}")
+    module, _, attr = PASSES[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def run_passes(ir, names: list[str]):
+    """Apply passes in order; returns the final IR."""
+    for name in names:
+        ir = get_pass(name)(ir)
+    return ir

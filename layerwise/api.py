@@ -1,0 +1,223 @@
+"""Public API: `inspect`, `compile`, `profile` — the CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from layerwise.errors import LayerwiseError, VerificationError
+from layerwise.options import opt
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """What `compile` takes besides the SPEC and source options."""
+
+    target: str = opt("onnx", "backend to emit (onnx)")
+    out: str | None = opt(None, "bundle directory to write (required)")
+    force: bool = opt(False, "replace an existing --out directory")
+    tolerance: float = opt(1e-4, "largest rel_err accepted when verifying the artifact")
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    """What `profile` takes besides the bundle directory."""
+
+    runs: int = opt(100, "timed runs")
+    warmup: int = opt(10, "untimed warm-up runs")
+    threads: int = opt(0, "intra-op threads (0: the runtime's default)")
+    batch: int | None = opt(None, "batch size to profile (default 1 when the batch is dynamic)")
+    per_op: bool = opt(False, "also report time per op type (the runtime's profiler)")
+    baseline: str | None = opt(None, "also time a baseline in the same run: 'eager' (torch)")
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+def load_source(spec: str, source_options=None):
+    """Resolve SPEC to a Source (module, example inputs, modality)."""
+    from layerwise.sources import load_source as _load
+
+    return _load(spec, source_options)
+
+
+def lift(spec: str, source_options=None, progress: Progress = _noop):
+    """SPEC -> IR (torch.export, Core ATen, layer table)."""
+    from layerwise.compiler.frontend import lift as _lift
+
+    progress(f"loading {spec}")
+    source = load_source(spec, source_options)
+    progress("exporting with torch.export")
+    return _lift(source)
+
+
+def inspect(spec: str, source_options=None, progress: Progress = _noop) -> dict:
+    """The layer table of SPEC: every module with kind, params, FLOPs and share of FLOPs."""
+    from layerwise.compiler.layers import blocks
+
+    ir = lift(spec, source_options, progress)
+    top = [layer for layer in ir.layers if layer.depth == 1]
+    total = sum(layer.flops for layer in top) or 1
+    batch = next(iter(ir.example_inputs.values())).shape[0] if ir.example_inputs else 1
+    return {
+        "spec": spec,
+        "modality": ir.meta["modality"],
+        "task": ir.meta["task"],
+        "params": ir.params,
+        "flops": total,
+        "flops_batch": int(batch),
+        "inputs": ir.input_specs(),
+        "outputs": ir.output_specs(),
+        "notes": ir.meta["notes"],
+        "layers": [
+            {"path": layer.path, "type": layer.type, "kind": layer.kind, "depth": layer.depth,
+             "params": layer.params, "flops": layer.flops, "flops_share": layer.flops / total,
+             "block": layer.block}
+            for layer in ir.layers
+        ],
+        "blocks": [{"path": b.path, "group": b.group, "params": b.params, "flops": b.flops}
+                   for b in blocks(ir.layers)],
+    }
+
+
+def compile(spec: str, options: CompileOptions | None = None, source_options=None,
+            progress: Progress = _noop) -> dict:
+    """Lift SPEC, emit it for the target, verify with the target's runtime, write the bundle.
+
+    The bundle appears at `options.out` only if verification passes; returns its manifest.
+    """
+    from layerwise.compiler.passes import run_passes
+    from layerwise.runtime import compare, open_runner
+    from layerwise.targets import get_target
+    from layerwise.targets.bundle import BundleWriter
+
+    opts = options or CompileOptions()
+    if not opts.out:
+        raise LayerwiseError("compile needs --out DIR (the bundle directory to write)")
+    target = get_target(opts.target)
+    writer = BundleWriter(opts.out, force=opts.force)  # refuses an existing --out up front
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    ir = lift(spec, source_options, progress)
+    timings["lift_s"] = time.perf_counter() - t0
+    ir = run_passes(ir, list(target.INFO.legalize))
+    with writer:
+        progress(f"emitting {opts.target}")
+        t0 = time.perf_counter()
+        model_entry = target.emit(ir, writer.dir, opts)
+        timings["emit_s"] = time.perf_counter() - t0
+        progress(f"verifying with {target.INFO.runtime} runtime")
+        t0 = time.perf_counter()
+        feeds = {k: v.numpy() for k, v in ir.example_inputs.items()}
+        runner = open_runner(target.INFO.runtime, writer.dir / model_entry["file"])
+        outputs = runner.run(feeds)
+        parity = compare(outputs, [t.numpy() for t in ir.run()], opts.tolerance)
+        fidelity = compare(outputs, [t.numpy() for t in ir.reference], opts.tolerance)
+        timings["verify_s"] = time.perf_counter() - t0
+        if not parity["passed"]:
+            raise VerificationError(
+                f"{opts.target} artifact misses the reference: rel_err {parity.get('rel_err')} "
+                f"> tolerance {opts.tolerance} ({parity.get('reason', 'numeric mismatch')}); "
+                "nothing written. Raise --tolerance or try another target")
+        writer.save_arrays("inputs.npz", feeds)
+        manifest = _manifest(spec, opts, ir, model_entry, runner, parity, fidelity, timings,
+                             writer.dir)
+        writer.finish(manifest)
+    return manifest
+
+
+def _manifest(spec, opts, ir, model_entry, runner, parity, fidelity, timings, tmp: Path) -> dict:
+    from layerwise.compiler.layers import blocks
+
+    model_bytes = sum((tmp / f).stat().st_size for f in model_entry["files"])
+    return {
+        "spec": spec,
+        "target": opts.target,
+        "device": "host",
+        "modality": ir.meta["modality"],
+        "task": ir.meta["task"],
+        "notes": ir.meta["notes"],
+        "model": model_entry,
+        "inputs": ir.input_specs(),
+        "outputs": ir.output_specs(),
+        "example_inputs": "inputs.npz",
+        "verification": {**parity, "against": "lifted IR", "runtime": runner.name},
+        "fidelity": {**fidelity, "against": "original model (eager)"},
+        "plan": {"passes": ir.annotations.get("passes", [])},
+        "layers": {
+            "count": len(ir.layers),
+            "blocks": [{"path": b.path, "params": b.params, "flops": b.flops}
+                       for b in blocks(ir.layers)],
+        },
+        "sizes": {"model_bytes": model_bytes, "params": ir.params,
+                  "flops": sum(layer.flops for layer in ir.layers if layer.depth == 1)},
+        "timings": timings,
+        "tool_versions": _versions(runner),
+    }
+
+
+def _versions(runner) -> dict:
+    import torch
+
+    import layerwise
+
+    out = {"layerwise": layerwise.__version__, "torch": torch.__version__,
+           "python": platform.python_version(), runner.name: runner.version}
+    try:
+        import onnx
+
+        out["onnx"] = onnx.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def profile(bundle: str, options: ProfileOptions | None = None) -> dict:
+    """Profile a bundle with its own runtime; with baseline 'eager', time torch on the same
+    inputs in the same run and add the ratio."""
+    from layerwise.runtime import profile as run_profile
+
+    opts = options or ProfileOptions()
+    result = run_profile(bundle, runs=opts.runs, warmup=opts.warmup, threads=opts.threads,
+                         batch=opts.batch, per_op=opts.per_op)
+    if opts.baseline is None:
+        return result
+    if opts.baseline != "eager":
+        raise LayerwiseError(f"unknown baseline {opts.baseline!r}; use 'eager'")
+    eager = eager_latency(bundle, opts)
+    result["baseline"] = eager
+    result["speedup_vs_baseline"] = eager["latency_ms"]["p50"] / result["latency_ms"]["p50"]
+    return result
+
+
+def eager_latency(bundle: str, opts: ProfileOptions) -> dict:
+    """torch eager latency of the bundle's source model on the bundle's own inputs."""
+    import torch
+
+    from layerwise.runtime import open_bundle
+    from layerwise.runtime.profile import batch_inputs, stats_ms, time_calls
+
+    b = open_bundle(bundle, check=False)
+    source = load_source(b.manifest["spec"])
+    if source.module is None:
+        raise LayerwiseError("the eager baseline needs a SPEC with a Python module, not a .pt2")
+    feeds = {k: torch.from_numpy(np.ascontiguousarray(v))
+             for k, v in batch_inputs(b, opts.batch).items()}
+    threads = opts.threads or torch.get_num_threads()
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            times = time_calls(lambda: source.module(**feeds), opts.runs, opts.warmup)
+    finally:
+        torch.set_num_threads(prev)
+    return {"name": "torch eager", "torch": torch.__version__, "threads": threads,
+            "latency_ms": stats_ms(times)}

@@ -1,0 +1,113 @@
+"""The `layerwise` command: inspect, compile, profile. Exit codes: 0 ok, 2 user error,
+1 internal error. User errors print one line and no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import traceback
+import warnings
+
+from layerwise.errors import LayerwiseError
+from layerwise.options import add_arguments, from_namespace
+
+
+def _parser() -> argparse.ArgumentParser:
+    from layerwise.api import CompileOptions, ProfileOptions
+    from layerwise.sources import SCHEMES, SourceOptions
+
+    p = argparse.ArgumentParser(prog="layerwise", description="Layer-importance edge compiler.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ins = sub.add_parser("inspect", help="show the layer table of a model")
+    ins.add_argument("spec", help=f"model: {SCHEMES}")
+    ins.add_argument("--depth", type=int, default=None, help="show layers up to this depth")
+    add_arguments(ins, SourceOptions)
+
+    comp = sub.add_parser("compile", help="lift, emit and verify a bundle")
+    comp.add_argument("spec", help=f"model: {SCHEMES}")
+    add_arguments(comp, CompileOptions)
+    add_arguments(comp, SourceOptions)
+
+    prof = sub.add_parser("profile", help="profile a bundle with its own runtime")
+    prof.add_argument("bundle", help="bundle directory written by `layerwise compile`")
+    add_arguments(prof, ProfileOptions)
+
+    for s in (ins, comp, prof):
+        s.add_argument("--json", action="store_true", help="print JSON for scripts")
+        s.add_argument("--quiet", action="store_true", help="no progress display")
+    return p
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool):
+    """Yields a callback that shows the current step on stderr (a spinner on a terminal)."""
+    if not enabled:
+        yield lambda _msg: None
+        return
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield lambda msg: console.print(f"[dim]… {msg}[/dim]", highlight=False)
+        return
+    with console.status("starting") as status:
+        yield lambda msg: status.update(msg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=UserWarning)
+            warnings.simplefilter("ignore", category=FutureWarning)
+            return _run(args)
+    except LayerwiseError as e:
+        print(f"layerwise: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("layerwise: interrupted; nothing was written", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - the one place internal errors are reported
+        if os.environ.get("LAYERWISE_DEBUG"):
+            traceback.print_exc()
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"layerwise: internal error: {type(e).__name__}: {first} "
+              "(set LAYERWISE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from layerwise import api, console as report
+    from layerwise.sources import SourceOptions
+
+    show = not (args.quiet or args.json)
+    if args.command == "inspect":
+        with _progress(show) as step:
+            result = api.inspect(args.spec, from_namespace(SourceOptions, args), step)
+        _emit(args, result, lambda r: report.layer_table(r, args.depth))
+    elif args.command == "compile":
+        with _progress(show) as step:
+            result = api.compile(args.spec, from_namespace(api.CompileOptions, args),
+                                 from_namespace(SourceOptions, args), step)
+        _emit(args, result, lambda r: report.compile_summary(r, args.out))
+    elif args.command == "profile":
+        with _progress(show) as step:
+            step("profiling")
+            result = api.profile(args.bundle, from_namespace(api.ProfileOptions, args))
+        _emit(args, result, report.profile_table)
+    return 0
+
+
+def _emit(args, result: dict, render) -> None:
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        render(result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

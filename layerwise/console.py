@@ -1,0 +1,70 @@
+"""Terminal rendering of API results (rich tables on stdout)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+_out = Console(highlight=False)
+
+
+def _si(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def layer_table(r: dict, depth: int | None = None) -> None:
+    t = Table(title=f"{r['spec']} — {r['modality']}, {_si(r['params'])} params, "
+              f"{_si(r['flops'])} FLOPs at batch {r['flops_batch']}")
+    for col in ("layer", "type", "kind", "params", "FLOPs", "share"):
+        t.add_column(col, justify="right" if col in ("params", "FLOPs", "share") else "left")
+    for layer in r["layers"]:
+        if depth is not None and layer["depth"] > depth:
+            continue
+        name = "  " * (layer["depth"] - 1) + layer["path"].rsplit(".", 1)[-1]
+        kind = f"[bold]{layer['kind']}[/bold]" if layer["block"] else layer["kind"]
+        t.add_row(name, layer["type"], kind, _si(layer["params"]), _si(layer["flops"]),
+                  f"{100 * layer['flops_share']:.1f}%")
+    _out.print(t)
+    groups: dict[str, list[str]] = {}
+    for b in r["blocks"]:
+        groups.setdefault(b["group"], []).append(b["path"].rsplit(".", 1)[-1])
+    for g, idx in groups.items():
+        _out.print(f"blocks: {g}.[{', '.join(idx)}] ({len(idx)} residual units)")
+    for note in r.get("notes", []):
+        _out.print(f"note: {note}")
+
+
+def compile_summary(m: dict, out: str) -> None:
+    v, f = m["verification"], m["fidelity"]
+    _out.print(f"[green]✓[/green] {m['spec']} → {m['target']} bundle at {out}")
+    _out.print(f"  model {m['model']['file']}: {m['sizes']['model_bytes'] / 2**20:.1f} MiB, "
+               f"{_si(m['sizes']['params'])} params")
+    _out.print(f"  verified with {v['runtime']}: rel_err {v['rel_err']:.2e} "
+               f"(max abs {v['max_abs_err']:.2e}, tolerance {v['tolerance']:.0e}); "
+               f"vs original model rel_err {f['rel_err']:.2e}")
+    ins = ", ".join(f"{i['name']}{i['shape']}" for i in m["inputs"])
+    _out.print(f"  inputs: {ins}")
+
+
+def profile_table(r: dict) -> None:
+    t = Table(title=f"{r['bundle']} — {r['runtime']}, batch {r['batch']}, {r['runs']} runs, "
+              f"{r['threads']} threads")
+    for col in ("engine", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "per s"):
+        t.add_column(col, justify="left" if col == "engine" else "right")
+    rows = [(r["target"] + " (" + r["runtime"] + ")", r["latency_ms"], r["throughput_per_s"])]
+    if "baseline" in r:
+        b = r["baseline"]
+        rows.append((b["name"], b["latency_ms"], r["batch"] * 1000.0 / b["latency_ms"]["mean"]))
+    for name, lat, tput in rows:
+        t.add_row(name, *(f"{lat[k]:.3f}" for k in ("p50", "p90", "p99", "mean", "std")),
+                  f"{tput:.1f}")
+    _out.print(t)
+    if "speedup_vs_baseline" in r:
+        _out.print(f"speed-up vs {r['baseline']['name']} (p50): {r['speedup_vs_baseline']:.2f}×")
+    _out.print(f"peak RSS {r['peak_rss_mb']:.0f} MiB")
+    for op in r.get("ops", [])[:15]:
+        _out.print(f"  {op['op']:<24} {op['total_ms']:9.2f} ms  {op['calls']:6d} calls  "
+                   f"{100 * op['share']:5.1f}%")

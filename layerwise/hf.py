@@ -1,0 +1,94 @@
+"""`hf:PATH` — a local Hugging Face model folder, loaded offline with eager attention."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from layerwise.errors import SourceError
+from layerwise.sources import BATCH, Source, SourceOptions, example_images, example_text, offline_hub
+
+
+def load_hf_folder(path: str, opts: SourceOptions) -> Source:
+    """Load config + weights from a folder; example inputs follow the model's main input."""
+    offline_hub()
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise SourceError(f"{path!r} is not a Hugging Face model folder (no config.json)")
+    try:
+        from transformers import AutoConfig, AutoModel
+    except ImportError as e:
+        raise SourceError("transformers is not installed: pip install 'layerwise[compile]'") from e
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    for attr in ("use_cache",):
+        if hasattr(config, attr):
+            setattr(config, attr, False)
+    try:
+        model = AutoModel.from_pretrained(folder, config=config, local_files_only=True,
+                                          attn_implementation="eager")
+    except (OSError, ValueError) as e:
+        raise SourceError(f"cannot load the model in {path!r}: {str(e).splitlines()[0]}") from e
+    tokenizer, notes = _tokenizer(folder, config)
+    inputs, modality = _inputs(model, config, tokenizer, opts, notes)
+    return Source(path, model, inputs, modality, "feature-extraction", notes, tokenizer=tokenizer)
+
+
+def _tokenizer(folder: Path, config):
+    if not any((folder / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
+        return None, []
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True), []
+    except (OSError, ValueError) as e:
+        return None, [f"tokenizer in folder did not load ({str(e).splitlines()[0]})"]
+
+
+def _text_inputs(config, tokenizer, opts: SourceOptions, notes: list[str]) -> dict[str, torch.Tensor]:
+    if tokenizer is not None:
+        inputs = example_text(tokenizer, opts.seq_len)
+        vocab = getattr(config, "vocab_size", None)
+        if vocab is not None and int(inputs["input_ids"].max()) >= vocab:
+            raise SourceError(f"the folder's tokenizer produces ids beyond vocab_size={vocab}")
+        return inputs
+    notes.append("no tokenizer in folder: example inputs are synthetic token ids")
+    gen = torch.Generator().manual_seed(0)
+    vocab = getattr(config, "vocab_size", 1000)
+    ids = torch.randint(5, vocab, (BATCH, opts.seq_len), generator=gen)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _inputs(model, config, tokenizer, opts: SourceOptions, notes: list[str]):
+    main = getattr(model, "main_input_name", "input_ids")
+    if hasattr(config, "text_config") and hasattr(config, "vision_config"):
+        inputs = _text_inputs(config.text_config, tokenizer, opts, notes)
+        size = config.vision_config.image_size
+        inputs["pixel_values"] = example_images(opts.image_size or size)
+        return inputs, "multimodal"
+    if main == "pixel_values":
+        size = getattr(config, "image_size", 224)
+        return {"pixel_values": example_images(opts.image_size or size)}, "vision"
+    if main == "input_values":
+        return {"input_values": _speechlike(16000 // 2)}, "audio"
+    inputs = _text_inputs(config, tokenizer, opts, notes)
+    if getattr(config, "is_encoder_decoder", False):
+        start = getattr(config, "decoder_start_token_id", None) or 0
+        ids = inputs["input_ids"]
+        inputs["decoder_input_ids"] = torch.cat(
+            [torch.full((ids.shape[0], 1), start, dtype=ids.dtype), ids[:, :-1]], dim=1)
+    return inputs, "text"
+
+
+def _speechlike(samples: int) -> torch.Tensor:
+    """Deterministic voiced-speech-like waveforms (harmonics of a gliding pitch, 16 kHz)."""
+    t = torch.arange(samples) / 16000.0
+    out = []
+    for b in range(BATCH):
+        f0 = 110.0 + 40.0 * b + 30.0 * torch.sin(2 * math.pi * 3.0 * t)
+        phase = 2 * math.pi * torch.cumsum(f0, 0) / 16000.0
+        wave = sum(torch.sin(k * phase) / k for k in range(1, 6))
+        out.append(wave * (0.5 + 0.5 * torch.sin(2 * math.pi * 4.0 * t)))
+    x = torch.stack(out)
+    return (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True)

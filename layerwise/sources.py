@@ -1,0 +1,306 @@
+"""Model sources: a SPEC string becomes a module, example inputs and a modality.
+
+Schemes: `timm:NAME`, `torchvision:NAME`, `hf:PATH`, `zoo:NAME`, `FILE.py:factory`,
+`package.module:factory` and `FILE.pt2` (a `torch.export.save` program, loaded without pickle).
+Example inputs always have batch 2 so that export can keep the batch dimension dynamic.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from layerwise.errors import SourceError
+from layerwise.options import opt
+
+BATCH = 2
+SCHEMES = "timm:NAME, torchvision:NAME, hf:PATH, zoo:NAME, FILE.py:factory, package.module:factory, FILE.pt2"
+
+
+@dataclass
+class Source:
+    """What a SPEC resolves to. `module` is None for a `.pt2` program (then `program` is set)."""
+
+    spec: str
+    module: nn.Module | None
+    inputs: dict[str, torch.Tensor]
+    modality: str  # text | vision | audio | multimodal | sequence | graph | tabular
+    task: str = "feature-extraction"
+    notes: list[str] = field(default_factory=list)
+    program: Any = None  # torch.export.ExportedProgram when loaded from .pt2
+    tokenizer: Any = None
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """Options every source accepts (declared once; the CLI reads these fields)."""
+
+    weights: str | None = opt(None, "state-dict file (.pt/.pth/.safetensors) to load")
+    seq_len: int = opt(32, "token length of text example inputs")
+    image_size: int | None = opt(None, "input size of a vision model (default: its config)")
+
+
+def load_source(spec: str, options: SourceOptions | None = None) -> Source:
+    """Resolve SPEC to a Source; raises SourceError with what to do on any failure."""
+    opts = options or SourceOptions()
+    scheme, _, rest = spec.partition(":")
+    if spec.endswith(".pt2") and (not rest or Path(spec).exists()):
+        src = _from_pt2(spec)
+    elif scheme in _SCHEMES and rest:
+        src = _SCHEMES[scheme](rest, opts)
+        src.spec = spec
+    elif rest and (scheme.endswith(".py") or Path(scheme).suffix == ".py"):
+        src = _from_factory(spec, _import_file(scheme), rest, opts)
+    elif rest:
+        src = _from_factory(spec, _import_module(scheme, spec), rest, opts)
+    else:
+        raise SourceError(f"cannot read SPEC {spec!r}: use one of {SCHEMES}")
+    if src.module is not None:
+        src.module.eval()
+    return src
+
+
+# ---------------------------------------------------------------- example inputs
+
+
+def example_images(size: int | tuple[int, int], mean=(0.485, 0.456, 0.406),
+                   std=(0.229, 0.224, 0.225), count: int = BATCH) -> torch.Tensor:
+    """Real photos (scikit-image's chelsea, astronaut, coffee, ...) centre-cropped and normalised."""
+    from skimage import data as skdata
+
+    h, w = (size, size) if isinstance(size, int) else size
+    photos = [skdata.chelsea(), skdata.astronaut(), skdata.coffee(), skdata.rocket()]
+    out = []
+    for i in range(count):
+        img = torch.from_numpy(photos[i % len(photos)].copy()).permute(2, 0, 1).float() / 255.0
+        side = min(img.shape[1:])
+        top, left = (img.shape[1] - side) // 2, (img.shape[2] - side) // 2
+        img = img[:, top : top + side, left : left + side]
+        img = nn.functional.interpolate(img[None], size=(h, w), mode="bilinear",
+                                        antialias=True, align_corners=False)[0]
+        if i >= len(photos):
+            img = img.flip(-1)
+        out.append(img)
+    x = torch.stack(out)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def example_text(tokenizer, seq_len: int, count: int = BATCH) -> dict[str, torch.Tensor]:
+    """Tokenized real sentences padded to seq_len: input_ids and attention_mask."""
+    from layerwise.text import stdlib_sentences
+
+    sentences = stdlib_sentences(count)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    enc = tokenizer(sentences, padding="max_length", truncation=True, max_length=seq_len,
+                    return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+# ---------------------------------------------------------------- schemes
+
+
+def _from_timm(name: str, opts: SourceOptions) -> Source:
+    try:
+        import timm
+    except ImportError as e:
+        raise SourceError("timm is not installed: pip install 'layerwise[compile]'") from e
+    try:
+        model = timm.create_model(name, pretrained=False)
+    except RuntimeError as e:
+        raise SourceError(f"timm has no model {name!r}: see timm.list_models()") from e
+    if opts.weights:
+        _load_weights(model, opts.weights)
+    cfg = model.pretrained_cfg
+    size = opts.image_size or tuple(cfg.get("input_size", (3, 224, 224))[1:])
+    x = example_images(size, cfg.get("mean", (0.485, 0.456, 0.406)),
+                       cfg.get("std", (0.229, 0.224, 0.225)))
+    notes = [] if opts.weights else ["random weights (pass --weights FILE for trained ones)"]
+    return Source("", model, {"x": x}, "vision", "classification", notes)
+
+
+def _from_torchvision(name: str, opts: SourceOptions) -> Source:
+    import torchvision
+
+    try:
+        model = torchvision.models.get_model(name, weights=None)
+    except ValueError as e:
+        raise SourceError(f"torchvision has no model {name!r}: "
+                          "see torchvision.models.list_models()") from e
+    if opts.weights:
+        _load_weights(model, opts.weights)
+    size = opts.image_size or (299 if "inception" in name else 224)
+    notes = [] if opts.weights else ["random weights (pass --weights FILE for trained ones)"]
+    return Source("", model, {"x": example_images(size)}, "vision", "classification", notes)
+
+
+def _from_hf(path: str, opts: SourceOptions) -> Source:
+    from layerwise.hf import load_hf_folder
+
+    return load_hf_folder(path, opts)
+
+
+def _from_zoo(name: str, opts: SourceOptions) -> Source:
+    from layerwise.zoo import ZOO
+
+    if name not in ZOO:
+        raise SourceError(f"unknown zoo model {name!r}: available are {', '.join(sorted(ZOO))}")
+    return ZOO[name](opts)
+
+
+_SCHEMES: dict[str, Callable[[str, SourceOptions], Source]] = {
+    "timm": _from_timm,
+    "torchvision": _from_torchvision,
+    "hf": _from_hf,
+    "zoo": _from_zoo,
+}
+
+
+def _load_weights(model: nn.Module, path: str) -> None:
+    """Load a state dict (safetensors or torch file, never unpickled code) into model."""
+    p = Path(path)
+    if not p.is_file():
+        raise SourceError(f"weights file {path!r} does not exist")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(p))
+        else:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        model.load_state_dict(state)
+    except Exception as e:  # noqa: BLE001 - any load failure is the user's file
+        raise SourceError(f"cannot load weights from {path!r}: {_first_line(e)}") from e
+
+
+def _import_file(path: str):
+    p = Path(path)
+    if not p.is_file():
+        raise SourceError(f"model file {path!r} does not exist")
+    name = f"layerwise_user_{abs(hash(str(p.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, p)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - the user's file raised while importing
+        del sys.modules[name]
+        raise SourceError(f"importing {path} failed: {_first_line(e)}") from e
+    return module
+
+
+def _import_module(name: str, spec: str):
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name and name.startswith(e.name):
+            raise SourceError(f"unknown SPEC {spec!r}: {name!r} is neither a scheme nor an "
+                              f"importable module; use one of {SCHEMES}") from e
+        raise SourceError(f"importing {name} failed: {_first_line(e)}") from e
+    except Exception as e:  # noqa: BLE001
+        raise SourceError(f"importing {name} failed: {_first_line(e)}") from e
+
+
+def _from_factory(spec: str, module, attr: str, opts: SourceOptions) -> Source:
+    """Call `factory()`; it returns a module, (module, inputs) or (module, inputs, modality)."""
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise SourceError(f"{spec!r}: no callable {attr!r} in {module.__name__}")
+    try:
+        made = factory()
+    except Exception as e:  # noqa: BLE001 - user code
+        raise SourceError(f"factory {spec!r} raised {type(e).__name__}: {_first_line(e)}") from e
+    modality = "tabular"
+    if isinstance(made, nn.Module):
+        model, inputs = made, None
+    elif isinstance(made, tuple) and made and isinstance(made[0], nn.Module):
+        model, inputs = made[0], made[1] if len(made) > 1 else None
+        modality = made[2] if len(made) > 2 else modality
+    else:
+        raise SourceError(f"factory {spec!r} returned {type(made).__name__}; return an "
+                          "nn.Module or (module, example_inputs)")
+    if opts.weights:
+        _load_weights(model, opts.weights)
+    if inputs is None:
+        raise SourceError(f"factory {spec!r} returned no example inputs: return "
+                          "(module, {'name': tensor, ...}) so the model can be traced")
+    return Source(spec, model, _name_inputs(model, inputs, spec), modality, "feature-extraction")
+
+
+def _name_inputs(model: nn.Module, inputs, spec: str) -> dict[str, torch.Tensor]:
+    """Example inputs as an ordered {forward-parameter name: tensor} dict."""
+    if isinstance(inputs, dict):
+        return dict(inputs)
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs,)
+    params = [p.name for p in inspect.signature(model.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(params) < len(inputs):
+        raise SourceError(f"{spec!r}: forward takes {len(params)} named inputs but the factory "
+                          f"gave {len(inputs)}; return a dict of named inputs")
+    return dict(zip(params, inputs))
+
+
+def _from_pt2(path: str) -> Source:
+    p = Path(path)
+    if not p.is_file():
+        raise SourceError(f"program file {path!r} does not exist")
+    from layerwise.compiler.ir import IR, sidecar_path
+
+    if sidecar_path(p).exists():
+        ir = IR.load(p)
+        return Source(path, None, ir.example_inputs, ir.meta.get("modality", "tabular"),
+                      ir.meta.get("task", "feature-extraction"), program=ir)
+    try:
+        ep = torch.export.load(str(p))
+    except Exception as e:  # noqa: BLE001
+        raise SourceError(f"{path} is not a torch.export program: {_first_line(e)}") from e
+    return Source(path, None, _inputs_from_program(ep), "tabular", program=ep,
+                  notes=["example inputs synthesised from the program's input shapes"])
+
+
+def _inputs_from_program(ep) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    out: dict[str, torch.Tensor] = {}
+    for spec in ep.graph_signature.input_specs:
+        if spec.kind.name != "USER_INPUT":
+            continue
+        node = next(n for n in ep.graph.nodes if n.name == spec.arg.name)
+        val = node.meta["val"]
+        shape = [d if isinstance(d, int) else BATCH for d in val.shape]
+        if val.dtype.is_floating_point:
+            out[spec.arg.name] = torch.randn(shape, generator=gen).to(val.dtype)
+        else:
+            out[spec.arg.name] = torch.randint(0, 2, shape, generator=gen).to(val.dtype)
+    return out
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:300]
+
+
+def offline_hub() -> None:
+    """Never reach a model hub: weights come from packages and local folders only."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass

@@ -1,0 +1,89 @@
+"""Latency and memory profile of a bundle with its own runtime (no torch)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+
+import numpy as np
+
+from layerwise.errors import LayerwiseError
+from layerwise.runtime.bundle import Bundle, open_bundle
+from layerwise.runtime.session import open_runner
+
+
+def batch_inputs(bundle: Bundle, batch: int | None) -> dict[str, np.ndarray]:
+    """The bundle's example inputs cut or tiled to `batch` rows (needs a dynamic batch)."""
+    inputs = bundle.example_inputs()
+    if batch is None:
+        batch = 1 if bundle.batch_dynamic() else None
+    if batch is None:
+        return inputs
+    if batch < 1:
+        raise LayerwiseError(f"--batch must be >= 1, got {batch}")
+    if not bundle.batch_dynamic():
+        have = next(iter(inputs.values())).shape[0]
+        if batch != have:
+            raise LayerwiseError(f"this bundle has a fixed batch of {have}; profile without "
+                                 "--batch or recompile a model whose batch can be dynamic")
+        return inputs
+    return {k: np.resize(v, (batch, *v.shape[1:])) for k, v in inputs.items()}
+
+
+def stats_ms(times: list[float]) -> dict[str, float]:
+    a = np.asarray(times) * 1000.0
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()),
+            "std": float(a.std()), "min": float(a.min())}
+
+
+def time_calls(fn, runs: int, warmup: int) -> list[float]:
+    """Wall-clock seconds of `runs` calls of fn after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def profile(path, runs: int = 100, warmup: int = 10, threads: int = 0,
+            batch: int | None = None, per_op: bool = False) -> dict:
+    """Warm up, time `runs` runs, and report latency percentiles, throughput and memory."""
+    if runs < 1 or warmup < 0:
+        raise LayerwiseError("--runs must be >= 1 and --warmup >= 0")
+    bundle = open_bundle(path)
+    feeds = batch_inputs(bundle, batch)
+    rss0 = _rss_mb()
+    runner = open_runner(bundle.target, bundle.model_path, threads=threads, per_op=per_op)
+    times = time_calls(lambda: runner.run(feeds), runs, warmup)
+    n = next(iter(feeds.values())).shape[0]
+    lat = stats_ms(times)
+    result = {
+        "bundle": str(bundle.dir),
+        "target": bundle.target,
+        "runtime": f"{runner.name} {runner.version}",
+        "batch": int(n),
+        "runs": runs,
+        "warmup": warmup,
+        "threads": runner.threads,
+        "latency_ms": lat,
+        "throughput_per_s": n * 1000.0 / lat["mean"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "rss_increase_mb": _rss_mb() - rss0,
+        "cpu_count": os.cpu_count(),
+    }
+    if per_op:
+        result["ops"] = runner.op_profile()
+    return result

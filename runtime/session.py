@@ -1,0 +1,16 @@
+"""Pick the runner for a target: each backend's own runtime, imported only when used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from layerwise.errors import TargetError
+
+
+def open_runner(target: str, model: Path, threads: int = 0, per_op: bool = False):
+    """A runner with `.run(feeds) -> list[np.ndarray]`, `.input_names`, `.output_names`."""
+    if target in ("onnx", "onnxruntime"):
+        from layerwise.runtime.ort import OrtRunner
+
+        return OrtRunner(model, threads=threads, per_op=per_op)
+    raise TargetError(f"no runtime for target {target!r} in this install")

@@ -1,0 +1,70 @@
+"""ONNX target: torch.onnx's dynamo exporter from the IR's program, run by onnxruntime.
+
+Weights are inlined into model.onnx below 1.8 GB; above it they go to model.onnx.data,
+which is part of the bundle. The dynamic batch dimension is named "batch".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import torch
+
+from layerwise.errors import TargetError
+from layerwise.targets import TargetInfo
+
+INFO = TargetInfo(name="onnx", runtime="onnx", precisions=("fp32",), extra=None,
+                  legalize=("legalize_views",))
+INLINE_LIMIT = int(1.8 * 2**30)
+
+
+def emit(ir, out_dir: Path, opts=None) -> dict:
+    """Write model.onnx (+ model.onnx.data when large) into out_dir; returns the model entry."""
+    import onnx
+
+    path = out_dir / "model.onnx"
+    weight_bytes = sum(t.numel() * t.element_size() for t in ir.program.state_dict.values())
+    external = weight_bytes > INLINE_LIMIT
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            torch.onnx.export(ir.program, (), f=str(path), dynamo=True, external_data=external,
+                              output_names=list(ir.output_names), optimize=True, verbose=False)
+    except Exception as e:  # noqa: BLE001 - exporter errors come in many types
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise TargetError(f"ONNX export failed: {msg}. Try --target openvino or tvm, or report "
+                          "the op named above") from e
+    model = onnx.load(str(path), load_external_data=False)
+    batch_syms = _rename_batch_dim(model, ir)
+    if batch_syms:
+        if external:
+            onnx.save(model, str(path), save_as_external_data=True, location="model.onnx.data")
+        else:
+            onnx.save(model, str(path))
+    files = [path.name] + (["model.onnx.data"] if (out_dir / "model.onnx.data").exists() else [])
+    return {"file": path.name, "files": files, "format": "onnx",
+            "opset": _opset(model), "external_data": external}
+
+
+def _opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _rename_batch_dim(model, ir) -> set[str]:
+    """Name the symbolic batch dimension "batch" wherever it appears in the graph's shapes."""
+    dynamic = set(ir.meta.get("dynamic_inputs", []))
+    syms = {
+        vi.type.tensor_type.shape.dim[0].dim_param
+        for vi in model.graph.input
+        if vi.name in dynamic and vi.type.tensor_type.shape.dim
+        and vi.type.tensor_type.shape.dim[0].dim_param
+    }
+    if not syms:
+        return syms
+    for vi in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.dim_param in syms:
+                dim.dim_param = "batch"
+    return syms
