@@ -1,0 +1,83 @@
+"""Shared fixtures: small Hugging Face folders and bundles compiled once per test run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "models.py"
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json")
+
+
+def _small_configs():
+    from transformers import BertConfig, CLIPConfig, GPT2Config, T5Config, Wav2Vec2Config
+
+    vocab = 30522  # the MiniLM WordPiece tokenizer is copied into text folders
+    return {
+        "bert": BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, intermediate_size=64,
+                           max_position_embeddings=64),
+        "gpt2": GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=64),
+        "t5": T5Config(vocab_size=vocab, d_model=32, d_kv=8, num_heads=4, d_ff=64,
+                       num_layers=2, num_decoder_layers=2, decoder_start_token_id=0),
+        "wav2vec2": Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                   intermediate_size=64, conv_dim=(32, 32),
+                                   conv_stride=(5, 2), conv_kernel=(10, 3),
+                                   num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+                                   do_stable_layer_norm=True, vocab_size=32),
+        "clip": CLIPConfig(
+            text_config={"vocab_size": vocab, "hidden_size": 32, "num_hidden_layers": 2,
+                         "num_attention_heads": 2, "intermediate_size": 64,
+                         "max_position_embeddings": 64},
+            vision_config={"hidden_size": 32, "image_size": 32, "patch_size": 8,
+                           "num_hidden_layers": 2, "num_attention_heads": 2,
+                           "intermediate_size": 64},
+            projection_dim=16),
+    }
+
+
+@pytest.fixture(scope="session")
+def hf_folders(tmp_path_factory) -> dict[str, Path]:
+    """Small randomly initialised transformers saved as local folders (the `hf:PATH` source)."""
+    import torch
+    from transformers import AutoModel
+
+    from layerwise.zoo import minilm_path
+
+    root = tmp_path_factory.mktemp("hf")
+    out = {}
+    for name, config in _small_configs().items():
+        torch.manual_seed(0)
+        folder = root / name
+        AutoModel.from_config(config).save_pretrained(folder)
+        if name != "wav2vec2":
+            for f in TOKENIZER_FILES:
+                if (minilm_path() / f).exists():
+                    shutil.copy(minilm_path() / f, folder / f)
+        out[name] = folder
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory):
+    """compile(spec) -> manifest, cached per spec so each model is exported once per run."""
+    from layerwise import api
+
+    root = tmp_path_factory.mktemp("bundles")
+    cache: dict[str, tuple[Path, dict]] = {}
+
+    def get(spec: str) -> tuple[Path, dict]:
+        if spec not in cache:
+            out = root / f"b{len(cache)}"
+            cache[spec] = (out, api.compile(spec, api.CompileOptions(out=str(out))))
+        return cache[spec]
+
+    return get

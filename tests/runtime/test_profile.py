@@ -1,0 +1,53 @@
+"""Runtime: profile figures, and the runtime room works with torch impossible to import."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from layerwise.runtime import profile
+from tests.conftest import FIXTURES, ROOT
+
+
+def test_profile_figures(bundles):
+    path, _ = bundles(f"{FIXTURES}:lstm_classifier")
+    r = profile(path, runs=20, warmup=2, per_op=True)
+    lat = r["latency_ms"]
+    assert r["runs"] == 20 and r["batch"] == 1
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+    assert r["throughput_per_s"] > 0 and r["peak_rss_mb"] > 0 and r["threads"] >= 1
+    assert r["ops"] and abs(sum(o["share"] for o in r["ops"]) - 1) < 1e-6
+    assert profile(path, runs=3, warmup=0, batch=4)["batch"] == 4
+
+
+BLOCK_TORCH = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, Block())
+import json
+import layerwise.runtime as rt
+r = rt.profile(sys.argv[1], runs=5, warmup=1)
+assert "torch" not in sys.modules
+print(json.dumps(r["latency_ms"]))
+"""
+
+
+def test_runtime_without_torch(bundles):
+    path, _ = bundles(f"{FIXTURES}:lstm_classifier")
+    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH, str(path)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["p50"] > 0
+
+
+def test_cli_profile_json(bundles):
+    path, _ = bundles(f"{FIXTURES}:lstm_classifier")
+    proc = subprocess.run([sys.executable, "-m", "layerwise", "profile", str(path), "--json",
+                           "--runs", "5"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert set(out["latency_ms"]) >= {"p50", "p90", "p99", "mean"} and out["runs"] == 5
