@@ -11,10 +11,10 @@ import traceback
 from typing import Any
 
 import torch
-from torch.export import Dim
-
 from layerwise.compiler.ir import IR
 from layerwise.compiler.layers import build_layer_table
+from torch.export import Dim
+
 from layerwise.errors import ExportError
 
 
@@ -48,7 +48,7 @@ def lift(source, *, decompose: bool = True) -> IR:
     with torch.no_grad():
         try:
             eager = model(**source.inputs)
-        except Exception as e:  # noqa: BLE001 - user model code
+        except Exception as e:
             raise ExportError(f"the model fails on its example inputs: {_where(e)}; check the "
                               "input shapes and dtypes the model expects") from e
     named = flatten_outputs(eager)
@@ -56,7 +56,7 @@ def lift(source, *, decompose: bool = True) -> IR:
     try:
         ep = torch.export.export(model, (), kwargs=source.inputs, dynamic_shapes=dynamic,
                                  strict=False)
-    except Exception as e:  # noqa: BLE001 - export failures come in many types
+    except Exception as e:
         raise ExportError(
             f"torch.export cannot lift {source.spec}: {_where(e)}. Try: remove data-dependent "
             "Python control flow or .item()/.tolist() at that line, or export the model "

@@ -11,9 +11,8 @@ import re
 from dataclasses import asdict, dataclass, field
 
 import torch
-from torch import fx
-
 from layerwise.compiler.flops import node_flops
+from torch import fx
 
 aten = torch.ops.aten
 

@@ -21,4 +21,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'layerwise' has no attribute {name!r}")
 
 
-__all__ = sorted(_API)
+__all__ = ["compile", "inspect", "lift", "load_source", "profile"]

@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from layerwise import api, console as report
+    from layerwise import api
+    from layerwise import console as report
     from layerwise.sources import SourceOptions
 
     show = not (args.quiet or args.json)

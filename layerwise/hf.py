@@ -8,7 +8,14 @@ from pathlib import Path
 import torch
 
 from layerwise.errors import SourceError
-from layerwise.sources import BATCH, Source, SourceOptions, example_images, example_text, offline_hub
+from layerwise.sources import (
+    BATCH,
+    Source,
+    SourceOptions,
+    example_images,
+    example_text,
+    offline_hub,
+)
 
 
 def load_hf_folder(path: str, opts: SourceOptions) -> Source:

@@ -12,9 +12,10 @@ import importlib.util
 import inspect
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -180,7 +181,7 @@ def _load_weights(model: nn.Module, path: str) -> None:
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         model.load_state_dict(state)
-    except Exception as e:  # noqa: BLE001 - any load failure is the user's file
+    except Exception as e:
         raise SourceError(f"cannot load weights from {path!r}: {_first_line(e)}") from e
 
 
@@ -194,7 +195,7 @@ def _import_file(path: str):
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as e:  # noqa: BLE001 - the user's file raised while importing
+    except Exception as e:
         del sys.modules[name]
         raise SourceError(f"importing {path} failed: {_first_line(e)}") from e
     return module
@@ -208,7 +209,7 @@ def _import_module(name: str, spec: str):
             raise SourceError(f"unknown SPEC {spec!r}: {name!r} is neither a scheme nor an "
                               f"importable module; use one of {SCHEMES}") from e
         raise SourceError(f"importing {name} failed: {_first_line(e)}") from e
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise SourceError(f"importing {name} failed: {_first_line(e)}") from e
 
 
@@ -219,7 +220,7 @@ def _from_factory(spec: str, module, attr: str, opts: SourceOptions) -> Source:
         raise SourceError(f"{spec!r}: no callable {attr!r} in {module.__name__}")
     try:
         made = factory()
-    except Exception as e:  # noqa: BLE001 - user code
+    except Exception as e:
         raise SourceError(f"factory {spec!r} raised {type(e).__name__}: {_first_line(e)}") from e
     modality = "tabular"
     if isinstance(made, nn.Module):
@@ -264,7 +265,7 @@ def _from_pt2(path: str) -> Source:
                       ir.meta.get("task", "feature-extraction"), program=ir)
     try:
         ep = torch.export.load(str(p))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise SourceError(f"{path} is not a torch.export program: {_first_line(e)}") from e
     return Source(path, None, _inputs_from_program(ep), "tabular", program=ep,
                   notes=["example inputs synthesised from the program's input shapes"])

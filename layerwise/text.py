@@ -36,7 +36,8 @@ def stdlib_sentences(limit: int | None = None) -> list[str]:
 def _zen_source() -> str:
     """The rot13 text of the `this` module, read without importing it (import prints)."""
     spec = importlib.util.find_spec("this")
-    tree = ast.parse(open(spec.origin, encoding="utf-8").read())
+    with open(spec.origin, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
     for node in tree.body:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "s":
             return node.value.value

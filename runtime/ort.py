@@ -33,7 +33,7 @@ class OrtRunner:
             opts.profile_file_prefix = os.path.join(self._profile_dir, "ort")
         try:
             self.session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
+        except Exception as e:
             raise BundleError(f"onnxruntime cannot load {model.name}: "
                               f"{str(e).splitlines()[0][:200]}; re-create the bundle") from e
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -48,7 +48,7 @@ class OrtRunner:
             raise BundleError(f"missing inputs {missing}; the model takes {self.input_names}")
         try:
             return self.session.run(None, {n: feeds[n] for n in self.input_names})
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise BundleError(f"onnxruntime run failed: {str(e).splitlines()[0][:300]}") from e
 
     def op_profile(self) -> list[dict]:

@@ -12,12 +12,12 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
+from layerwise.runtime.bundle import FORMAT, MANIFEST, sha256_file
 
 from layerwise.errors import BundleError
-from layerwise.runtime.bundle import FORMAT, MANIFEST, sha256_file
 
 
 class BundleWriter:
@@ -32,7 +32,7 @@ class BundleWriter:
         if self.out.exists() and not self.out.is_dir():
             raise BundleError(f"{self.out} exists and is not a directory")
 
-    def __enter__(self) -> BundleWriter:
+    def __enter__(self) -> Self:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.dir = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
         return self

@@ -11,9 +11,9 @@ import io
 from pathlib import Path
 
 import torch
+from layerwise.targets import TargetInfo
 
 from layerwise.errors import TargetError
-from layerwise.targets import TargetInfo
 
 INFO = TargetInfo(name="onnx", runtime="onnx", precisions=("fp32",), extra=None,
                   legalize=("legalize_views",))
@@ -32,7 +32,7 @@ def emit(ir, out_dir: Path, opts=None) -> dict:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             torch.onnx.export(ir.program, (), f=str(path), dynamo=True, external_data=external,
                               output_names=list(ir.output_names), optimize=True, verbose=False)
-    except Exception as e:  # noqa: BLE001 - exporter errors come in many types
+    except Exception as e:
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise TargetError(f"ONNX export failed: {msg}. Try --target openvino or tvm, or report "
                           "the op named above") from e

@@ -6,7 +6,7 @@ Each entry maps a pass name to "module:function"; modules are imported when a pa
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 from layerwise.errors import LayerwiseError
 

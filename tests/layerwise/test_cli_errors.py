@@ -17,7 +17,7 @@ from tests.conftest import FIXTURES, ROOT
 def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "layerwise", *args], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=600)
+                          check=False, text=True, cwd=cwd, env=env, timeout=600)
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
