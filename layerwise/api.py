@@ -130,8 +130,7 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
         writer.save_arrays("inputs.npz", feeds)
         manifest = _manifest(spec, opts, ir, model_entry, runner, parity, fidelity, timings,
                              writer.dir)
-        writer.finish(manifest)
-    return manifest
+        return writer.finish(manifest)
 
 
 def _manifest(spec, opts, ir, model_entry, runner, parity, fidelity, timings, tmp: Path) -> dict:

@@ -58,6 +58,9 @@ def profile_table(r: dict) -> None:
     if "baseline" in r:
         b = r["baseline"]
         rows.append((b["name"], b["latency_ms"], r["batch"] * 1000.0 / b["latency_ms"]["mean"]))
+    for variant, lat in list(r.get("variants", {}).items())[1:]:
+        name = f"{r['target']} {variant} ({lat.get('precision')})"
+        rows.append((name, lat, r["batch"] * 1000.0 / lat["mean"]))
     for name, lat, tput in rows:
         t.add_row(name, *(f"{lat[k]:.3f}" for k in ("p50", "p90", "p99", "mean", "std")),
                   f"{tput:.1f}")

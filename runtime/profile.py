@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 from layerwise.runtime.bundle import Bundle, open_bundle
-from layerwise.runtime.session import open_runner
+from layerwise.runtime.session import PROFILE_VARIANTS, open_runner
 
 from layerwise.errors import LayerwiseError
 
@@ -65,8 +65,11 @@ def profile(path, runs: int = 100, warmup: int = 10, threads: int = 0,
         raise LayerwiseError("--runs must be >= 1 and --warmup >= 0")
     bundle = open_bundle(path)
     feeds = batch_inputs(bundle, batch)
+    variants = PROFILE_VARIANTS.get(bundle.target, {"": {}})
+    first, *others = variants.items()
     rss0 = _rss_mb()
-    runner = open_runner(bundle.target, bundle.model_path, threads=threads, per_op=per_op)
+    runner = open_runner(bundle.target, bundle.model_path, threads=threads, per_op=per_op,
+                         **first[1])
     times = time_calls(lambda: runner.run(feeds), runs, warmup)
     n = next(iter(feeds.values())).shape[0]
     lat = stats_ms(times)
@@ -86,4 +89,11 @@ def profile(path, runs: int = 100, warmup: int = 10, threads: int = 0,
     }
     if per_op:
         result["ops"] = runner.op_profile()
+    if others:
+        result["variants"] = {first[0]: lat}
+        for name, settings in others:
+            alt = open_runner(bundle.target, bundle.model_path, threads=threads, **settings)
+            result["variants"][name] = {
+                **stats_ms(time_calls(lambda alt=alt: alt.run(feeds), runs, warmup)),
+                "precision": getattr(alt, "precision", None)}
     return result

@@ -7,10 +7,20 @@ from pathlib import Path
 from layerwise.errors import TargetError
 
 
-def open_runner(target: str, model: Path, threads: int = 0, per_op: bool = False):
+# Extra runtime settings profiled side by side per target (the first is the verified one).
+PROFILE_VARIANTS: dict[str, dict[str, dict]] = {
+    "openvino": {"f32": {"hint": "f32"}, "plugin default": {"hint": None}},
+}
+
+
+def open_runner(target: str, model: Path, threads: int = 0, per_op: bool = False, **settings):
     """A runner with `.run(feeds) -> list[np.ndarray]`, `.input_names`, `.output_names`."""
     if target in ("onnx", "onnxruntime"):
         from layerwise.runtime.ort import OrtRunner
 
         return OrtRunner(model, threads=threads, per_op=per_op)
+    if target == "openvino":
+        from layerwise.runtime.openvino import OpenVinoRunner
+
+        return OpenVinoRunner(model, threads=threads, per_op=per_op, **settings)
     raise TargetError(f"no runtime for target {target!r} in this install")

@@ -24,6 +24,7 @@ class TargetInfo:
 
 TARGETS: dict[str, str] = {
     "onnx": "layerwise.targets.onnx",
+    "openvino": "layerwise.targets.openvino",
 }
 
 

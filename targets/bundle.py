@@ -47,8 +47,9 @@ class BundleWriter:
             np.savez(f, **arrays)
         return name
 
-    def finish(self, manifest: dict[str, Any]) -> Path:
-        """Hash every file, write manifest.json, and move the bundle into place."""
+    def finish(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Hash every file, write manifest.json, move the bundle into place; returns the
+        manifest as written."""
         files = sorted(p for p in self.dir.rglob("*") if p.is_file())
         manifest = {"format": FORMAT, **manifest, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                             time.gmtime())}
@@ -65,7 +66,7 @@ class BundleWriter:
         self.dir = None
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        return self.out
+        return manifest
 
 
 def _jsonable(o: Any) -> Any:

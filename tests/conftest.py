@@ -72,12 +72,13 @@ def bundles(tmp_path_factory):
     from layerwise import api
 
     root = tmp_path_factory.mktemp("bundles")
-    cache: dict[str, tuple[Path, dict]] = {}
+    cache: dict[tuple[str, str], tuple[Path, dict]] = {}
 
-    def get(spec: str) -> tuple[Path, dict]:
-        if spec not in cache:
+    def get(spec: str, target: str = "onnx") -> tuple[Path, dict]:
+        if (spec, target) not in cache:
             out = root / f"b{len(cache)}"
-            cache[spec] = (out, api.compile(spec, api.CompileOptions(out=str(out))))
-        return cache[spec]
+            opts = api.CompileOptions(target=target, out=str(out))
+            cache[spec, target] = (out, api.compile(spec, opts))
+        return cache[spec, target]
 
     return get
