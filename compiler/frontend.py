@@ -11,10 +11,10 @@ import traceback
 from typing import Any
 
 import torch
-from layerwise.compiler.ir import IR
-from layerwise.compiler.layers import build_layer_table
 from torch.export import Dim
 
+from layerwise.compiler.ir import IR
+from layerwise.compiler.layers import build_layer_table
 from layerwise.errors import ExportError
 
 

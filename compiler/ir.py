@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from layerwise.compiler.layers import Layer
 
+from layerwise.compiler.layers import Layer
 from layerwise.errors import LayerwiseError
 
 FORMAT = "layerwise-ir/1"

@@ -11,8 +11,9 @@ import re
 from dataclasses import asdict, dataclass, field
 
 import torch
-from layerwise.compiler.flops import node_flops
 from torch import fx
+
+from layerwise.compiler.flops import node_flops
 
 aten = torch.ops.aten
 

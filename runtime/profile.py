@@ -7,10 +7,10 @@ import resource
 import time
 
 import numpy as np
-from layerwise.runtime.bundle import Bundle, open_bundle
-from layerwise.runtime.session import PROFILE_VARIANTS, open_runner
 
 from layerwise.errors import LayerwiseError
+from layerwise.runtime.bundle import Bundle, open_bundle
+from layerwise.runtime.session import PROFILE_VARIANTS, open_runner
 
 
 def batch_inputs(bundle: Bundle, batch: int | None) -> dict[str, np.ndarray]:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from layerwise.errors import TargetError
 
-
 # Extra runtime settings profiled side by side per target (the first is the verified one).
 PROFILE_VARIANTS: dict[str, dict[str, dict]] = {
     "openvino": {"f32": {"hint": "f32"}, "plugin default": {"hint": None}},

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
-from layerwise.runtime.bundle import FORMAT, MANIFEST, sha256_file
 
 from layerwise.errors import BundleError
+from layerwise.runtime.bundle import FORMAT, MANIFEST, sha256_file
 
 
 class BundleWriter:

@@ -11,9 +11,9 @@ import io
 from pathlib import Path
 
 import torch
-from layerwise.targets import TargetInfo
 
 from layerwise.errors import TargetError
+from layerwise.targets import TargetInfo
 
 INFO = TargetInfo(name="onnx", runtime="onnx", precisions=("fp32",), extra=None,
                   legalize=("legalize_views",))

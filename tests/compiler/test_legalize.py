@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
+
 from layerwise.compiler.frontend import lift
 from layerwise.compiler.passes import get_pass
-
 from layerwise.sources import load_source
 from tests.conftest import FIXTURES
 

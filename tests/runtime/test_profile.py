@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 from layerwise.runtime import profile
-
 from tests.conftest import FIXTURES, ROOT
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from layerwise.runtime import open_bundle, open_runner
 
+from layerwise.runtime import open_bundle, open_runner
 from tests.conftest import FIXTURES
 
 TIMM = ["resnet18", "mobilenetv3_small_100", "convnext_atto", "vit_tiny_patch16_224"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from layerwise.runtime import open_bundle, open_runner
 
 
