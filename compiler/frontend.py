@@ -72,18 +72,26 @@ def lift(source, *, decompose: bool = True) -> IR:
 
 
 def _make_ir(ep, source, reference, names) -> IR:
-    dynamic_inputs = []
+    symbols: dict[str, str | None] = {}
     for node in ep.graph.nodes:
         if node.op == "placeholder" and node.name in source.inputs:
             val = node.meta.get("val")
-            if isinstance(val, torch.Tensor) and val.dim() and not isinstance(val.shape[0], int):
-                dynamic_inputs.append(node.name)
+            if isinstance(val, torch.Tensor) and val.dim():
+                dim0 = val.shape[0]
+                symbols[node.name] = None if isinstance(dim0, int) else str(dim0)
+    # A batch dimension is one symbol shared by every input; other dynamic dims (a graph's
+    # node count beside its edge list) stay dynamic but are not a batch to slice.
+    shared = set(symbols.values())
+    batch = len(shared) == 1 and None not in shared
+    dynamic_inputs = list(symbols) if batch else []
+    other_dynamic = {} if batch else {k: v for k, v in symbols.items() if v is not None}
     meta = {
         "spec": source.spec,
         "modality": source.modality,
         "task": source.task,
         "notes": list(source.notes),
         "dynamic_inputs": dynamic_inputs,
+        "other_dynamic": other_dynamic,
         "torch": torch.__version__,
     }
     return IR(ep, build_layer_table(ep), dict(source.inputs),

@@ -60,10 +60,16 @@ class IR:
 
     def input_specs(self) -> list[dict]:
         dynamic = set(self.meta.get("dynamic_inputs", []))
+        other = self.meta.get("other_dynamic", {})
+
+        def dim(name: str, i: int, d: int) -> int | str:
+            if i == 0 and name in dynamic:
+                return "batch"
+            return other[name] if i == 0 and name in other else int(d)
+
         return [
             {"name": name, "dtype": dtype_name(t.dtype),
-             "shape": ["batch" if i == 0 and name in dynamic else int(d)
-                       for i, d in enumerate(t.shape)]}
+             "shape": [dim(name, i, d) for i, d in enumerate(t.shape)]}
             for name, t in self.example_inputs.items()
         ]
 

@@ -24,6 +24,8 @@ class CompileOptions:
     out: str | None = opt(None, "bundle directory to write (required)")
     force: bool = opt(False, "replace an existing --out directory")
     tolerance: float = opt(1e-4, "largest rel_err accepted when verifying the artifact")
+    db: str | None = opt(None, "results database (default $LAYERWISE_DB or ~/.layerwise/runs.db; "
+                               "'none' records nothing)")
 
 
 @dataclass(frozen=True)
@@ -36,10 +38,21 @@ class ProfileOptions:
     batch: int | None = opt(None, "batch size to profile (default 1 when the batch is dynamic)")
     per_op: bool = opt(False, "also report time per op type (the runtime's profiler)")
     baseline: str | None = opt(None, "also time a baseline in the same run: 'eager' (torch)")
+    db: str | None = opt(None, "results database (default $LAYERWISE_DB or ~/.layerwise/runs.db; "
+                               "'none' records nothing)")
 
 
 def _noop(_: str) -> None:
     pass
+
+
+def _record(kind: str, payload: dict, db: str | None) -> int | None:
+    """Append the run to the results history unless db is 'none'; returns the run id."""
+    if db == "none":
+        return None
+    from layerwise.runtime.history import record
+
+    return record(kind, payload, db)
 
 
 def load_source(spec: str, source_options=None):
@@ -130,7 +143,10 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
         writer.save_arrays("inputs.npz", feeds)
         manifest = _manifest(spec, opts, ir, model_entry, runner, parity, fidelity, timings,
                              writer.dir)
-        return writer.finish(manifest)
+        manifest = writer.finish(manifest)
+    bundle = str(Path(opts.out).resolve())
+    manifest["run_id"] = _record("compile", {**manifest, "bundle": bundle}, opts.db)
+    return manifest
 
 
 def _manifest(spec, opts, ir, model_entry, runner, parity, fidelity, timings, tmp: Path) -> dict:
@@ -188,12 +204,14 @@ def profile(bundle: str, options: ProfileOptions | None = None) -> dict:
     result = run_profile(bundle, runs=opts.runs, warmup=opts.warmup, threads=opts.threads,
                          batch=opts.batch, per_op=opts.per_op)
     if opts.baseline is None:
+        result["run_id"] = _record("profile", result, opts.db)
         return result
     if opts.baseline != "eager":
         raise LayerwiseError(f"unknown baseline {opts.baseline!r}; use 'eager'")
     eager = eager_latency(bundle, opts)
     result["baseline"] = eager
     result["speedup_vs_baseline"] = eager["latency_ms"]["p50"] / result["latency_ms"]["p50"]
+    result["run_id"] = _record("profile", result, opts.db)
     return result
 
 

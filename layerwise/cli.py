@@ -36,7 +36,25 @@ def _parser() -> argparse.ArgumentParser:
     prof.add_argument("bundle", help="bundle directory written by `layerwise compile`")
     add_arguments(prof, ProfileOptions)
 
-    for s in (ins, comp, prof):
+    run = sub.add_parser("run", help="run a bundle on inputs from an .npz file")
+    run.add_argument("bundle", help="bundle directory")
+    run.add_argument("--input", required=True, help=".npz with one array per model input")
+    run.add_argument("--output", required=True, help=".npz to write the outputs to")
+    run.add_argument("--threads", type=int, default=0, help="intra-op threads (0: default)")
+
+    runs = sub.add_parser("runs", help="list recorded compile / analyze / profile runs")
+    leader = sub.add_parser("leaderboard", help="best recorded result per model and target")
+    for s in (runs, leader):
+        s.add_argument("--db", default=None, help="results database (default $LAYERWISE_DB or "
+                       "~/.layerwise/runs.db)")
+        s.add_argument("--target", default=None, help="only this target")
+        s.add_argument("--device", default=None, help="only this device")
+        s.add_argument("--limit", type=int, default=20, help="at most this many rows")
+    runs.add_argument("--kind", choices=["compile", "analyze", "profile"], default=None)
+    runs.add_argument("--model", default=None, help="only this SPEC")
+    leader.add_argument("--metric", default="p50", help="p50 | rel_err | size (lower is better)")
+
+    for s in (ins, comp, prof, run, runs, leader):
         s.add_argument("--json", action="store_true", help="print JSON for scripts")
         s.add_argument("--quiet", action="store_true", help="no progress display")
     return p
@@ -100,6 +118,24 @@ def _run(args: argparse.Namespace) -> int:
             step("profiling")
             result = api.profile(args.bundle, from_namespace(api.ProfileOptions, args))
         _emit(args, result, report.profile_table)
+    elif args.command == "run":
+        from layerwise.runtime.run import run_bundle
+
+        result = run_bundle(args.bundle, args.input, args.output, args.threads)
+        _emit(args, result, lambda r: print(f"wrote {r['output']}: " + ", ".join(
+            f"{o['name']}{o['shape']}" for o in r["outputs"])))
+    elif args.command == "runs":
+        from layerwise.runtime.history import query
+
+        result = query(args.db, kind=args.kind, model=args.model, target=args.target,
+                       device=args.device, limit=args.limit)
+        _emit(args, result, report.runs_table)
+    elif args.command == "leaderboard":
+        from layerwise.runtime.history import leaderboard
+
+        result = leaderboard(args.metric, args.db, device=args.device, target=args.target,
+                             limit=args.limit)
+        _emit(args, result, lambda r: report.leaderboard_table(r, args.metric))
     return 0
 
 

@@ -71,3 +71,24 @@ def profile_table(r: dict) -> None:
     for op in r.get("ops", [])[:15]:
         _out.print(f"  {op['op']:<24} {op['total_ms']:9.2f} ms  {op['calls']:6d} calls  "
                    f"{100 * op['share']:5.1f}%")
+
+
+def runs_table(rows: list[dict]) -> None:
+    t = Table(title="recorded runs (newest first)")
+    for col in ("id", "time", "kind", "model", "target", "device", "p50 ms", "rel_err"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(str(r["id"]), r["time"], r["kind"], str(r["model"]), str(r["target"]),
+                  str(r["device"]), "" if r["p50_ms"] is None else f"{r['p50_ms']:.3f}",
+                  "" if r["rel_err"] is None else f"{r['rel_err']:.1e}")
+    _out.print(t)
+
+
+def leaderboard_table(rows: list[dict], metric: str) -> None:
+    t = Table(title=f"leaderboard by {metric} (lower is better)")
+    for col in ("#", "model", "target", "device", metric, "runs"):
+        t.add_column(col)
+    for i, r in enumerate(rows, 1):
+        t.add_row(str(i), str(r["model"]), str(r["target"]), str(r["device"]),
+                  f"{r[metric]:.4g}", str(r["runs"]))
+    _out.print(t)

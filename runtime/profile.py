@@ -74,8 +74,10 @@ def profile(path, runs: int = 100, warmup: int = 10, threads: int = 0,
     n = next(iter(feeds.values())).shape[0]
     lat = stats_ms(times)
     result = {
-        "bundle": str(bundle.dir),
+        "bundle": str(bundle.dir.resolve()),
+        "spec": bundle.manifest.get("spec"),
         "target": bundle.target,
+        "device": bundle.manifest.get("device", "host"),
         "runtime": f"{runner.name} {runner.version}",
         "batch": int(n),
         "runs": runs,

@@ -18,6 +18,10 @@ def open_runner(target: str, model: Path, threads: int = 0, per_op: bool = False
         from layerwise.runtime.ort import OrtRunner
 
         return OrtRunner(model, threads=threads, per_op=per_op)
+    if target == "tflite":
+        from layerwise.runtime.litert import LiteRTRunner
+
+        return LiteRTRunner(model, threads=threads, per_op=per_op)
     if target == "openvino":
         from layerwise.runtime.openvino import OpenVinoRunner
 

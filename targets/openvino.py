@@ -33,7 +33,7 @@ def emit(ir, out_dir: Path, opts=None) -> dict:
         raise TargetError(f"OpenVINO cannot convert the model: {msg}. Try --target onnx") from e
     shapes = {}
     for spec in ir.input_specs():
-        dims = [-1 if d == "batch" else d for d in spec["shape"]]
+        dims = [-1 if isinstance(d, str) else d for d in spec["shape"]]
         shapes[spec["name"]] = ov.PartialShape(dims)
     names = {p.get_any_name() for p in model.inputs}
     if set(shapes) != names:

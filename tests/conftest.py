@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests record into a throw-away results history, never the user's ~/.layerwise/runs.db.
+os.environ["LAYERWISE_DB"] = os.path.join(tempfile.mkdtemp(prefix="layerwise-db-"), "runs.db")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]

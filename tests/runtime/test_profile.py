@@ -51,3 +51,26 @@ def test_cli_profile_json(bundles):
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert set(out["latency_ms"]) >= {"p50", "p90", "p99", "mean"} and out["runs"] == 5
+
+
+def test_cli_run_npz(bundles, tmp_path):
+    import numpy as np
+
+    from layerwise.runtime import open_bundle
+
+    path, manifest = bundles(f"{FIXTURES}:lstm_classifier")
+    feeds = open_bundle(path).example_inputs()
+    np.savez(tmp_path / "x.npz", **feeds)
+    proc = subprocess.run([sys.executable, "-m", "layerwise", "run", str(path), "--input",
+                           str(tmp_path / "x.npz"), "--output", str(tmp_path / "y.npz")],
+                          capture_output=True, check=False, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    with np.load(tmp_path / "y.npz") as z:
+        assert list(z.files) == [o["name"] for o in manifest["outputs"]]
+        assert z[z.files[0]].shape == (2, 5)
+    np.savez(tmp_path / "bad.npz", tokens=np.zeros((2, 3, 4), np.int64))
+    proc = subprocess.run([sys.executable, "-m", "layerwise", "run", str(path), "--input",
+                           str(tmp_path / "bad.npz"), "--output", str(tmp_path / "z.npz")],
+                          capture_output=True, check=False, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2 and "expects" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "z.npz").exists()

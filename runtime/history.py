@@ -1,0 +1,159 @@
+"""Results history: every compile, analyze and profile as one row in SQLite (stdlib only).
+
+WAL mode and `BEGIN IMMEDIATE` with a busy timeout make concurrent writers from several
+processes safe: each record is one short transaction, retried while the file is locked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from layerwise.errors import LayerwiseError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    kind TEXT NOT NULL,            -- compile | analyze | profile
+    model TEXT,                    -- the SPEC
+    spec_hash TEXT,
+    target TEXT,
+    device TEXT,
+    host TEXT,
+    bundle TEXT,
+    p50_ms REAL,
+    rel_err REAL,
+    model_bytes INTEGER,
+    plan TEXT,                     -- JSON
+    quality TEXT,                  -- JSON
+    latency TEXT,                  -- JSON
+    sizes TEXT,                    -- JSON
+    versions TEXT,                 -- JSON
+    payload TEXT                   -- JSON: anything else the command reported
+);
+CREATE INDEX IF NOT EXISTS runs_kind ON runs(kind);
+CREATE INDEX IF NOT EXISTS runs_model ON runs(model);
+"""
+METRICS = {"p50": "p50_ms", "rel_err": "rel_err", "size": "model_bytes"}
+
+
+def default_db() -> Path:
+    """$LAYERWISE_DB, else ~/.layerwise/runs.db."""
+    return Path(os.environ.get("LAYERWISE_DB") or Path.home() / ".layerwise" / "runs.db")
+
+
+def connect(path: str | Path | None = None) -> sqlite3.Connection:
+    p = Path(path) if path else default_db()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = sqlite3.connect(p, timeout=30.0, isolation_level=None)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA busy_timeout=30000")
+        con.executescript(SCHEMA)
+    except sqlite3.DatabaseError as e:
+        raise LayerwiseError(f"results database {p} is unusable ({e}); pass --db NEWFILE") from e
+    con.row_factory = sqlite3.Row
+    return con
+
+
+def spec_hash(spec: str) -> str:
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+
+def record(kind: str, payload: dict[str, Any], db: str | Path | None = None) -> int:
+    """Append one run; returns its id. `payload` is a manifest or a profile result."""
+    latency = payload.get("latency_ms")
+    verification = payload.get("verification") or {}
+    row = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "kind": kind,
+        "model": payload.get("spec"),
+        "spec_hash": spec_hash(payload["spec"]) if payload.get("spec") else None,
+        "target": payload.get("target"),
+        "device": payload.get("device", "host"),
+        "host": platform.node(),
+        "bundle": payload.get("bundle"),
+        "p50_ms": latency.get("p50") if latency else None,
+        "rel_err": verification.get("rel_err"),
+        "model_bytes": (payload.get("sizes") or {}).get("model_bytes"),
+        "plan": json.dumps(payload.get("plan")),
+        "quality": json.dumps({k: payload[k] for k in ("verification", "fidelity", "quality")
+                               if k in payload}),
+        "latency": json.dumps(latency),
+        "sizes": json.dumps(payload.get("sizes")),
+        "versions": json.dumps(payload.get("tool_versions") or {"runtime": payload.get("runtime")}),
+        "payload": json.dumps(payload, default=str),
+    }
+    cols = ", ".join(row)
+    marks = ", ".join("?" for _ in row)
+    con = connect(db)
+    try:
+        for attempt in range(20):
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                cur = con.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", list(row.values()))
+                con.execute("COMMIT")
+                return int(cur.lastrowid)
+            except sqlite3.OperationalError as e:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise LayerwiseError(f"results database {db or default_db()} stayed locked; retry")
+    finally:
+        con.close()
+
+
+def query(db: str | Path | None = None, kind: str | None = None, model: str | None = None,
+          target: str | None = None, device: str | None = None, limit: int = 50) -> list[dict]:
+    """Most recent runs first, filtered by the given columns."""
+    where, args = _filters(kind=kind, model=model, target=target, device=device)
+    con = connect(db)
+    try:
+        rows = con.execute(f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT ?",
+                           [*args, limit]).fetchall()
+    finally:
+        con.close()
+    return [_row(r) for r in rows]
+
+
+def leaderboard(metric: str = "p50", db: str | Path | None = None, device: str | None = None,
+                target: str | None = None, limit: int = 20) -> list[dict]:
+    """Best (lowest) value of `metric` per (model, target, device), best first."""
+    if metric not in METRICS:
+        raise LayerwiseError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+    col = METRICS[metric]
+    where, args = _filters(device=device, target=target)
+    where = f"{where} {'AND' if where else 'WHERE'} {col} IS NOT NULL"
+    con = connect(db)
+    try:
+        rows = con.execute(
+            f"SELECT model, target, device, MIN({col}) AS best, COUNT(*) AS runs FROM runs "
+            f"{where} GROUP BY model, target, device ORDER BY best ASC LIMIT ?",
+            [*args, limit]).fetchall()
+    finally:
+        con.close()
+    return [{"model": r["model"], "target": r["target"], "device": r["device"],
+             metric: r["best"], "runs": r["runs"]} for r in rows]
+
+
+def _filters(**cols: str | None) -> tuple[str, list]:
+    parts = [(f"{k} = ?", v) for k, v in cols.items() if v is not None]
+    if not parts:
+        return "", []
+    return "WHERE " + " AND ".join(p for p, _ in parts), [v for _, v in parts]
+
+
+def _row(r: sqlite3.Row) -> dict:
+    d = dict(r)
+    for k in ("plan", "quality", "latency", "sizes", "versions", "payload"):
+        d[k] = json.loads(d[k]) if d[k] else None
+    return d
