@@ -1,1 +1,17 @@
-"""analysis room of layerwise (see DESIGN.md)."""
+"""analysis room of layerwise (see DESIGN.md): importance methods behind one registry
+(`analysis.methods.METHODS`), shared execution, task adapters, ensemble and method choice.
+
+Entry point: `analyze(ir, batches, methods="auto"|"all"|[...], task=..., labels=...)`.
+"""
+
+from __future__ import annotations
+
+
+def analyze(*args, **kwargs) -> dict:
+    """See layerwise.analysis.analyze.analyze."""
+    from layerwise.analysis.analyze import analyze as _analyze
+
+    return _analyze(*args, **kwargs)
+
+
+__all__ = ["analyze"]

@@ -43,6 +43,8 @@ class IR:
     output_names: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
     annotations: dict[str, Any] = field(default_factory=dict)
+    # calibration batches for quantizing targets (numpy, by input name); not serialised
+    calibration: list[dict[str, np.ndarray]] = field(default_factory=list, repr=False)
 
     # ------------------------------------------------------------ running
 

@@ -23,7 +23,14 @@ class CompileOptions:
     target: str = opt("onnx", "backend to emit (onnx)")
     out: str | None = opt(None, "bundle directory to write (required)")
     force: bool = opt(False, "replace an existing --out directory")
-    tolerance: float = opt(1e-4, "largest rel_err accepted when verifying the artifact")
+    tolerance: float | None = opt(None, "largest rel_err accepted when verifying the artifact "
+                                  "(default 1e-4 for fp32; 0.5 for int8, a sanity bound: "
+                                  "quality bounds belong to the plan search)")
+    precision: str = opt("fp32", "fp32, or int8 (static, calibrated on --data)")
+    data: str | None = opt(None, "calibration data: .npz, image folder, text file, module:factory")
+    calibration: str | None = opt(None, "int8 calibration: minmax|percentile|entropy|mse "
+                                  "(default: the target's recipe)")
+    keep_fp32: str | None = opt(None, "comma-separated layer paths kept in fp32 under int8")
     db: str | None = opt(None, "results database (default $LAYERWISE_DB or ~/.layerwise/runs.db; "
                                "'none' records nothing)")
 
@@ -116,12 +123,23 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
     if not opts.out:
         raise LayerwiseError("compile needs --out DIR (the bundle directory to write)")
     target = get_target(opts.target)
+    if opts.precision not in target.INFO.precisions:
+        raise LayerwiseError(f"target {opts.target} offers {', '.join(target.INFO.precisions)}, "
+                             f"not {opts.precision}")
     writer = BundleWriter(opts.out, force=opts.force)  # refuses an existing --out up front
+    tolerance = opts.tolerance or (1e-4 if opts.precision == "fp32" else 0.5)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    ir = lift(spec, source_options, progress)
+    progress(f"loading {spec}")
+    source = load_source(spec, source_options)
+    progress("exporting with torch.export")
+    from layerwise.compiler.frontend import lift as lift_source
+
+    ir = lift_source(source)
     timings["lift_s"] = time.perf_counter() - t0
     ir = run_passes(ir, list(target.INFO.legalize))
+    if opts.precision == "int8":
+        _plan_int8(ir, source, opts, progress)
     with writer:
         progress(f"emitting {opts.target}")
         t0 = time.perf_counter()
@@ -132,13 +150,13 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
         feeds = {k: v.numpy() for k, v in ir.example_inputs.items()}
         runner = open_runner(target.INFO.runtime, writer.dir / model_entry["file"])
         outputs = runner.run(feeds)
-        parity = compare(outputs, [t.numpy() for t in ir.run()], opts.tolerance)
-        fidelity = compare(outputs, [t.numpy() for t in ir.reference], opts.tolerance)
+        parity = compare(outputs, [t.numpy() for t in ir.run()], tolerance)
+        fidelity = compare(outputs, [t.numpy() for t in ir.reference], tolerance)
         timings["verify_s"] = time.perf_counter() - t0
         if not parity["passed"]:
             raise VerificationError(
                 f"{opts.target} artifact misses the reference: rel_err {parity.get('rel_err')} "
-                f"> tolerance {opts.tolerance} ({parity.get('reason', 'numeric mismatch')}); "
+                f"> tolerance {tolerance} ({parity.get('reason', 'numeric mismatch')}); "
                 "nothing written. Raise --tolerance or try another target")
         writer.save_arrays("inputs.npz", feeds)
         manifest = _manifest(spec, opts, ir, model_entry, runner, parity, fidelity, timings,
@@ -147,6 +165,21 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
     bundle = str(Path(opts.out).resolve())
     manifest["run_id"] = _record("compile", {**manifest, "bundle": bundle}, opts.db)
     return manifest
+
+
+def _plan_int8(ir, source, opts: CompileOptions, progress: Progress) -> None:
+    """Annotate ir for static INT8 with the target's recipe and load calibration batches."""
+    from layerwise.analysis.data import load_batches
+    from layerwise.compiler.passes.quantize import quantize, recipe_for
+
+    if not opts.data:
+        raise LayerwiseError("--precision int8 needs --data (calibration inputs: .npz, an image "
+                             "folder, a text file or module:factory)")
+    progress(f"loading calibration data {opts.data}")
+    batches = load_batches(opts.data, ir, getattr(source, "tokenizer", None), batch_size=1)
+    ir.calibration = [{k: v.numpy() for k, v in b.inputs.items()} for b in batches]
+    keep = [p.strip() for p in (opts.keep_fp32 or "").split(",") if p.strip()]
+    quantize(ir, recipe_for(opts.target, calibration=opts.calibration), keep)
 
 
 def _manifest(spec, opts, ir, model_entry, runner, parity, fidelity, timings, tmp: Path) -> dict:
@@ -166,7 +199,9 @@ def _manifest(spec, opts, ir, model_entry, runner, parity, fidelity, timings, tm
         "example_inputs": "inputs.npz",
         "verification": {**parity, "against": "lifted IR", "runtime": runner.name},
         "fidelity": {**fidelity, "against": "original model (eager)"},
-        "plan": {"passes": ir.annotations.get("passes", [])},
+        "precision": opts.precision,
+        "plan": {"passes": ir.annotations.get("passes", []),
+                 "quantize": ir.annotations.get("quantize")},
         "layers": {
             "count": len(ir.layers),
             "blocks": [{"path": b.path, "params": b.params, "flops": b.flops}

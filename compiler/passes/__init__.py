@@ -12,6 +12,8 @@ from layerwise.errors import LayerwiseError
 
 PASSES: dict[str, str] = {
     "legalize_views": "layerwise.compiler.passes.legalize:legalize_views",
+    "quantize": "layerwise.compiler.passes.quantize:quantize",
+    "drop_layers": "layerwise.compiler.passes.drop_layers:drop_layers",
 }
 
 

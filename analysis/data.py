@@ -1,0 +1,144 @@
+"""Analysis data: batches of named input tensors (and labels) from
+
+- an `.npz` file: arrays named like the model's inputs, plus optional `labels`;
+- a folder of images (class subfolders give labels), resized to the model's input size and
+  normalised like ImageNet;
+- a text file, one example per line, tokenized by the model's tokenizer (Source.tokenizer) to
+  the sequence length of the IR's example inputs;
+- `module:factory`, a callable returning a DataLoader or any iterable of batches (dicts of
+  named tensors, or (inputs, labels) pairs).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from layerwise.analysis.engine import Batch
+from layerwise.errors import LayerwiseError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+class DataError(LayerwiseError):
+    """Analysis data that cannot be read or does not fit the model's inputs."""
+
+
+def load_batches(spec: str, ir, tokenizer: Any = None, batch_size: int = 16,
+                 limit: int | None = None) -> list[Batch]:
+    """Batches for `ir` from `spec` (see the module docstring); at most `limit` samples."""
+    p = Path(spec)
+    if p.suffix == ".npz" and p.is_file():
+        batches = _from_npz(p, ir, batch_size)
+    elif p.is_dir():
+        batches = _from_images(p, ir, batch_size)
+    elif p.is_file():
+        batches = _from_text(p, ir, tokenizer, batch_size)
+    elif ":" in spec:
+        batches = _from_factory(spec)
+    else:
+        raise DataError(f"cannot read analysis data {spec!r}: give a .npz file, an image "
+                        "folder, a text file (one example per line) or module:factory")
+    return _limit(batches, limit)
+
+
+def _limit(batches: list[Batch], limit: int | None) -> list[Batch]:
+    if limit is None:
+        return batches
+    out, n = [], 0
+    for b in batches:
+        if n >= limit:
+            break
+        take = min(b.size, limit - n)
+        out.append(Batch({k: v[:take] for k, v in b.inputs.items()},
+                         None if b.labels is None else b.labels[:take]))
+        n += take
+    return out
+
+
+def _split(inputs: dict[str, torch.Tensor], labels, batch_size: int) -> list[Batch]:
+    n = next(iter(inputs.values())).shape[0]
+    return [Batch({k: v[i:i + batch_size] for k, v in inputs.items()},
+                  None if labels is None else labels[i:i + batch_size])
+            for i in range(0, n, batch_size)]
+
+
+def _from_npz(path: Path, ir, batch_size: int) -> list[Batch]:
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    names = list(ir.example_inputs)
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise DataError(f"{path} lacks arrays for inputs {missing}; it has {sorted(arrays)}")
+    inputs = {}
+    for n in names:
+        t = torch.from_numpy(arrays[n])
+        inputs[n] = t.to(ir.example_inputs[n].dtype)
+    labels = torch.from_numpy(arrays["labels"]) if "labels" in arrays else None
+    return _split(inputs, labels, batch_size)
+
+
+def _from_images(folder: Path, ir, batch_size: int) -> list[Batch]:
+    from PIL import Image
+
+    (name, example), = [(k, v) for k, v in ir.example_inputs.items()][:1]
+    if example.dim() != 4:
+        raise DataError(f"an image folder needs a model with one NCHW input; {name} has shape "
+                        f"{tuple(example.shape)}")
+    files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
+    classes = sorted({f.parent.name for f in files if f.parent != folder})
+    h, w = example.shape[2], example.shape[3]
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    images, labels = [], []
+    for f in files:
+        img = Image.open(f).convert("RGB").resize((w, h), Image.BILINEAR)
+        t = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255.0
+        images.append((t - mean) / std)
+        if classes:
+            labels.append(classes.index(f.parent.name) if f.parent.name in classes else -1)
+    y = torch.tensor(labels) if classes and min(labels) >= 0 else None
+    return _split({name: torch.stack(images).to(example.dtype)}, y, batch_size)
+
+
+def _from_text(path: Path, ir, tokenizer, batch_size: int) -> list[Batch]:
+    if tokenizer is None:
+        raise DataError(f"{path} is text, but the model has no tokenizer; give a .npz of "
+                        "token ids instead")
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not lines:
+        raise DataError(f"{path} has no non-empty lines")
+    ex = ir.example_inputs
+    seq = next(v.shape[1] for v in ex.values() if v.dim() == 2)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    enc = tokenizer(lines, padding="max_length", truncation=True, max_length=seq,
+                    return_tensors="pt")
+    missing = [n for n in ex if n not in enc]
+    if missing:
+        raise DataError(f"the tokenizer gives no {missing} for the model's inputs")
+    return _split({n: enc[n].to(ex[n].dtype) for n in ex}, None, batch_size)
+
+
+def _from_factory(spec: str) -> list[Batch]:
+    module, _, attr = spec.rpartition(":")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise DataError(f"cannot import data factory {spec!r}: {e}") from e
+    out = []
+    for b in fn():
+        if isinstance(b, dict):
+            out.append(Batch({k: v for k, v in b.items() if k != "labels"}, b.get("labels")))
+        elif isinstance(b, (tuple, list)) and len(b) == 2 and isinstance(b[0], dict):
+            out.append(Batch(dict(b[0]), b[1]))
+        else:
+            raise DataError(f"data factory {spec!r} yields {type(b).__name__}; yield dicts of "
+                            "named input tensors (optionally with 'labels')")
+    return out
