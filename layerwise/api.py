@@ -49,6 +49,24 @@ class ProfileOptions:
                                "'none' records nothing)")
 
 
+@dataclass(frozen=True)
+class AnalyzeOptions:
+    """What `analyze` takes besides the SPEC and source options."""
+
+    data: str | None = opt(None, "data: .npz, image folder, text file (one example per line), "
+                           "or module:factory; none runs the data-free methods only")
+    methods: str = opt("auto", "comma-separated method names, 'auto' (picked within --budget) "
+                       "or 'all'")
+    out: str | None = opt(None, "directory for importance.json and report.html (required)")
+    force: bool = opt(False, "replace an existing --out directory")
+    task: str | None = opt(None, "task adapter (default: fidelity to the model's own outputs)")
+    budget: float | None = opt(None, "compute budget in forward-pass equivalents for 'auto'")
+    batch_size: int = opt(16, "examples per batch")
+    limit: int | None = opt(None, "use at most this many examples")
+    db: str | None = opt(None, "results database (default $LAYERWISE_DB or ~/.layerwise/runs.db; "
+                               "'none' records nothing)")
+
+
 def _noop(_: str) -> None:
     pass
 
@@ -79,6 +97,76 @@ def lift(spec: str, source_options=None, progress: Progress = _noop):
     return _lift(source)
 
 
+def analyze(spec: str, options: AnalyzeOptions | None = None, source_options=None,
+            progress: Progress = _noop) -> dict:
+    """Score every block of SPEC with the chosen importance methods; write importance.json
+    and report.html into options.out (atomically). Returns the importance dict."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from layerwise.analysis import analyze as run_analysis
+    from layerwise.analysis.data import load_batches
+    from layerwise.analysis.report import write_report
+    from layerwise.compiler.frontend import lift as lift_source
+
+    opts = options or AnalyzeOptions()
+    if not opts.out:
+        raise LayerwiseError("analyze needs --out DIR (for importance.json and report.html)")
+    out = Path(opts.out)
+    if out.exists() and not opts.force:
+        raise LayerwiseError(f"{out} already exists: choose another --out or pass --force")
+    progress(f"loading {spec}")
+    source = load_source(spec, source_options)
+    progress("exporting with torch.export")
+    ir = lift_source(source)
+    batches = None
+    if opts.data:
+        progress(f"loading data {opts.data}")
+        batches = load_batches(opts.data, ir, source.tokenizer, batch_size=opts.batch_size,
+                               limit=opts.limit)
+    methods = opts.methods if opts.methods in ("auto", "all") else [
+        m.strip() for m in opts.methods.split(",") if m.strip()]
+    progress("analysing")
+    result = run_analysis(ir, batches, methods, task=opts.task, budget=opts.budget)
+    result = {"spec": spec, "modality": ir.meta["modality"], **result}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (tmp / "importance.json").write_text(json.dumps(result, indent=1, default=_plain))
+        write_report(report_input(result), tmp / "report.html")
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result["run_id"] = _record("analyze", {"spec": spec, "quality": {
+        "ranking": result["ranking"], "ensemble": result["ensemble"]}}, opts.db)
+    return result
+
+
+def report_input(result: dict) -> dict:
+    """The analysis result in the shape report.html reads; ablation is the measured damage."""
+    scores = result["scores"]
+    return {
+        "model": result.get("spec", ""),
+        "layers": result["blocks"],
+        "methods": {n: {"scores": s, "cost": result["cost"].get(n, {})}
+                    for n, s in scores.items()},
+        "ensemble": {"scores": result["ensemble"]},
+        "measured_damage": scores.get("layer_ablation"),
+    }
+
+
+def _plain(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
 def inspect(spec: str, source_options=None, progress: Progress = _noop) -> dict:
     """The layer table of SPEC: every module with kind, params, FLOPs and share of FLOPs."""
     from layerwise.compiler.layers import blocks
@@ -94,8 +182,8 @@ def inspect(spec: str, source_options=None, progress: Progress = _noop) -> dict:
         "params": ir.params,
         "flops": total,
         "flops_batch": int(batch),
-        "inputs": ir.input_specs(),
-        "outputs": ir.output_specs(),
+        "inputs": _fix_batch(ir.input_specs(), model_entry, ir),
+        "outputs": _fix_batch(ir.output_specs(), model_entry, ir),
         "notes": ir.meta["notes"],
         "layers": [
             {"path": layer.path, "type": layer.type, "kind": layer.kind, "depth": layer.depth,
@@ -194,8 +282,8 @@ def _manifest(spec, opts, ir, model_entry, runner, parity, fidelity, timings, tm
         "task": ir.meta["task"],
         "notes": ir.meta["notes"],
         "model": model_entry,
-        "inputs": ir.input_specs(),
-        "outputs": ir.output_specs(),
+        "inputs": _fix_batch(ir.input_specs(), model_entry, ir),
+        "outputs": _fix_batch(ir.output_specs(), model_entry, ir),
         "example_inputs": "inputs.npz",
         "verification": {**parity, "against": "lifted IR", "runtime": runner.name},
         "fidelity": {**fidelity, "against": "original model (eager)"},
@@ -212,6 +300,15 @@ def _manifest(spec, opts, ir, model_entry, runner, parity, fidelity, timings, tm
         "timings": timings,
         "tool_versions": _versions(runner),
     }
+
+
+def _fix_batch(specs: list[dict], model_entry: dict, ir) -> list[dict]:
+    """Shapes as the artifact takes them: a target that could not keep the batch dynamic
+    (model entry `dynamic_batch: false`) has the example batch fixed."""
+    if model_entry.get("dynamic_batch", True):
+        return specs
+    batch = next(iter(ir.example_inputs.values())).shape[0]
+    return [{**s, "shape": [batch if d == "batch" else d for d in s["shape"]]} for s in specs]
 
 
 def _versions(runner) -> dict:

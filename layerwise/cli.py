@@ -16,7 +16,7 @@ from layerwise.options import add_arguments, from_namespace
 
 
 def _parser() -> argparse.ArgumentParser:
-    from layerwise.api import CompileOptions, ProfileOptions
+    from layerwise.api import AnalyzeOptions, CompileOptions, ProfileOptions
     from layerwise.sources import SCHEMES, SourceOptions
 
     p = argparse.ArgumentParser(prog="layerwise", description="Layer-importance edge compiler.")
@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("spec", help=f"model: {SCHEMES}")
     add_arguments(comp, CompileOptions)
     add_arguments(comp, SourceOptions)
+
+    ana = sub.add_parser("analyze", help="score every block's importance; write a report")
+    ana.add_argument("spec", help=f"model: {SCHEMES}")
+    add_arguments(ana, AnalyzeOptions)
+    add_arguments(ana, SourceOptions)
 
     prof = sub.add_parser("profile", help="profile a bundle with its own runtime")
     prof.add_argument("bundle", help="bundle directory written by `layerwise compile`")
@@ -54,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("--model", default=None, help="only this SPEC")
     leader.add_argument("--metric", default="p50", help="p50 | rel_err | size (lower is better)")
 
-    for s in (ins, comp, prof, run, runs, leader):
+    for s in (ins, comp, ana, prof, run, runs, leader):
         s.add_argument("--json", action="store_true", help="print JSON for scripts")
         s.add_argument("--quiet", action="store_true", help="no progress display")
     return p
@@ -113,6 +118,11 @@ def _run(args: argparse.Namespace) -> int:
             result = api.compile(args.spec, from_namespace(api.CompileOptions, args),
                                  from_namespace(SourceOptions, args), step)
         _emit(args, result, lambda r: report.compile_summary(r, args.out))
+    elif args.command == "analyze":
+        with _progress(show) as step:
+            result = api.analyze(args.spec, from_namespace(api.AnalyzeOptions, args),
+                                 from_namespace(SourceOptions, args), step)
+        _emit(args, result, lambda r: report.importance_table(r, args.out))
     elif args.command == "profile":
         with _progress(show) as step:
             step("profiling")

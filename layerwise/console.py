@@ -6,6 +6,8 @@ from rich.console import Console
 from rich.table import Table
 
 _out = Console(highlight=False)
+if not _out.is_terminal:  # piped output: do not squeeze tables into 80 columns
+    _out = Console(highlight=False, width=160)
 
 
 def _si(n: float) -> str:
@@ -92,3 +94,26 @@ def leaderboard_table(rows: list[dict], metric: str) -> None:
         t.add_row(str(i), str(r["model"]), str(r["target"]), str(r["device"]),
                   f"{r[metric]:.4g}", str(r["runs"]))
     _out.print(t)
+
+
+def importance_table(r: dict, out: str) -> None:
+    blocks = r["blocks"]
+    short = [".".join(b.split(".")[-2:]) for b in blocks]
+    t = Table(title=f"{r['spec']} — block importance, higher = keep ({r['task']}, "
+              f"{r['samples']} samples)")
+    t.add_column("method")
+    for s in short:
+        t.add_column(s, justify="right")
+    t.add_column("cost (fwd)", justify="right")
+    for m in [*r["methods"], "ensemble"]:
+        scores = r["ensemble"] if m == "ensemble" else r["scores"][m]
+        cost = r["cost"].get(m, {}).get("forward_equivalents")
+        t.add_row(m, *(f"{scores[b]:.3g}" for b in blocks),
+                  "" if cost is None else f"{cost:.1f}")
+    _out.print(t)
+    _out.print("drop order (least important first): " + ", ".join(reversed(r["ranking"])))
+    cost = r["total_cost"]["forward_equivalents"]
+    _out.print(f"cost: {cost:.1f} forward-pass equivalents; wrote {out}/importance.json and "
+               f"{out}/report.html")
+    for name, why in r.get("skipped", {}).items():
+        _out.print(f"skipped {name}: {why}")

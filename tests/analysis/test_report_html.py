@@ -44,9 +44,13 @@ def test_html_is_self_contained():
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
 def test_renders_in_chromium(tmp_path):
+    render_in_chromium(write_report(_importance(), tmp_path / "report.html"), tmp_path)
+
+
+def render_in_chromium(page, tmp_path) -> None:
+    """Screenshot `page` in headless Chromium; assert no console errors and a drawn page."""
     from PIL import Image
 
-    page = write_report(_importance(), tmp_path / "report.html")
     shot = tmp_path / "shot.png"
     proc = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
