@@ -182,8 +182,8 @@ def inspect(spec: str, source_options=None, progress: Progress = _noop) -> dict:
         "params": ir.params,
         "flops": total,
         "flops_batch": int(batch),
-        "inputs": _fix_batch(ir.input_specs(), model_entry, ir),
-        "outputs": _fix_batch(ir.output_specs(), model_entry, ir),
+        "inputs": ir.input_specs(),
+        "outputs": ir.output_specs(),
         "notes": ir.meta["notes"],
         "layers": [
             {"path": layer.path, "type": layer.type, "kind": layer.kind, "depth": layer.depth,
