@@ -51,7 +51,7 @@ def as_batches(batches: Iterable | None, labels: Any = None) -> list[Batch]:
 def analyze(ir: IR, batches: Iterable | None = None, methods: str | list[str] = "auto", *,
             task: str | None = None, labels: Any = None, budget: float | None = None,
             history: str | None = None, record_to: str | None = None, seed: int = 0,
-            options: dict[str, dict] | None = None) -> dict:
+            options: dict[str, dict] | None = None, distributed: bool = False) -> dict:
     """Score every block of `ir` with the chosen methods and their ensemble.
 
     `methods`: a list of names, "all", or "auto" (the selector picks within `budget`
@@ -59,6 +59,10 @@ def analyze(ir: IR, batches: Iterable | None = None, methods: str | list[str] = 
     name (default: the IR's task when labels are given, else fidelity to the model's own
     outputs). `options`: per-method constructor options. `record_to`: a history directory to
     record this analysis in (for meta_learning). Assumes batches fit the IR's inputs.
+    `distributed`: run data-parallel under torchrun (analysis.distributed): every process
+    passes the same batches and keeps batch i when i % world == its rank; sums over samples and
+    the shared accumulators are reduced across processes, so every rank returns the scores of
+    the single-process run (within float rounding). Only rank 0 records history.
     """
     data = as_batches(batches, labels)
     has_labels = any(b.labels is not None for b in data)
@@ -70,8 +74,10 @@ def analyze(ir: IR, batches: Iterable | None = None, methods: str | list[str] = 
             has_labels = True
         else:
             raise LayerwiseError(f"task {task_name} needs labels; pass labels=")
-    ctx = Context.build(ir, data, adapter, {"history": history}, seed)
     n_samples = sum(b.size for b in data)
+    shard = _shard(data) if distributed else None
+    local = data if shard is None else [data[i] for i in shard.indices]
+    ctx = Context.build(ir, local, adapter, {"history": history}, seed, shard=shard)
     selection = None
     if methods == "auto":
         selection = select_methods(
@@ -126,7 +132,8 @@ def analyze(ir: IR, batches: Iterable | None = None, methods: str | list[str] = 
     cost = {n: {"seconds": seconds.get(n, 0.0),
                 "forward_equivalents": seconds.get(n, 0.0) / unit,
                 "declared": instances[n].info.cost(len(paths), BACKWARD)} for n in results}
-    if record_to:
+    baseline = _last_collective(ctx) if distributed else ctx.baseline
+    if record_to and (shard is None or shard.rank == 0):
         from layerwise.analysis.history import record
 
         target = "layer_ablation" if "layer_ablation" in scores else "ensemble"
@@ -153,9 +160,28 @@ def analyze(ir: IR, batches: Iterable | None = None, methods: str | list[str] = 
             "methods": selection.methods, "reasons": selection.reasons,
             "estimated_cost": selection.estimated_cost},
         "skipped": skipped,
-        "metrics": adapter.metrics(_cat(ctx.baseline, 0), _cat(ctx.baseline, 0),
+        "metrics": adapter.metrics(_cat(baseline, 0), _cat(baseline, 0),
                                    _cat_labels(data)) if data else {},
+        **({"processes": shard.world} if shard is not None else {}),
     }
+
+
+def _shard(data: list[Batch]):
+    """This process's Shard of `data` under torchrun (None in a world of one)."""
+    from layerwise.analysis.distributed import Shard, init_from_env
+
+    rank, world = init_from_env()
+    return Shard.of([b.size for b in data], rank, world) if world > 1 and data else None
+
+
+def _last_collective(ctx: Context) -> list[list[torch.Tensor]]:
+    """Every rank's baseline outputs in batch order (for the task metrics); then leave the
+    process group if init_from_env made it."""
+    from layerwise.analysis.distributed import finish
+
+    baseline = ctx.baseline if ctx.shard is None else ctx.shard.gather_batches(ctx.baseline)
+    finish()
+    return baseline
 
 
 def _skip(skipped: dict, name: str, why: str, strict: bool) -> None:

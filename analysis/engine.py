@@ -57,12 +57,14 @@ class Context:
     seed: int = 0
     baseline: list[list[torch.Tensor]] = field(default_factory=list)
     forward_seconds: float = 0.0
+    shard: Any = None  # analysis.distributed.Shard when the batches are this rank's share
     _probes: dict[tuple, Probe] = field(default_factory=dict)
 
     @classmethod
     def build(cls, ir: IR, batches: list[Batch], task: Task, options: dict | None = None,
-              seed: int = 0) -> Context:
-        return cls(ir, find_sites(ir), list(batches), task, dict(options or {}), seed)
+              seed: int = 0, *, shard: Any = None) -> Context:
+        return cls(ir, find_sites(ir), list(batches), task, dict(options or {}), seed,
+                   shard=shard)
 
     # ------------------------------------------------------------ helpers for methods
 
@@ -82,7 +84,35 @@ class Context:
         return m.bool() if isinstance(m, torch.Tensor) and m.dim() == 2 else None
 
     def generator(self, index: int) -> torch.Generator:
+        """The random generator of global batch `index` (see `global_index`)."""
         return torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+
+    # ------------------------------------------------ data-parallel runs (analysis.distributed)
+
+    def global_index(self, i: int) -> int:
+        """The index in the whole data of local batch `i` (the same when not sharded)."""
+        return i if self.shard is None else self.shard.indices[i]
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        """Samples in every batch of the whole data (every rank's, when sharded)."""
+        return [b.size for b in self.batches] if self.shard is None else list(self.shard.sizes)
+
+    def reduce_sum(self, *values):
+        """Sums over every rank of floats / arrays / tensors (the values as they are when not
+        sharded); one value gives one value back."""
+        if self.shard is None:
+            return values[0] if len(values) == 1 else values
+        return self.shard.all_reduce_sum(*values)
+
+    def share(self, limit: int | None = None) -> list[tuple[int, Batch]]:
+        """(local index, batch) of this rank's batches among those a pass over the first
+        `limit` samples reads (whole batches in order until `limit` is reached). Not sharded:
+        every batch; the caller stops at `limit` itself."""
+        if self.shard is None:
+            return list(enumerate(self.batches))
+        cut = self.shard.cutoff(limit)
+        return [(i, b) for i, b in enumerate(self.batches) if self.shard.indices[i] < cut]
 
     def probe(self, taps: tuple[str, ...] = (), gates: bool = False, patch: bool = False
               ) -> Probe:
@@ -103,14 +133,15 @@ class Context:
         probe.set_gates(alpha, beta)
         total, count = 0.0, 0
         with torch.no_grad():
-            for i, batch in enumerate(self.batches):
+            for i, batch in self.share(limit):
                 outs, _ = probe(batch.inputs)
                 d = self.task.damage(outs, self.baseline[i], batch.labels)
                 total += float(d.sum())
                 count += d.numel()
-                if limit is not None and count >= limit:
+                if self.shard is None and limit is not None and count >= limit:
                     break
         probe.set_gates()
+        total, count = self.reduce_sum(total, count)
         return total / max(count, 1)
 
 
@@ -156,7 +187,7 @@ def run_shared(ctx: Context, methods: dict[str, Any]) -> tuple[dict[str, Result]
             pgrads: dict[str, torch.Tensor] = {}
             if backward:
                 loss = ctx.task.loss(outs, ctx.baseline[i] if ctx.baseline else outs,
-                                     batch.labels, ctx.generator(i))
+                                     batch.labels, ctx.generator(ctx.global_index(i)))
                 wrt_nodes = [tapped[n] for n in grad_nodes]
                 wrt_params = list(params.values()) if want_params else []
                 got = torch.autograd.grad(loss, wrt_nodes + wrt_params, allow_unused=True)
@@ -167,7 +198,7 @@ def run_shared(ctx: Context, methods: dict[str, Any]) -> tuple[dict[str, Result]
             t2 = time.perf_counter()
             t_fwd += t1 - t0
             t_bwd += t2 - t1
-            obs = Observation(i, batch, [o.detach() for o in outs],
+            obs = Observation(ctx.global_index(i), batch, [o.detach() for o in outs],
                               {k: v.detach() for k, v in tapped.items()}, grads, pgrads,
                               {k: v.detach() for k, v in params.items()}, ctx.mask(batch))
             with torch.no_grad():
@@ -178,6 +209,10 @@ def run_shared(ctx: Context, methods: dict[str, Any]) -> tuple[dict[str, Result]
     finally:
         for n, p in params.items():
             p.requires_grad_(flags[n])
+    if ctx.shard is not None:  # every rank's accumulators, merged (lists in batch order)
+        t3 = time.perf_counter()
+        states = ctx.shard.merge_states(states)
+        t_fwd += time.perf_counter() - t3
     results = {}
     for name, m in methods.items():
         t3 = time.perf_counter()

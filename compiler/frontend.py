@@ -79,10 +79,10 @@ def _make_ir(ep, source, reference, names) -> IR:
             if isinstance(val, torch.Tensor) and val.dim():
                 dim0 = val.shape[0]
                 symbols[node.name] = None if isinstance(dim0, int) else str(dim0)
-    # A batch dimension is one symbol shared by every input; other dynamic dims (a graph's
-    # node count beside its edge list) stay dynamic but are not a batch to slice.
-    shared = set(symbols.values())
-    batch = len(shared) == 1 and None not in shared
+    # A batch: every input's first dim is dynamic and of one example size. Other dynamic dims
+    # (a graph's node count beside its edge list) stay dynamic but are not a batch to slice.
+    sizes = {int(source.inputs[k].shape[0]) for k in symbols}
+    batch = bool(symbols) and None not in symbols.values() and len(sizes) == 1
     dynamic_inputs = list(symbols) if batch else []
     other_dynamic = {} if batch else {k: v for k, v in symbols.items() if v is not None}
     meta = {

@@ -31,6 +31,10 @@ class CompileOptions:
     calibration: str | None = opt(None, "int8 calibration: minmax|percentile|entropy|mse "
                                   "(default: the target's recipe)")
     keep_fp32: str | None = opt(None, "comma-separated layer paths kept in fp32 under int8")
+    max_drop: str | None = opt(None, "search the plan: largest quality loss allowed on held-out "
+                               "--data, e.g. 1% (drops blocks, tries int8)")
+    max_latency_ms: float | None = opt(None, "plan search: latency bound (target runtime, batch 1)")
+    max_size_mb: float | None = opt(None, "plan search: model size bound in MiB")
     db: str | None = opt(None, "results database (default $LAYERWISE_DB or ~/.layerwise/runs.db; "
                                "'none' records nothing)")
 
@@ -65,6 +69,7 @@ class AnalyzeOptions:
     limit: int | None = opt(None, "use at most this many examples")
     db: str | None = opt(None, "results database (default $LAYERWISE_DB or ~/.layerwise/runs.db; "
                                "'none' records nothing)")
+    distributed: bool = opt(False, "shard the data over torch.distributed (run under torchrun)")
 
 
 def _noop(_: str) -> None:
@@ -117,6 +122,10 @@ def analyze(spec: str, options: AnalyzeOptions | None = None, source_options=Non
     out = Path(opts.out)
     if out.exists() and not opts.force:
         raise LayerwiseError(f"{out} already exists: choose another --out or pass --force")
+    if opts.distributed:  # refuse outside torchrun before any work
+        from layerwise.analysis.distributed import init_from_env
+
+        init_from_env()
     progress(f"loading {spec}")
     source = load_source(spec, source_options)
     progress("exporting with torch.export")
@@ -129,8 +138,14 @@ def analyze(spec: str, options: AnalyzeOptions | None = None, source_options=Non
     methods = opts.methods if opts.methods in ("auto", "all") else [
         m.strip() for m in opts.methods.split(",") if m.strip()]
     progress("analysing")
-    result = run_analysis(ir, batches, methods, task=opts.task, budget=opts.budget)
+    result = run_analysis(ir, batches, methods, task=opts.task, budget=opts.budget,
+                          distributed=opts.distributed)
     result = {"spec": spec, "modality": ir.meta["modality"], **result}
+    if opts.distributed:
+        from layerwise.analysis.distributed import is_main
+
+        if not is_main():  # rank 0 writes the directory and records the run
+            return result
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -200,10 +215,11 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
             progress: Progress = _noop) -> dict:
     """Lift SPEC, emit it for the target, verify with the target's runtime, write the bundle.
 
-    The bundle appears at `options.out` only if verification passes; returns its manifest.
+    With `max_drop`, first search the plan (blocks to drop, precision) that meets the bounds
+    on held-out data. The bundle appears at `options.out` only if verification passes;
+    returns its manifest.
     """
-    from layerwise.compiler.passes import run_passes
-    from layerwise.runtime import compare, open_runner
+    from layerwise.compiler.frontend import lift as lift_source
     from layerwise.targets import get_target
     from layerwise.targets.bundle import BundleWriter
 
@@ -214,25 +230,66 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
     if opts.precision not in target.INFO.precisions:
         raise LayerwiseError(f"target {opts.target} offers {', '.join(target.INFO.precisions)}, "
                              f"not {opts.precision}")
-    writer = BundleWriter(opts.out, force=opts.force)  # refuses an existing --out up front
-    tolerance = opts.tolerance or (1e-4 if opts.precision == "fp32" else 0.5)
-    timings: dict[str, float] = {}
+    if opts.max_drop is not None and not opts.data:
+        raise LayerwiseError("--max-drop needs --data (held-out inputs to measure quality on)")
+    BundleWriter(opts.out, force=opts.force)  # refuses an existing --out before any work
     t0 = time.perf_counter()
     progress(f"loading {spec}")
     source = load_source(spec, source_options)
     progress("exporting with torch.export")
-    from layerwise.compiler.frontend import lift as lift_source
-
     ir = lift_source(source)
-    timings["lift_s"] = time.perf_counter() - t0
+    lift_s = time.perf_counter() - t0
+    batches = _load_data(opts, ir, source, progress) if opts.data else []
+    search = None
+    drop: list[str] = []
+    precision = opts.precision
+    keep = [p.strip() for p in (opts.keep_fp32 or "").split(",") if p.strip()]
+    if opts.max_drop is not None:
+        from layerwise.plan import Search, run_search, split
+
+        analysis_part, held = split(batches)
+        s = Search(ir, source, opts.target, _fraction(opts.max_drop), opts.max_latency_ms,
+                   opts.max_size_mb, analysis_part, held, progress)
+
+        def build(cand, out: Path) -> dict:
+            return _build(spec, ir, target, opts, cand.drop, cand.precision, cand.keep_fp32,
+                          analysis_part, out, True, progress, {"lift_s": lift_s}, record=False)
+
+        best, search = run_search(s, build, "int8" in target.INFO.precisions)
+        drop, precision, keep = best.drop, best.precision, best.keep_fp32
+        batches = analysis_part
+    return _build(spec, ir, target, opts, drop, precision, keep, batches, Path(opts.out),
+                  opts.force, progress, {"lift_s": lift_s}, search=search)
+
+
+def _build(spec, ir, target, opts, drop, precision, keep, calibration, out: Path, force: bool,
+           progress: Progress, timings: dict, search: dict | None = None,
+           record: bool = True) -> dict:
+    """Apply the plan (drop blocks, legalize, quantize), emit, verify, write the bundle."""
+    import copy
+    import dataclasses
+
+    from layerwise.compiler.passes import run_passes
+    from layerwise.runtime import compare, open_runner
+    from layerwise.targets.bundle import BundleWriter
+
+    writer = BundleWriter(out, force=force)
+    tolerance = opts.tolerance or (1e-4 if precision == "fp32" else 0.5)
+    if drop:
+        from layerwise.compiler.passes.drop_layers import drop_layers
+
+        progress(f"dropping {len(drop)} block(s)")
+        ir = drop_layers(ir, drop)
+    ir = dataclasses.replace(ir, annotations=copy.deepcopy(ir.annotations))
     ir = run_passes(ir, list(target.INFO.legalize))
-    if opts.precision == "int8":
-        _plan_int8(ir, source, opts, progress)
+    if precision == "int8":
+        _plan_int8(ir, calibration, opts.target, opts.calibration, keep)
+    opts = dataclasses.replace(opts, precision=precision)
     with writer:
         progress(f"emitting {opts.target}")
         t0 = time.perf_counter()
         model_entry = target.emit(ir, writer.dir, opts)
-        timings["emit_s"] = time.perf_counter() - t0
+        timings = {**timings, "emit_s": time.perf_counter() - t0}
         progress(f"verifying with {target.INFO.runtime} runtime")
         t0 = time.perf_counter()
         feeds = {k: v.numpy() for k, v in ir.example_inputs.items()}
@@ -249,25 +306,47 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
         writer.save_arrays("inputs.npz", feeds)
         manifest = _manifest(spec, opts, ir, model_entry, runner, parity, fidelity, timings,
                              writer.dir)
+        if search is not None:
+            manifest["search"] = search
+            from layerwise.plan_report import write_plan_report
+
+            write_plan_report(search, spec, writer.dir / "report.html")
         manifest = writer.finish(manifest)
-    bundle = str(Path(opts.out).resolve())
-    manifest["run_id"] = _record("compile", {**manifest, "bundle": bundle}, opts.db)
+    if record:
+        bundle = str(out.resolve())
+        manifest["run_id"] = _record("compile", {**manifest, "bundle": bundle}, opts.db)
     return manifest
 
 
-def _plan_int8(ir, source, opts: CompileOptions, progress: Progress) -> None:
-    """Annotate ir for static INT8 with the target's recipe and load calibration batches."""
+def _fraction(text: str) -> float:
+    """'1%' -> 0.01, '0.01' -> 0.01."""
+    try:
+        v = float(text[:-1]) / 100.0 if str(text).endswith("%") else float(text)
+    except ValueError as e:
+        raise LayerwiseError(f"--max-drop {text!r}: give a fraction (0.01) or a percent (1%)") from e
+    if not 0 <= v < 1:
+        raise LayerwiseError(f"--max-drop {text!r} must lie in [0, 100%)")
+    return v
+
+
+def _load_data(opts, ir, source, progress: Progress) -> list:
     from layerwise.analysis.data import load_batches
+
+    progress(f"loading data {opts.data}")
+    return load_batches(opts.data, ir, getattr(source, "tokenizer", None), batch_size=8)
+
+
+def _plan_int8(ir, batches: list, target: str, calibration: str | None,
+               keep: list[str]) -> None:
+    """Annotate ir for static INT8 with the target's recipe, calibrated on `batches`."""
     from layerwise.compiler.passes.quantize import quantize, recipe_for
 
-    if not opts.data:
+    if not batches:
         raise LayerwiseError("--precision int8 needs --data (calibration inputs: .npz, an image "
                              "folder, a text file or module:factory)")
-    progress(f"loading calibration data {opts.data}")
-    batches = load_batches(opts.data, ir, getattr(source, "tokenizer", None), batch_size=1)
-    ir.calibration = [{k: v.numpy() for k, v in b.inputs.items()} for b in batches]
-    keep = [p.strip() for p in (opts.keep_fp32 or "").split(",") if p.strip()]
-    quantize(ir, recipe_for(opts.target, calibration=opts.calibration), keep)
+    ir.calibration = [{k: v[i:i + 1].numpy() for k, v in b.inputs.items()}
+                      for b in batches for i in range(b.size)]
+    quantize(ir, recipe_for(target, calibration=calibration), keep)
 
 
 def _manifest(spec, opts, ir, model_entry, runner, parity, fidelity, timings, tmp: Path) -> dict:

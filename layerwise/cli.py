@@ -119,10 +119,13 @@ def _run(args: argparse.Namespace) -> int:
                                  from_namespace(SourceOptions, args), step)
         _emit(args, result, lambda r: report.compile_summary(r, args.out))
     elif args.command == "analyze":
-        with _progress(show) as step:
+        # under torchrun with --distributed, ranks other than 0 work silently
+        silent = args.distributed and os.environ.get("RANK", "0") != "0"
+        with _progress(show and not silent) as step:
             result = api.analyze(args.spec, from_namespace(api.AnalyzeOptions, args),
                                  from_namespace(SourceOptions, args), step)
-        _emit(args, result, lambda r: report.importance_table(r, args.out))
+        if not silent:
+            _emit(args, result, lambda r: report.importance_table(r, args.out))
     elif args.command == "profile":
         with _progress(show) as step:
             step("profiling")

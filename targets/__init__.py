@@ -25,6 +25,7 @@ class TargetInfo:
 TARGETS: dict[str, str] = {
     "onnx": "layerwise.targets.onnx",
     "openvino": "layerwise.targets.openvino",
+    "tflite": "layerwise.targets.tflite",
 }
 
 

@@ -21,7 +21,7 @@ class CausalAnalysis:
 
     def run(self, ctx) -> Result:
         ctx.require_data(self.info.name)
-        if max(b.size for b in ctx.batches) < 2:
+        if max(ctx.batch_sizes) < 2:
             raise MethodError("causal_analysis patches activations across samples of a batch: "
                               "use batches of at least 2 samples")
         probe = ctx.probe(gates=True, patch=True)

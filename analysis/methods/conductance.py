@@ -40,7 +40,7 @@ class LayerConductance:
                 with torch.no_grad():
                     alpha_buf.fill_(self.start + (1 - self.start) * (j + 0.5) / self.steps)
                 seen = 0
-                for i, batch in enumerate(ctx.batches):
+                for i, batch in ctx.share(self.samples):  # this rank's batches when sharded
                     outs, _ = probe(batch.inputs)
                     d = ctx.task.damage(outs, ctx.baseline[i], batch.labels)
                     (g,) = torch.autograd.grad(-d.sum(), [alpha_buf])
@@ -48,13 +48,14 @@ class LayerConductance:
                     seen += d.numel()
                     if j == 0:
                         count += d.numel()
-                    if self.samples is not None and seen >= self.samples:
+                    if ctx.shard is None and self.samples is not None and seen >= self.samples:
                         break
         finally:
             for p, f in zip(params, flags):
                 p.requires_grad_(f)
             alpha_buf.requires_grad_(False)
             probe.set_gates()
+        total, count = ctx.reduce_sum(total, count)  # over every rank when sharded
         cond = total * (1 - self.start) / (self.steps * max(count, 1))
         scores = ctx.nan_scores()
         for s in ctx.sites:

@@ -22,6 +22,7 @@ class QuantRecipe:
     percentile: float = 99.999
     bins: int = 2048
     op_types: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
+    weighted_matmuls_only: bool = True  # leave activation x activation matmuls in float
 
 
 # One row per target: what its INT8 kernels expect.

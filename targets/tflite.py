@@ -1,0 +1,338 @@
+"""TFLite (LiteRT) target: our own .tflite flatbuffer emitter from the Core ATen graph.
+
+No TensorFlow: the model is written with the schema object API that ai-edge-litert ships and
+run by its Interpreter. The graph is walked node by node through a table of converters (one
+small function per ATen op, in `tflite_ops` and `tflite_nn`). Convolutions run NHWC; the file
+takes and returns tensors in the same layout, names and dtypes as the ONNX bundle (NCHW images)
+and TRANSPOSEs are inserted only where a layout must change.
+
+The batch is the example inputs' batch (2): shape-only nodes (sizes, `arange`, `full`,
+masks built from them) are folded to constants on it. Dynamic inputs carry shape signature -1
+and reshapes write -1 on the batch axis, so CNNs also run at another batch after
+`resize_tensor_input`; models that fold batch-sized constants (ViT's class token, BERT's token
+types) do not. The model entry says which (`dynamic_batch`).
+
+precision "fp32" (default) or "int8": full-integer int8 with float inputs and outputs
+(QUANTIZE / DEQUANTIZE at the edges), per-tensor asymmetric activations from calibrated
+ranges, per-channel symmetric weights and int32 biases.
+"""
+
+from __future__ import annotations
+
+import operator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from layerwise.errors import TargetError
+from layerwise.targets import TargetInfo
+
+INFO = TargetInfo(name="tflite", runtime="tflite", precisions=("fp32", "int8"),
+                  extra="ai-edge-litert")
+FILE = "model.tflite"
+
+aten = torch.ops.aten
+# ops whose result depends only on shapes: constants once the batch is fixed
+SHAPE_ONLY = {aten.sym_size.int, aten.full_like.default, aten.zeros_like.default,
+              aten.ones_like.default, aten.empty_like.default, aten.scalar_tensor.default,
+              aten.full.default, aten.arange.start_step, aten.arange.default,
+              aten.arange.start, aten.zeros.default, aten.ones.default,
+              aten.empty.memory_format, operator.mul, operator.add, operator.sub,
+              operator.floordiv, operator.truediv}
+SKIP = {aten._assert_tensor_metadata.default, aten._assert_scalar.default,
+        aten.sym_constrain_range_for_size.default}
+
+
+def emit(ir, out_dir: Path, opts=None) -> dict:
+    """Write model.tflite into out_dir; returns the model entry."""
+    precision = getattr(opts, "precision", "fp32") or "fp32"
+    if precision not in INFO.precisions:
+        raise TargetError(f"tflite emits {', '.join(INFO.precisions)}, not {precision!r}")
+    ranges = None
+    if precision == "int8":
+        ranges = ir.annotations.get("quant_ranges") or _plan_ranges(ir)
+    path = Path(out_dir) / FILE
+    stats = emit_tflite(ir, path, precision=precision, ranges=ranges)
+    return {"file": FILE, "files": [FILE], "format": "tflite", "precision": precision,
+            "batch": stats["batch"], "dynamic_batch": _runs_batch_one(ir, path),
+            "ops": stats["ops"]}
+
+
+def _runs_batch_one(ir, path: Path) -> bool:
+    """Whether the file also runs at batch 1 (its graph bakes no batch-sized constant)."""
+    from layerwise.runtime.litert import LiteRTRunner
+
+    if not ir.meta.get("dynamic_inputs"):
+        return False
+    try:
+        LiteRTRunner(path, threads=1).run({k: v[:1].numpy() for k, v in
+                                           ir.example_inputs.items()})
+    except Exception:
+        return False
+    return True
+
+
+def emit_tflite(ir, path: Path, precision: str = "fp32",
+                ranges: dict[str, tuple[float, float]] | None = None) -> dict:
+    """Lower the IR to `path`; returns {"batch", "ops": {op: count}}."""
+    _require_litert()
+    from layerwise.targets.tflite_graph import write_model
+
+    if precision == "int8" and not ranges:
+        raise TargetError("int8 tflite needs activation ranges: pass calibrate_ranges(ir, "
+                          "batches) or use precision fp32")
+    low = Lowering(ir, int8=precision == "int8", ranges=ranges or {})
+    model = low.run()
+    write_model(model, path)
+    counts: dict[str, int] = {}
+    names = {v: k for k, v in vars(low.b.fb.BuiltinOperator).items() if not k.startswith("_")}
+    for o in low.b.operators:
+        name = names[low.b.opcode_list[o.opcodeIndex].builtinCode]
+        counts[name] = counts.get(name, 0) + 1
+    batch = next(iter(ir.example_inputs.values())).shape[0] if ir.example_inputs else 1
+    return {"batch": int(batch), "ops": counts}
+
+
+def _plan_ranges(ir) -> dict[str, tuple[float, float]]:
+    """Ranges per the `quantize` pass's recipe over ir.calibration (else the example inputs)."""
+    recipe = (ir.annotations.get("quantize") or {}).get("recipe", {})
+    batches = [{k: torch.from_numpy(v) for k, v in b.items()} for b in ir.calibration]
+    pct = (recipe.get("percentile", 99.99)
+           if recipe.get("calibration", "percentile") == "percentile" else None)
+    return calibrate_ranges(ir, batches or [ir.example_inputs], pct)
+
+
+def calibrate_ranges(ir, batches, percentile: float | None = None
+                     ) -> dict[str, tuple[float, float]]:
+    """(min, max) of every floating-point node of the IR's graph over `batches` (dicts of
+    input name -> tensor). With `percentile` (e.g. 99.99), the two-sided percentile range of
+    each node from a streaming histogram instead of the extremes."""
+    gm = ir.module()
+    stats: dict[str, object] = {}
+
+    class Rec(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel():
+                a = out.detach().float().numpy()
+                a = a[np.isfinite(a) & (np.abs(a) < 1e30)]
+                if a.size:
+                    if percentile is None:
+                        lo, hi = stats.get(n.name, (np.inf, -np.inf))
+                        stats[n.name] = (min(lo, float(a.min())), max(hi, float(a.max())))
+                    else:
+                        from layerwise.cpp_ext import StreamingHistogram
+
+                        h = stats.setdefault(n.name, StreamingHistogram(2048, signed=True))
+                        h.update(a)
+            return out
+
+    with torch.no_grad():
+        for batch in batches:
+            names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+            Rec(gm).run(*[batch[k] for k in names])
+    if percentile is None:
+        return stats
+    p = percentile / 100.0
+    return {k: (float(h.quantile(1 - p)), float(h.quantile(p))) for k, h in stats.items()}
+
+
+def _require_litert() -> None:
+    try:
+        import ai_edge_litert.schema_py_generated  # noqa: F401
+    except ImportError as e:
+        raise TargetError("the tflite target needs LiteRT: pip install ai-edge-litert") from e
+
+
+def layer_of(node) -> str:
+    """The innermost module path of a node ('' when it belongs to no submodule)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else ""
+
+
+class Lowering:
+    """One walk over the graph: records concrete values, folds shape-only nodes, converts."""
+
+    def __init__(self, ir, int8: bool, ranges: dict) -> None:
+        from layerwise.targets.tflite_graph import ModelBuilder
+
+        self.ir = ir
+        self.gm = ir.module()
+        self.int8 = int8
+        self.ranges = ranges
+        self.b = ModelBuilder(int8=int8)
+        self.env: dict = {}
+        self.values = self._record()
+        self.const = self._constants()
+
+    # ------------------------------------------------------------ analysis
+
+    def _record(self) -> dict:
+        vals: dict = {}
+
+        class Rec(torch.fx.Interpreter):
+            def run_node(self, n):
+                out = super().run_node(n)
+                vals[n] = out
+                return out
+
+        names = [n.target for n in self.gm.graph.nodes if n.op == "placeholder"]
+        with torch.no_grad():
+            Rec(self.gm).run(*[self.ir.example_inputs[k] for k in names])
+        return vals
+
+    def _constants(self) -> set:
+        const = set()
+        for n in self.gm.graph.nodes:
+            if n.op == "get_attr" or (n.op == "call_function" and (
+                    n.target in SHAPE_ONLY or all(a in const for a in n.all_input_nodes))):
+                const.add(n)
+        return const
+
+    def _live(self) -> set:
+        out = next(n for n in self.gm.graph.nodes if n.op == "output")
+        live, todo = set(), [out]
+        while todo:
+            n = todo.pop()
+            if n in live or n in self.const:
+                continue
+            live.add(n)
+            todo.extend(n.all_input_nodes)
+        return live
+
+    # ------------------------------------------------------------ helpers for converters
+
+    def is_const(self, arg) -> bool:
+        return not isinstance(arg, torch.fx.Node) or arg in self.const
+
+    def concrete(self, arg):
+        """The value of an argument on the example inputs: numpy for tensors, lists kept."""
+        if isinstance(arg, torch.fx.Node):
+            v = self.values[arg]
+            if isinstance(v, torch.Tensor):
+                return v.detach().numpy()
+            return int(v) if isinstance(v, torch.SymInt) else v
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(self.concrete(a) for a in arg)
+        return arg
+
+    def tensor_of(self, node) -> torch.Tensor:
+        v = self.values[node]
+        if not isinstance(v, torch.Tensor):
+            raise self.fail(node, "produces no single tensor")
+        return v
+
+    def dtype(self, node) -> np.dtype:
+        return np.dtype(str(self.tensor_of(node).dtype).removeprefix("torch."))
+
+    def shape(self, node) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.tensor_of(node).shape)
+
+    def value(self, arg, dtype=None):
+        """The emitted tensor of an argument (constants materialised, torch layout)."""
+        if not self.is_const(arg):
+            v = self.env.get(arg)
+            if v is None or isinstance(v, list):
+                raise self.fail(arg, "has no single emitted tensor")
+            return v
+        a = np.asarray(self.concrete(arg))
+        if dtype is not None:
+            a = a.astype(dtype)
+        elif a.dtype == np.float64:
+            a = a.astype(np.float32)
+        return self.const_tensor(a, getattr(arg, "name", "const"))
+
+    def const_tensor(self, a: np.ndarray, name: str = "const", perm=None):
+        q = None
+        if self.int8 and a.dtype.kind == "f":
+            from layerwise.targets.tflite_graph import qparams_for_range
+
+            q = qparams_for_range(a.min() if a.size else 0, a.max() if a.size else 0)
+        return self.b.const(a, name, q=q, perm=perm)
+
+    def qparams(self, node):
+        """int8 parameters for a node's float output from its calibrated range (None in fp32)."""
+        if not self.int8 or self.dtype(node).kind != "f":
+            return None
+        from layerwise.targets.tflite_graph import qparams_for_range
+
+        if node.name not in self.ranges:
+            raise self.fail(node, "has no calibrated range for int8 (calibrate_ranges "
+                            "covers every float node; was the IR changed after calibrating?)")
+        return qparams_for_range(*self.ranges[node.name])
+
+    def out(self, node, shape, perm, q="node", dtype=None):
+        """A new tensor for node's result; int8 parameters from its range unless given."""
+        if q == "node":
+            q = self.qparams(node)
+        return self.b.tensor(node.name, shape, dtype or self.dtype(node), perm, q)
+
+    def users(self, node) -> list:
+        return list(node.users)
+
+    def sole_user(self, node):
+        us = list(node.users)
+        return us[0] if len(us) == 1 and us[0].op == "call_function" else None
+
+    def fail(self, node, why: str) -> TargetError:
+        layer = layer_of(node) or "(top level)"
+        return TargetError(
+            f"tflite cannot map {node.target} (node {node.name}, layer {layer}): {why}. "
+            "Use --target onnx for this model, or report the op")
+
+    # ------------------------------------------------------------ the walk
+
+    def run(self):
+        from layerwise.targets.tflite_graph import identity
+        from layerwise.targets.tflite_ops import CONVERTERS
+
+        b = self.b
+        live = self._live()
+        inputs = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        dynamic = set(self.ir.meta.get("dynamic_inputs", []))
+        b.dynamic_batch = bool(dynamic)
+        for n in inputs:
+            t = self.tensor_of(n)
+            v = b.tensor(n.target, tuple(t.shape), self.dtype(n))
+            if n.target in dynamic:
+                b.tensors[v.index].shapeSignature = [-1, *t.shape[1:]]
+            b.inputs.append(v.index)
+            if self.int8 and v.dtype.kind == "f":
+                v = b.requantize(v, self.qparams(n), f"{n.target}_int8")
+            self.env[n] = v
+        for n in self.gm.graph.nodes:
+            if n.op != "call_function" or n in self.env or n not in live or n.target in SKIP:
+                continue
+            conv = CONVERTERS.get(n.target)
+            if conv is None:
+                raise self.fail(n, "no TFLite converter for this ATen op")
+            res = conv(self, n)
+            if n not in self.env:
+                self.env[n] = res
+        out_node = next(n for n in self.gm.graph.nodes if n.op == "output")
+        leaves = [a for a in torch.utils._pytree.tree_leaves(out_node.args[0])
+                  if isinstance(a, torch.fx.Node)]
+        names = list(self.ir.output_names)
+        for name, n in zip(names, leaves):
+            if self.is_const(n):
+                raise self.fail(n, "is a model output that does not depend on the inputs")
+            v = b.plain(self.value(n))
+            if v.q is not None:
+                f = b.tensor(name, v.shape, v.dtype, identity(len(v.shape)), storage=np.float32)
+                b.op("DEQUANTIZE", [v], [f])
+                v = f
+            elif v.index in b.inputs or v.index in b.outputs:
+                v = _copy(b, v, name)
+            else:
+                b.rename(v, name)
+            b.outputs.append(v.index)
+        spec = self.ir.meta.get("spec", "model")
+        return b.finish(f"layerwise {spec}", [n.target for n in inputs], names)
+
+
+def _copy(b, v, name):
+    """A distinct tensor equal to v (an output that is also an input or another output)."""
+    out = b.tensor(name, v.shape, v.dtype, v.perm, v.q)
+    b.op("RESHAPE", [v, b.int_const(v.shape)], [out], "Reshape", newShape=list(v.shape))
+    return out

@@ -1,0 +1,427 @@
+"""ATen -> TFLite converters for the layers: convolution, pooling, matmul, normalization.
+
+Fusions done while converting (each only when the intermediate has a single user):
+batch norm into the preceding convolution's weights, ReLU / ReLU6 / ReLU_N1_TO_1 into the
+producing op's fused activation, and `x * clamp(x + 3, 0, 6) / 6` into HARD_SWISH.
+For int8, weights are per-channel symmetric (conv: output axis, depthwise: last axis,
+fully connected: rows) and the int32 bias has scale input_scale * weight_scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from layerwise.targets.tflite_graph import QParams, symmetric_per_channel
+from layerwise.targets.tflite_ops import BINARY, permuted
+
+aten = torch.ops.aten
+NN: dict = {}
+BROADCASTING = set(BINARY) | {aten.where.self}
+CLAMPS = {aten.hardtanh.default, aten.clamp.default, aten.clamp_min.default,
+          aten.clamp_max.default}
+ACT_CODES = {"RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
+NHWC = (0, 2, 3, 1)
+
+
+def nn(*targets):
+    def deco(fn):
+        for t in targets:
+            assert t not in NN, t
+            NN[t] = fn
+        return fn
+    return deco
+
+
+def _num(x, want: float) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and float(x) == want
+
+
+# ---------------------------------------------------------------- fusion matchers
+
+def clamp_bounds(cx, node):
+    """(lo, hi, chain) of a clamp-like node, merging a following clamp(max=6) into
+    clamp(min=0) (how ReLU6 arrives decomposed); chain[-1] is the last node absorbed."""
+    t, a = node.target, list(node.args) + [None, None]
+    if t is aten.hardtanh.default:
+        lo, hi = (a[1] if a[1] is not None else -1.0), (a[2] if a[2] is not None else 1.0)
+    elif t is aten.clamp.default:
+        lo, hi = a[1], a[2]
+    elif t is aten.clamp_min.default:
+        lo, hi = a[1], None
+    else:
+        lo, hi = None, a[1]
+    lo = None if lo is None else float(lo)
+    hi = None if hi is None else float(hi)
+    chain = [node]
+    u = cx.sole_user(node)
+    if lo == 0.0 and hi is None and u is not None and u.target in CLAMPS and u.args[0] is node:
+        lo2, hi2, more = clamp_bounds(cx, u)
+        if lo2 is None and hi2 == 6.0:
+            hi, chain = 6.0, chain + more
+    return lo, hi, chain
+
+
+def absorb_activation(cx, node):
+    """(chain, code): node plus a following ReLU-family activation folded into it."""
+    from layerwise.targets.tflite_ops import ACT
+
+    if cx.dtype(node).kind != "f":
+        return [node], 0
+    u = cx.sole_user(node)
+    if u is None or not u.args or u.args[0] is not node:
+        return [node], 0
+    if u.target is aten.relu.default:
+        return [node, u], ACT_CODES["RELU"]
+    if u.target in CLAMPS:
+        lo, hi, chain = clamp_bounds(cx, u)
+        name = ACT.get((lo, hi))
+        if name in ACT_CODES:
+            return [node, *chain], ACT_CODES[name]
+    return [node], 0
+
+
+def absorb_batchnorm(cx, node):
+    """(chain, (scale, shift) | None): an inference batch norm right after node."""
+    u = cx.sole_user(node)
+    if u is None or u.target is not aten._native_batch_norm_legit_no_training.default \
+            or u.args[0] is not node:
+        return [node], None
+    w, b, mean, var = u.args[1:5]
+    eps = float(u.args[6])
+    if not all(cx.is_const(a) for a in (w, b, mean, var)):
+        return [node], None
+    gets = list(u.users)
+    if len(gets) != 1 or gets[0].args[1] != 0:
+        return [node], None
+    mean = np.asarray(cx.concrete(mean), np.float64)
+    scale = 1.0 / np.sqrt(np.asarray(cx.concrete(var), np.float64) + eps)
+    if w is not None:
+        scale = scale * np.asarray(cx.concrete(w), np.float64)
+    shift = -mean * scale + (np.asarray(cx.concrete(b), np.float64) if b is not None else 0.0)
+    return [node, u, gets[0]], (scale, shift)
+
+
+def match_hardswish(cx, node):
+    """HARD_SWISH for add(x, 3) -> clamp(0, 6) -> mul(x, .) -> div(., 6), else None."""
+    x, c = node.args[0], node.args[1]
+    if not isinstance(x, torch.fx.Node) or cx.is_const(x) or not _num(c, 3.0):
+        return None
+    u = cx.sole_user(node)
+    if u is None or u.target not in CLAMPS or u.args[0] is not node:
+        return None
+    lo, hi, chain = clamp_bounds(cx, u)
+    m = cx.sole_user(chain[-1])
+    if (lo, hi) != (0.0, 6.0) or m is None or m.target is not aten.mul.Tensor \
+            or set(m.args[:2]) != {x, chain[-1]}:
+        return None
+    d = cx.sole_user(m)
+    if d is None or d.target not in (aten.div.Tensor, aten.div.Scalar) or d.args[0] is not m \
+            or not _num(d.args[1], 6.0):
+        return None
+    out = cx.b.unary("HARD_SWISH", cx.value(x), d.name, cx.qparams(d))
+    for n in [node, *chain, m, d]:
+        cx.env[n] = out
+    return out
+
+
+def _bind(cx, chain, out):
+    for n in chain:
+        cx.env[n] = [out, None, None] if n.target is \
+            aten._native_batch_norm_legit_no_training.default else out
+
+
+# ---------------------------------------------------------------- weights
+
+def _weights(cx, w: np.ndarray, bias: np.ndarray, x, axis: int, name: str):
+    """Weight and bias tensors, int8 per-channel (bias int32) when the input is quantized."""
+    b = cx.b
+    if x.q is None:
+        return (b.const(w.astype(np.float32), f"{name}_w"),
+                b.const(bias.astype(np.float32), f"{name}_b"))
+    wq, qp = symmetric_per_channel(w.astype(np.float32), axis)
+    wv = b.tensor(f"{name}_w", w.shape, np.float32, q=qp, data=wq)
+    bscale = x.q.scale[0] * np.asarray(qp.scale, np.float64)
+    bq = np.round(bias / bscale).astype(np.int64)
+    bq = np.clip(bq, -2**31 + 1, 2**31 - 1).astype(np.int32)
+    bqp = QParams(tuple(float(s) for s in bscale), (0,) * len(bscale), 0)
+    bv = b.tensor(f"{name}_b", bias.shape, np.float32, q=bqp, data=bq, storage=np.int32)
+    return wv, bv
+
+
+def _pad_mode(size, k, s, p, d):
+    """'VALID', 'SAME' when TFLite's SAME equals torch's symmetric padding p, else 'PAD'."""
+    eff = d * (k - 1) + 1
+    out_t = (size + 2 * p - eff) // s + 1
+    out_same = -(-size // s)
+    total = max((out_same - 1) * s + eff - size, 0)
+    if p == 0:
+        return "VALID" if total == 0 or out_t != out_same else "BOTH"
+    return "SAME" if out_t == out_same and total // 2 == p else "PAD"
+
+
+def _padding(modes):
+    if all(m in ("VALID", "BOTH") for m in modes):
+        return 1, False
+    if all(m in ("SAME", "BOTH") for m in modes):
+        return 0, False
+    return 1, True
+
+
+def _pad(cx, x, ph, pw, name, value=None):
+    pads = np.asarray([[0, 0], [ph, ph], [pw, pw], [0, 0]], np.int32)
+    shape = (x.shape[0], x.shape[1] + 2 * ph, x.shape[2] + 2 * pw, x.shape[3])
+    out = cx.b.tensor(name, shape, x.dtype, x.perm, x.q)
+    if value is None:
+        cx.b.op("PAD", [x, cx.b.const(pads, "pads")], [out])
+    else:
+        c = cx.b.const(np.asarray(value, np.float32), "pad_value", q=x.q)
+        cx.b.op("PADV2", [x, cx.b.const(pads, "pads"), c], [out])
+    return out
+
+
+def _pair(v, default=None):
+    if v is None or (isinstance(v, (list, tuple)) and len(v) == 0):
+        v = default
+    return [int(v)] * 2 if isinstance(v, int) else [int(i) for i in v] * (2 // len(v))
+
+
+# ---------------------------------------------------------------- convolution
+
+@nn(aten.convolution.default)
+def convolution(cx, node):
+    x_arg, w_arg, b_arg, stride, padding, dilation, transposed, _, groups = node.args
+    if transposed:
+        raise cx.fail(node, "transposed convolution is not supported yet")
+    if not cx.is_const(w_arg):
+        raise cx.fail(node, "convolution weights must be constants")
+    W = np.asarray(cx.concrete(w_arg), np.float64)
+    O = W.shape[0]
+    bias = np.asarray(cx.concrete(b_arg), np.float64) if b_arg is not None else np.zeros(O)
+    one_d = W.ndim == 3
+    if one_d:
+        W = W[:, :, None, :]
+        stride, padding, dilation = [1, *stride], [0, *padding], [1, *dilation]
+    elif W.ndim != 4:
+        raise cx.fail(node, f"{W.ndim - 2}-d convolution is not supported")
+    chain, bn = absorb_batchnorm(cx, node)
+    if bn is not None:
+        W = W * bn[0][:, None, None, None]
+        bias = bias * bn[0] + bn[1]
+    more, act = absorb_activation(cx, chain[-1])
+    chain += more[1:]
+    last = chain[-1]
+    x = cx.value(x_arg)
+    if one_d:
+        x = cx.b.relayout(x, (0, 2, 1))
+        x = cx.b.reshape(x, (x.shape[0], 1, *x.shape[1:]), f"{node.name}_2d", NHWC)
+    else:
+        x = cx.b.relayout(x, NHWC)
+    C = x.shape[3]
+    kh, kw = W.shape[2:]
+    modes = [_pad_mode(x.shape[1 + i], (kh, kw)[i], stride[i], padding[i], dilation[i])
+             for i in range(2)]
+    pad_code, explicit = _padding(modes)
+    if explicit:
+        x = _pad(cx, x, padding[0], padding[1], f"{node.name}_pad")
+    depthwise = groups > 1 and groups == C and W.shape[1] == 1
+    if groups > 1 and not depthwise:
+        raise cx.fail(node, f"grouped convolution ({groups} groups of {C} channels) is not "
+                      "supported, only depthwise")
+    ts = cx.shape(node)
+    oshape = (ts[0], 1, ts[2], ts[1]) if one_d else permuted(ts, NHWC)
+    if depthwise:
+        w, qaxis, opname, opts = W.transpose(1, 2, 3, 0), 3, "DEPTHWISE_CONV_2D", \
+            {"depthMultiplier": O // C}
+    else:
+        w, qaxis, opname, opts = W.transpose(0, 2, 3, 1), 0, "CONV_2D", {}
+    wv, bv = _weights(cx, np.ascontiguousarray(w), bias, x, qaxis, node.name)
+    q = cx.qparams(last)
+    out = cx.b.tensor(f"{last.name}_4d" if one_d else last.name, oshape, np.float32, NHWC, q)
+    cx.b.op(opname, [x, wv, bv], [out], "DepthwiseConv2D" if depthwise else "Conv2D",
+            padding=pad_code, strideH=stride[0], strideW=stride[1],
+            dilationHFactor=dilation[0], dilationWFactor=dilation[1],
+            fusedActivationFunction=act, **opts)
+    if one_d:
+        out = cx.b.reshape(out, (ts[0], ts[2], ts[1]), last.name, (0, 2, 1))
+    _bind(cx, chain, out)
+    return out
+
+
+# ---------------------------------------------------------------- pooling
+
+@nn(aten.max_pool2d_with_indices.default, aten.max_pool2d.default)
+def max_pool(cx, node):
+    a = list(node.args) + [None] * (6 - len(node.args))
+    k = _pair(a[1])
+    s, p, d = _pair(a[2], k), _pair(a[3] or 0), _pair(a[4] or 1)
+    if d != [1, 1]:
+        raise cx.fail(node, "dilated pooling is not supported")
+    x = cx.b.relayout(cx.value(a[0]), NHWC)
+    ts = cx.shape(node) if node.target is aten.max_pool2d.default else \
+        tuple(cx.values[node][0].shape)
+    if a[5] and any((x.shape[1 + i] + 2 * p[i] - k[i]) % s[i] for i in range(2)):
+        raise cx.fail(node, "ceil_mode pooling that changes the output size is not supported")
+    modes = [_pad_mode(x.shape[1 + i], k[i], s[i], p[i], 1) for i in range(2)]
+    pad_code, explicit = _padding(modes)
+    if explicit:
+        x = _pad(cx, x, p[0], p[1], f"{node.name}_pad", float(np.finfo(np.float32).min))
+    out = cx.b.tensor(node.name, permuted(ts, NHWC), np.float32, NHWC, x.q)
+    cx.b.op("MAX_POOL_2D", [x], [out], "Pool2D", padding=pad_code, strideH=s[0],
+            strideW=s[1], filterHeight=k[0], filterWidth=k[1])
+    return out if node.target is aten.max_pool2d.default else [out, None]
+
+
+@nn(aten.avg_pool2d.default)
+def avg_pool(cx, node):
+    a = list(node.args) + [None] * (7 - len(node.args))
+    k = _pair(a[1])
+    s, p = _pair(a[2], k), _pair(a[3] or 0)
+    include_pad = True if a[5] is None else bool(a[5])
+    if a[6] is not None:
+        raise cx.fail(node, "divisor_override is not supported")
+    x = cx.b.relayout(cx.value(a[0]), NHWC)
+    if a[4] and any((x.shape[1 + i] + 2 * p[i] - k[i]) % s[i] for i in range(2)):
+        raise cx.fail(node, "ceil_mode pooling that changes the output size is not supported")
+    modes = [_pad_mode(x.shape[1 + i], k[i], s[i], p[i], 1) for i in range(2)]
+    pad_code, explicit = _padding(modes)
+    if any(p) and include_pad:
+        x, pad_code = _pad(cx, x, p[0], p[1], f"{node.name}_pad"), 1
+    elif explicit:
+        raise cx.fail(node, "padding that excludes the border from the average differs from "
+                      "TFLite's SAME here")
+    out = cx.b.tensor(node.name, permuted(cx.shape(node), NHWC), np.float32, NHWC, x.q)
+    cx.b.op("AVERAGE_POOL_2D", [x], [out], "Pool2D", padding=pad_code, strideH=s[0],
+            strideW=s[1], filterHeight=k[0], filterWidth=k[1])
+    return out
+
+
+@nn(aten._adaptive_avg_pool2d.default, aten.adaptive_avg_pool2d.default)
+def adaptive_avg_pool(cx, node):
+    x = cx.b.relayout(cx.value(node.args[0]), NHWC)
+    oh, ow = _pair(node.args[1])
+    H, W = x.shape[1:3]
+    ts = permuted(cx.shape(node), NHWC)
+    out = cx.out(node, ts, NHWC)
+    if (oh, ow) == (1, 1):
+        cx.b.op("MEAN", [x, cx.b.int_const([1, 2], "axes")], [out], "Reducer", keepDims=True)
+    elif H % oh == 0 and W % ow == 0:
+        cx.b.op("AVERAGE_POOL_2D", [x], [out], "Pool2D", padding=1, strideH=H // oh,
+                strideW=W // ow, filterHeight=H // oh, filterWidth=W // ow)
+    else:
+        raise cx.fail(node, f"adaptive pooling {H}x{W} -> {oh}x{ow} needs uneven windows")
+    return out
+
+
+# ---------------------------------------------------------------- matmul
+
+@nn(aten.addmm.default, aten.mm.default)
+def matmul_2d(cx, node):
+    if node.target is aten.addmm.default:
+        b_arg, x_arg, w_arg = node.args[:3]
+    else:
+        b_arg, (x_arg, w_arg) = None, node.args[:2]
+    if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+        raise cx.fail(node, "addmm with beta or alpha != 1 is not supported")
+    out_dim = cx.shape(node)[1]
+    bias = None if b_arg is None else np.asarray(cx.concrete(b_arg), np.float64) \
+        if cx.is_const(b_arg) else False
+    if not cx.is_const(w_arg) or cx.is_const(x_arg) or bias is False or \
+            (bias is not None and bias.size != out_dim):
+        return _batch_matmul(cx, node, x_arg, w_arg, b_arg)
+    W = np.asarray(cx.concrete(w_arg), np.float64).T  # [out, in]
+    bias = np.zeros(out_dim) if bias is None else bias.reshape(out_dim)
+    chain, act = absorb_activation(cx, node)
+    x = cx.b.plain(cx.value(x_arg))
+    wv, bv = _weights(cx, np.ascontiguousarray(W), bias, x, 0, node.name)
+    out = cx.out(chain[-1], cx.shape(node), None)
+    cx.b.op("FULLY_CONNECTED", [x, wv, bv], [out], "FullyConnected",
+            fusedActivationFunction=act)
+    _bind(cx, chain, out)
+    return out
+
+
+def _batch_matmul(cx, node, x_arg, y_arg, b_arg=None):
+    x, y = cx.value(x_arg), cx.value(y_arg)
+    rank = len(y.shape)
+    swap = tuple(range(rank - 2)) + (rank - 1, rank - 2)
+    adj_y = y.perm == swap and rank >= 2
+    x, y = cx.b.plain(x), (y if adj_y else cx.b.plain(y))
+    if x.q is not None:
+        raise cx.fail(node, "int8 matmul of two activations is not supported yet")
+    out = cx.out(node, cx.shape(node), None, q=None if b_arg is None else "node")
+    mm = out if b_arg is None else cx.b.tensor(f"{node.name}_mm", out.shape, out.dtype)
+    cx.b.op("BATCH_MATMUL", [x, y], [mm], "BatchMatMul", adjY=bool(adj_y))
+    if b_arg is not None:
+        R = len(out.shape)
+        if cx.is_const(b_arg):
+            arr = np.asarray(cx.concrete(b_arg), np.float32)
+            bv = cx.b.const(arr.reshape((1,) * (R - arr.ndim) + arr.shape), b_arg.name)
+        else:
+            bv = cx.b.plain(cx.value(b_arg))
+            bv = cx.b.reshape(bv, (1,) * (R - len(bv.shape)) + bv.shape, f"{node.name}_b")
+        cx.b.op("ADD", [mm, bv], [out], "Add")
+    return out
+
+
+@nn(aten.bmm.default)
+def bmm(cx, node):
+    return _batch_matmul(cx, node, node.args[0], node.args[1])
+
+
+# ---------------------------------------------------------------- normalization
+
+@nn(aten.native_layer_norm.default)
+def layer_norm(cx, node):
+    x_arg, shape, w, b, eps = node.args[:5]
+    x = cx.value(x_arg)
+    if x.q is not None:
+        raise cx.fail(node, "layer norm in int8 is not supported; use precision fp32")
+    R = len(x.shape)
+    axes = sorted(x.perm.index(d) for d in range(R - len(shape), R))
+    ax = cx.b.int_const(axes, "axes")
+    T = lambda tag: cx.b.tensor(f"{node.name}_{tag}", x.shape, x.dtype, x.perm)  # noqa: E731
+    red = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+    mean = cx.b.tensor(f"{node.name}_mean", red, x.dtype, x.perm)
+    cx.b.op("MEAN", [x, ax], [mean], "Reducer", keepDims=True)
+    d, sq = T("centered"), T("sq")
+    cx.b.op("SUB", [x, mean], [d], "Sub")
+    cx.b.op("MUL", [d, d], [sq], "Mul")
+    var, inv = (cx.b.tensor(f"{node.name}_{t}", red, x.dtype, x.perm) for t in ("var", "inv"))
+    cx.b.op("MEAN", [sq, ax], [var], "Reducer", keepDims=True)
+    veps = cx.b.tensor(f"{node.name}_veps", red, x.dtype, x.perm)
+    cx.b.op("ADD", [var, cx.b.const(np.asarray(eps, np.float32), "eps")], [veps], "Add")
+    cx.b.op("RSQRT", [veps], [inv])
+    y = T("norm") if (w is not None or b is not None) else cx.out(node, x.shape, x.perm, None)
+    cx.b.op("MUL", [d, inv], [y], "Mul")
+    for arg, op in ((w, "MUL"), (b, "ADD")):
+        if arg is None:
+            continue
+        arr = np.asarray(cx.concrete(arg), np.float32)
+        arr = arr.reshape((1,) * (R - arr.ndim) + arr.shape).transpose(x.perm)
+        nxt = T(op.lower())
+        cx.b.op(op, [y, cx.b.const(np.ascontiguousarray(arr), arg.name, perm=x.perm)],
+                [nxt], op.capitalize())
+        y = nxt
+    return [y, None, None]
+
+
+@nn(aten._native_batch_norm_legit_no_training.default)
+def batch_norm(cx, node):
+    x = cx.value(node.args[0])
+    if x.q is not None:
+        raise cx.fail(node, "a batch norm not after a convolution is not supported in int8")
+    w, b, mean, var = (None if a is None else np.asarray(cx.concrete(a), np.float64)
+                       for a in node.args[1:5])
+    scale = (w if w is not None else 1.0) / np.sqrt(var + float(node.args[6]))
+    shift = (b if b is not None else 0.0) - mean * scale
+    R = len(x.shape)
+    shape = (1, -1) + (1,) * (R - 2)
+    y = x
+    for arr, op in ((scale, "MUL"), (shift, "ADD")):
+        c = np.ascontiguousarray(arr.astype(np.float32).reshape(shape).transpose(x.perm))
+        nxt = cx.b.tensor(f"{node.name}_{op.lower()}", x.shape, x.dtype, x.perm)
+        cx.b.op(op, [y, cx.b.const(c, f"{node.name}_{op.lower()}_c", perm=x.perm)], [nxt],
+                op.capitalize())
+        y = nxt
+    return [y, None, None]

@@ -1,0 +1,59 @@
+"""The plan search from the CLI: a reachable bound drops the near-identity blocks, an
+impossible one exits 2 naming the best plan and the miss."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import FIXTURES, ROOT
+from tests.fixtures.models import residual_mlp
+
+SPEC = f"{FIXTURES}:residual_mlp"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "x.npz"
+    np.savez(path, x=np.random.default_rng(0).normal(size=(96, 16)).astype(np.float32))
+    return path
+
+
+def _compile(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "layerwise", "compile", SPEC, "--db", "none",
+                           *args], capture_output=True, text=True, cwd=ROOT, check=False,
+                          timeout=900)
+
+
+def test_reachable_bound_drops_identity_like_blocks(tmp_path, data):
+    out = tmp_path / "b"
+    proc = _compile("--data", str(data), "--max-drop", "2%", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    s = m["search"]
+    chosen = s["chosen"]
+    # blocks 1, 3, 5 have branches scaled by 0.01-0.03: they are the ones to go
+    assert set(chosen["drop"]) == {"blocks.1", "blocks.3", "blocks.5"}
+    assert set(s["drop_order"][:3]) == {"blocks.1", "blocks.3", "blocks.5"}
+    assert chosen["quality_drop"] <= 0.02
+    model = residual_mlp()[0]
+    block = sum(p.numel() for p in model.blocks[0].parameters())
+    assert m["sizes"]["params"] == sum(p.numel() for p in model.parameters()) - 3 * block
+    assert [b["path"] for b in m["layers"]["blocks"]] == ["blocks.0", "blocks.2", "blocks.4"]
+    assert s["pareto"] and all(c["latency_ms"] for c in s["pareto"])
+    assert (out / "report.html").read_text().count("<svg") == 1
+    assert m["verification"]["passed"]
+
+
+def test_impossible_bound_exits_2(tmp_path, data):
+    out = tmp_path / "b"
+    proc = _compile("--data", str(data), "--max-drop", "0%", "--max-latency-ms", "0.000001",
+                    "--out", str(out))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line, = [ln for ln in proc.stderr.splitlines() if ln.startswith("layerwise:")]
+    assert "no plan meets the bounds" in line and "latency" in line
+    assert not out.exists() and list(tmp_path.iterdir()) == []
