@@ -202,3 +202,17 @@ def test_clear_errors():
         kl_divergence(counts, [0], [16], 8, flavor="scipy")
     with pytest.raises(LayerwiseError, match="at least 2 levels"):
         quantization_mse(counts, [0], [16], 1)
+
+
+def test_asymmetric_entropy_stays_off_empty_tails():
+    """A ReLU6 output (22% exact zeros) in a histogram whose range grew below 0: the window
+    must cover the data, not an empty tail plus the zero spike."""
+    from layerwise.cpp_ext import Histogram, entropy_range
+
+    rng = np.random.default_rng(0)
+    x = np.clip(rng.normal(0.5, 0.8, 200_000), 0, 2.5)
+    edges = np.linspace(-1.1, 3.16, 2049)
+    counts, _ = np.histogram(x, edges)
+    h = Histogram.from_edges(counts, edges, vmin=0.0, vmax=float(x.max()))
+    r = entropy_range(h, symmetric=False)
+    assert r.lo == 0.0 and r.hi > 1.5
