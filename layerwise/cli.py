@@ -14,10 +14,14 @@ import warnings
 from layerwise.errors import LayerwiseError
 from layerwise.options import add_arguments, from_namespace
 
+# Packages only the compile extra brings; a runtime-only install lacks them.
+COMPILE_SIDE = {"torch", "torchvision", "onnx", "onnxscript", "timm", "transformers", "skimage",
+                "scipy", "networkx"}
+
 
 def _parser() -> argparse.ArgumentParser:
     from layerwise.api import AnalyzeOptions, CompileOptions, ProfileOptions
-    from layerwise.sources import SCHEMES, SourceOptions
+    from layerwise.spec import SCHEMES, SourceOptions
 
     p = argparse.ArgumentParser(prog="layerwise", description="Layer-importance edge compiler.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -91,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     except LayerwiseError as e:
         print(f"layerwise: error: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] in COMPILE_SIDE:
+            print(f"layerwise: error: `{args.command}` needs the compile side ({e.name} is not "
+                  "installed): pip install 'layerwise[compile]'", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print("layerwise: interrupted; nothing was written", file=sys.stderr)
         return 2
@@ -106,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from layerwise import api
     from layerwise import console as report
-    from layerwise.sources import SourceOptions
+    from layerwise.spec import SourceOptions
 
     show = not (args.quiet or args.json)
     if args.command == "inspect":

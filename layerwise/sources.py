@@ -21,10 +21,9 @@ import torch
 from torch import nn
 
 from layerwise.errors import SourceError
-from layerwise.options import opt
+from layerwise.spec import SCHEMES, SourceOptions
 
 BATCH = 2
-SCHEMES = "timm:NAME, torchvision:NAME, hf:PATH, zoo:NAME, FILE.py:factory, package.module:factory, FILE.pt2"
 
 
 @dataclass
@@ -39,15 +38,6 @@ class Source:
     notes: list[str] = field(default_factory=list)
     program: Any = None  # torch.export.ExportedProgram when loaded from .pt2
     tokenizer: Any = None
-
-
-@dataclass(frozen=True)
-class SourceOptions:
-    """Options every source accepts (declared once; the CLI reads these fields)."""
-
-    weights: str | None = opt(None, "state-dict file (.pt/.pth/.safetensors) to load")
-    seq_len: int = opt(32, "token length of text example inputs")
-    image_size: int | None = opt(None, "input size of a vision model (default: its config)")
 
 
 def load_source(spec: str, options: SourceOptions | None = None) -> Source:

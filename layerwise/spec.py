@@ -1,0 +1,20 @@
+"""What a SPEC may be and the options every source takes (torch-free, so the CLI parses in a
+runtime-only install)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from layerwise.options import opt
+
+SCHEMES = ("timm:NAME, torchvision:NAME, hf:PATH, zoo:NAME, FILE.py:factory, "
+           "package.module:factory, FILE.pt2")
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """Options every source accepts (declared once; the CLI reads these fields)."""
+
+    weights: str | None = opt(None, "state-dict file (.pt/.pth/.safetensors) to load")
+    seq_len: int = opt(32, "token length of text example inputs")
+    image_size: int | None = opt(None, "input size of a vision model (default: its config)")
