@@ -35,6 +35,8 @@ class CompileOptions:
                                "--data, e.g. 1% (drops blocks, tries int8)")
     max_latency_ms: float | None = opt(None, "plan search: latency bound (target runtime, batch 1)")
     max_size_mb: float | None = opt(None, "plan search: model size bound in MiB")
+    passes: str | None = opt(None, "extra passes (comma-separated names, plugins included) run "
+                             "before emitting")
     db: str | None = opt(None, "results database (default $LAYERWISE_DB or ~/.layerwise/runs.db; "
                                "'none' records nothing)")
 
@@ -281,7 +283,8 @@ def _build(spec, ir, target, opts, drop, precision, keep, calibration, out: Path
         progress(f"dropping {len(drop)} block(s)")
         ir = drop_layers(ir, drop)
     ir = dataclasses.replace(ir, annotations=copy.deepcopy(ir.annotations))
-    ir = run_passes(ir, list(target.INFO.legalize))
+    extra = [p.strip() for p in (opts.passes or "").split(",") if p.strip()]
+    ir = run_passes(ir, [*extra, *target.INFO.legalize])
     if precision == "int8":
         _plan_int8(ir, calibration, opts.target, opts.calibration, keep)
     opts = dataclasses.replace(opts, precision=precision)

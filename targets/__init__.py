@@ -32,5 +32,11 @@ TARGETS: dict[str, str] = {
 def get_target(name: str):
     """The target module for `name` (has INFO and emit)."""
     if name not in TARGETS:
-        raise TargetError(f"unknown target {name!r}; available: {', '.join(sorted(TARGETS))}")
+        from layerwise.plugins import load, plugins
+
+        found = plugins("layerwise.targets")
+        if name in found:
+            return load(found[name])
+        raise TargetError(f"unknown target {name!r}; available: "
+                          f"{', '.join(sorted([*TARGETS, *found]))}")
     return importlib.import_module(TARGETS[name])

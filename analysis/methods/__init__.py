@@ -114,10 +114,16 @@ METHODS: dict[str, str] = {
 
 
 def get_method(name: str, **options: Any):
-    """A new instance of the method registered under `name`."""
+    """A new instance of the method registered under `name` (built in, or a plugin's entry
+    point in group `layerwise.methods`)."""
     if name not in METHODS:
+        from layerwise.plugins import load, plugins
+
+        found = plugins("layerwise.methods")
+        if name in found:
+            return load(found[name])(**options)
         raise MethodError(f"unknown analysis method {name!r}; known methods: "
-                          f"{', '.join(sorted(METHODS))}")
+                          f"{', '.join(sorted([*METHODS, *found]))}")
     module, _, cls = METHODS[name].partition(":")
     klass = getattr(importlib.import_module(f"layerwise.analysis.methods.{module}"), cls)
     return klass(**options)

@@ -20,7 +20,13 @@ PASSES: dict[str, str] = {
 def get_pass(name: str) -> Callable:
     """The pass function registered under `name`."""
     if name not in PASSES:
-        raise LayerwiseError(f"unknown pass {name!r}; known passes: {', '.join(sorted(PASSES))}")
+        from layerwise.plugins import load, plugins
+
+        found = plugins("layerwise.passes")
+        if name in found:
+            return load(found[name])
+        raise LayerwiseError(f"unknown pass {name!r}; known passes: "
+                             f"{', '.join(sorted([*PASSES, *found]))}")
     module, _, attr = PASSES[name].partition(":")
     return getattr(importlib.import_module(module), attr)
 
