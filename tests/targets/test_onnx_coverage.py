@@ -11,9 +11,16 @@ from tests.conftest import FIXTURES
 TIMM = ["resnet18", "mobilenetv3_small_100", "convnext_atto", "vit_tiny_patch16_224"]
 HF = ["bert", "gpt2", "t5", "wav2vec2", "clip"]
 OWN = ["lstm_classifier", "gcn"]
+# Residual blocks the layer table finds by graph structure (repeated units with a residual add).
+# An nn.LSTM's stacked layers are one op in the graph, so the LSTM has none.
+BLOCKS = {"resnet18": 8, "mobilenetv3_small_100": 6, "convnext_atto": 12,
+          "vit_tiny_patch16_224": 12, "bert": 2, "gpt2": 2, "t5": 4, "wav2vec2": 2, "clip": 4,
+          "lstm_classifier": 0, "gcn": 2}
 
 
-def _check(path, manifest, batch: bool = True) -> None:
+def _check(path, manifest, batch: bool = True, name: str | None = None) -> None:
+    if name is not None:
+        assert len(manifest["layers"]["blocks"]) == BLOCKS[name]
     v = manifest["verification"]
     assert v["passed"] and v["rel_err"] <= 1e-4, v
     assert manifest["fidelity"]["rel_err"] <= 1e-4
@@ -34,7 +41,7 @@ def test_timm(bundles, name):
     path, manifest = bundles(f"timm:{name}")
     assert manifest["modality"] == "vision"
     assert manifest["inputs"][0]["shape"][0] == "batch"
-    _check(path, manifest)
+    _check(path, manifest, name=name)
 
 
 @pytest.mark.parametrize("name", HF)
@@ -42,13 +49,13 @@ def test_transformers(bundles, hf_folders, name):
     path, manifest = bundles(f"hf:{hf_folders[name]}")
     expected = {"wav2vec2": "audio", "clip": "multimodal"}.get(name, "text")
     assert manifest["modality"] == expected
-    _check(path, manifest)
+    _check(path, manifest, name=name)
 
 
 @pytest.mark.parametrize("name", OWN)
 def test_own_modules(bundles, name):
     path, manifest = bundles(f"{FIXTURES}:{name}")
     # a GCN's node count and edge list are dynamic, but neither is a batch to slice
-    _check(path, manifest, batch=name != "gcn")
+    _check(path, manifest, batch=name != "gcn", name=name)
     if name == "gcn":
         assert all(isinstance(s["shape"][0], str) for s in manifest["inputs"])

@@ -12,6 +12,8 @@ def test_minilm_paraphrases_closer_than_unrelated(bundles):
 
     path, manifest = bundles("zoo:minilm-l6")
     assert manifest["verification"]["rel_err"] <= 1e-4
+    assert [b["path"] for b in manifest["layers"]["blocks"]] == [
+        f"bert.encoder.layer.{i}" for i in range(6)]
     tok = load_source("zoo:minilm-l6").tokenizer
     sentences = [
         "The cat sat on the mat.",
@@ -33,6 +35,7 @@ def test_minilm_paraphrases_closer_than_unrelated(bundles):
 def test_mobilenet_labels_chelsea_as_a_cat(bundles):
     path, manifest = bundles("zoo:mobilenet-v2")
     assert manifest["verification"]["rel_err"] <= 1e-4
+    assert len(manifest["layers"]["blocks"]) == 10  # the inverted residuals with a skip add
     b = open_bundle(path)
     x = b.example_inputs()["x"]  # row 0 is scikit-image's chelsea photo
     logits = open_runner(b.target, b.model_path).run({"x": x[:1]})[0]
