@@ -276,7 +276,7 @@ def _build(spec, ir, target, opts, drop, precision, keep, calibration, out: Path
     from layerwise.targets.bundle import BundleWriter
 
     writer = BundleWriter(out, force=force)
-    tolerance = opts.tolerance or (1e-4 if precision == "fp32" else 0.5)
+    tolerance = opts.tolerance or (0.5 if precision == "int8" else 1e-4)
     if drop:
         from layerwise.compiler.passes.drop_layers import drop_layers
 

@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", required=True, help=".npz to write the outputs to")
     run.add_argument("--threads", type=int, default=0, help="intra-op threads (0: default)")
 
+    eng = sub.add_parser("build-engine", help="build the TensorRT engine of a tensorrt bundle")
+    eng.add_argument("bundle", help="bundle directory written by `compile --target tensorrt`")
+
     runs = sub.add_parser("runs", help="list recorded compile / analyze / profile runs")
     leader = sub.add_parser("leaderboard", help="best recorded result per model and target")
     for s in (runs, leader):
@@ -63,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("--model", default=None, help="only this SPEC")
     leader.add_argument("--metric", default="p50", help="p50 | rel_err | size (lower is better)")
 
-    for s in (ins, comp, ana, prof, run, runs, leader):
+    for s in (ins, comp, ana, prof, run, eng, runs, leader):
         s.add_argument("--json", action="store_true", help="print JSON for scripts")
         s.add_argument("--quiet", action="store_true", help="no progress display")
     return p
@@ -147,6 +150,11 @@ def _run(args: argparse.Namespace) -> int:
         result = run_bundle(args.bundle, args.input, args.output, args.threads)
         _emit(args, result, lambda r: print(f"wrote {r['output']}: " + ", ".join(
             f"{o['name']}{o['shape']}" for o in r["outputs"])))
+    elif args.command == "build-engine":
+        from layerwise.targets.tensorrt import build_engine
+
+        plan = build_engine(args.bundle)
+        _emit(args, {"engine": str(plan)}, lambda r: print(f"wrote {r['engine']}"))
     elif args.command == "runs":
         from layerwise.runtime.history import query
 

@@ -26,6 +26,7 @@ TARGETS: dict[str, str] = {
     "onnx": "layerwise.targets.onnx",
     "openvino": "layerwise.targets.openvino",
     "tflite": "layerwise.targets.tflite",
+    "tensorrt": "layerwise.targets.tensorrt",
 }
 
 

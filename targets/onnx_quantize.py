@@ -154,7 +154,8 @@ def quantize_model(fp32_path: Path, out_path: Path, batches: list[dict[str, np.n
                     weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                     calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache),
                     extra_options={"ActivationSymmetric": recipe.symmetric_activations,
-                                   "WeightSymmetric": True})
+                                   "WeightSymmetric": True,
+                                   "QuantizeBias": recipe.quantize_bias})
         except Exception as e:  # noqa: BLE001 - onnxruntime raises many types
             raise TargetError(f"onnxruntime could not quantize the model: "
                               f"{str(e).splitlines()[0][:300]}") from e

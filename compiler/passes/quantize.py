@@ -23,6 +23,7 @@ class QuantRecipe:
     bins: int = 2048
     op_types: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
     weighted_matmuls_only: bool = True  # leave activation x activation matmuls in float
+    quantize_bias: bool = True  # int32 bias (onnxruntime) or float bias (TensorRT)
 
 
 # One row per target: what its INT8 kernels expect.
@@ -32,7 +33,8 @@ RECIPES: dict[str, QuantRecipe] = {
     # TensorRT: symmetric int8 everywhere, entropy calibration (its own default)
     # (MSE is the onnxruntime default: on MobileNetV2 it beats minmax and percentile, see
     # bench/compress.py)
-    "tensorrt": QuantRecipe(symmetric_activations=True, calibration="entropy"),
+    "tensorrt": QuantRecipe(symmetric_activations=True, calibration="entropy",
+                            quantize_bias=False),
     # OpenVINO CPU: uint8 activations, int8 per-channel weights
     "openvino": QuantRecipe(),
     # LiteRT full-integer: int8 asymmetric activations, per-channel int8 weights; percentile
