@@ -22,3 +22,12 @@ def load(value: str):
     for part in attr.split(".") if attr else ():
         obj = getattr(obj, part)
     return obj
+
+
+def find(group: str, name: str, builtin: dict[str, str], error: type[Exception], what: str):
+    """The object registered as `name`: built in (`builtin`: name -> 'module[:attr]') or by a
+    plugin's entry point in `group`; unknown names raise `error` listing both."""
+    table = builtin if name in builtin else {**plugins(group), **builtin}
+    if name not in table:
+        raise error(f"unknown {what} {name!r}; available: {', '.join(sorted(table))}")
+    return load(table[name])

@@ -5,7 +5,6 @@ Backends are imported only when used, so a missing SDK costs nothing until it is
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 from layerwise.errors import TargetError
@@ -32,12 +31,6 @@ TARGETS: dict[str, str] = {
 
 def get_target(name: str):
     """The target module for `name` (has INFO and emit)."""
-    if name not in TARGETS:
-        from layerwise.plugins import load, plugins
+    from layerwise.plugins import find
 
-        found = plugins("layerwise.targets")
-        if name in found:
-            return load(found[name])
-        raise TargetError(f"unknown target {name!r}; available: "
-                          f"{', '.join(sorted([*TARGETS, *found]))}")
-    return importlib.import_module(TARGETS[name])
+    return find("layerwise.targets", name, TARGETS, TargetError, "target")

@@ -5,7 +5,6 @@ Each entry maps a pass name to "module:function"; modules are imported when a pa
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 from layerwise.errors import LayerwiseError
@@ -19,16 +18,9 @@ PASSES: dict[str, str] = {
 
 def get_pass(name: str) -> Callable:
     """The pass function registered under `name`."""
-    if name not in PASSES:
-        from layerwise.plugins import load, plugins
+    from layerwise.plugins import find
 
-        found = plugins("layerwise.passes")
-        if name in found:
-            return load(found[name])
-        raise LayerwiseError(f"unknown pass {name!r}; known passes: "
-                             f"{', '.join(sorted([*PASSES, *found]))}")
-    module, _, attr = PASSES[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return find("layerwise.passes", name, PASSES, LayerwiseError, "pass")
 
 
 def run_passes(ir, names: list[str]):
