@@ -10,7 +10,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = {"inspect", "compile", "profile", "load_source", "lift"}
+_API = {"analyze", "inspect", "compile", "profile", "load_source", "lift"}
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +21,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'layerwise' has no attribute {name!r}")
 
 
-__all__ = ["compile", "inspect", "lift", "load_source", "profile"]
+__all__ = ["analyze", "compile", "inspect", "lift", "load_source", "profile"]
