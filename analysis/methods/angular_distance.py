@@ -23,6 +23,14 @@ def chains(sites) -> list[list]:
     return out
 
 
+def chain_requests(ctx) -> Requests:
+    """Taps for every chain of blocks: its first hidden-state input and each block's output."""
+    names = set()
+    for chain in chains(ctx.sites):
+        names |= {chain[0].hidden, *[s.output for s in chain]}
+    return Requests(frozenset(names))
+
+
 class AngularDistance:
     """Angular distance between hidden states n blocks apart, for every n."""
 
@@ -30,10 +38,7 @@ class AngularDistance:
                       summary="arccos similarity of hidden states across n-block spans")
 
     def requests(self, ctx) -> Requests:
-        names = set()
-        for chain in chains(ctx.sites):
-            names |= {chain[0].hidden, *[s.output for s in chain]}
-        return Requests(frozenset(names))
+        return chain_requests(ctx)
 
     def start(self, ctx) -> dict:
         state = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from layerwise.analysis.methods import MethodInfo, Requests, Result
-from layerwise.analysis.methods.angular_distance import chains
+from layerwise.analysis.methods.angular_distance import chain_requests, chains
 from layerwise.analysis.stats import CrossMoments, tokens
 
 
@@ -23,10 +23,7 @@ class LayerCorrelation:
         self.width = width
 
     def requests(self, ctx) -> Requests:
-        names = set()
-        for chain in chains(ctx.sites):
-            names |= {chain[0].hidden, *[s.output for s in chain]}
-        return Requests(frozenset(names))
+        return chain_requests(ctx)
 
     def start(self, ctx) -> dict:
         return {str(c): CrossMoments(self.width, ctx.seed) for c in range(len(chains(ctx.sites)))}
