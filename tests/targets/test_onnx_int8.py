@@ -24,7 +24,7 @@ def _qdq(path) -> int:
 
 
 def test_int8_mobilenet_qdq_and_agreement(bundles, calib, tmp_path):
-    fp32_path, fp32 = bundles("zoo:mobilenet-v2")
+    _, fp32 = bundles("zoo:mobilenet-v2")
     out = tmp_path / "q"
     m = api.compile("zoo:mobilenet-v2", api.CompileOptions(
         out=str(out), precision="int8", data=str(calib)))
