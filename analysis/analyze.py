@@ -50,15 +50,16 @@ def as_batches(batches: Iterable | None, labels: Any = None) -> list[Batch]:
 
 def analyze(ir: IR, batches: Iterable | None = None, methods: str | list[str] = "auto", *,
             task: str | None = None, labels: Any = None, budget: float | None = None,
-            history: str | None = None, record_to: str | None = None, seed: int = 0,
+            history: list[dict] | None = None, seed: int = 0,
             options: dict[str, dict] | None = None, distributed: bool = False) -> dict:
     """Score every block of `ir` with the chosen methods and their ensemble.
 
     `methods`: a list of names, "all", or "auto" (the selector picks within `budget`
     forward-pass equivalents, default three forward+backward passes). `task`: a task adapter
     name (default: the IR's task when labels are given, else fidelity to the model's own
-    outputs). `options`: per-method constructor options. `record_to`: a history directory to
-    record this analysis in (for meta_learning). Assumes batches fit the IR's inputs.
+    outputs). `options`: per-method constructor options. `history`: analysis records of
+    other models (earlier results' "history_record" dicts) for meta_learning. Assumes
+    batches fit the IR's inputs.
     `distributed`: run data-parallel under torchrun (analysis.distributed): every process
     passes the same batches and keeps batch i when i % world == its rank; sums over samples and
     the shared accumulators are reduced across processes, so every rank returns the scores of
@@ -133,11 +134,12 @@ def analyze(ir: IR, batches: Iterable | None = None, methods: str | list[str] = 
                 "forward_equivalents": seconds.get(n, 0.0) / unit,
                 "declared": instances[n].info.cost(len(paths), BACKWARD)} for n in results}
     baseline = _last_collective(ctx) if distributed else ctx.baseline
-    if record_to and (shard is None or shard.rank == 0):
-        from layerwise.analysis.history import record
+    history_record = None
+    if data and (shard is None or shard.rank == 0):  # data-free scores teach meta_learning nothing
+        from layerwise.analysis.history import make_record
 
         target = "layer_ablation" if "layer_ablation" in scores else "ensemble"
-        record(ctx, scores.get(target, ensemble), record_to, target)
+        history_record = make_record(ctx, scores.get(target, ensemble), target)
     return {
         "blocks": paths,
         "droppable": [s.path for s in ctx.sites if s.droppable],
@@ -162,6 +164,7 @@ def analyze(ir: IR, batches: Iterable | None = None, methods: str | list[str] = 
         "skipped": skipped,
         "metrics": adapter.metrics(_cat(baseline, 0), _cat(baseline, 0),
                                    _cat_labels(data)) if data else {},
+        "history_record": history_record,
         **({"processes": shard.world} if shard is not None else {}),
     }
 
@@ -199,10 +202,8 @@ def _ir_task(ir: IR) -> str:
     return t if t in ("classification", "language-modeling", "recommendation") else "fidelity"
 
 
-def _has_history(history: str | None) -> bool:
-    from layerwise.analysis.history import default_directory, load_records
-
-    return bool(load_records(history or default_directory()))
+def _has_history(history: list[dict] | None) -> bool:
+    return bool(history)
 
 
 def _cat(outputs: list[list[torch.Tensor]], _dim: int) -> list[torch.Tensor]:

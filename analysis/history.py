@@ -1,17 +1,14 @@
-"""History of analyses: one JSON file per analysed model, holding each block's features and its
-measured importance. meta_learning trains on these records. (A SQLite history comes later;
-the record format stays the same.)
+"""Analysis records for meta_learning: each block's data-free features and its measured
+importance. `make_record` builds one from an analysis; the API stores it with the analyze run
+in the SQLite results history (runtime/history.py) and hands the stored records back to
+`analyze(history=...)` as plain values, so this room never opens the database.
 
 Features are relative to the model they come from (position in depth, size and spectral norm
 against the model's own median), so records transfer across model scales."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 
@@ -20,12 +17,6 @@ from layerwise.errors import LayerwiseError
 FORMAT = "layerwise-analysis-record/1"
 FEATURES = ["depth", "log_params_rel", "log_flops_rel", "log_sigma_rel", "zero_matrices",
             "effective_rank_fraction", "alpha", "attention_share", "mlp_share", "conv_share"]
-
-
-def default_directory() -> Path:
-    """$LAYERWISE_HISTORY or ~/.cache/layerwise/history."""
-    env = os.environ.get("LAYERWISE_HISTORY")
-    return Path(env) if env else Path.home() / ".cache" / "layerwise" / "history"
 
 
 def block_features(ctx) -> dict[str, dict[str, float]]:
@@ -78,33 +69,21 @@ def rank_percentiles(scores: dict[str, float]) -> dict[str, float]:
     return {k: float(r / (len(items) - 1)) for (k, _), r in zip(items, ranks)}
 
 
-def record(ctx, scores: dict[str, float], directory: str | Path, target: str) -> Path:
-    """Write one record: the blocks' features and their importance under `target`."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
+def make_record(ctx, scores: dict[str, float], target: str) -> dict:
+    """One record: the blocks' features and their importance percentiles under `target`."""
     feats = block_features(ctx)
     pct = rank_percentiles(scores)
-    model = str(ctx.ir.meta.get("spec", "model"))
-    rec = {"format": FORMAT, "model": model, "target": target,
-           "blocks": [{"path": p, "features": feats[p], "importance": pct[p]}
-                      for p in feats if p in pct]}
-    key = hashlib.sha1(f"{model}|{target}|{sorted(feats)}".encode()).hexdigest()[:12]
-    path = d / f"{key}.json"
-    path.write_text(json.dumps(rec, indent=1))
-    return path
+    return {"format": FORMAT, "model": str(ctx.ir.meta.get("spec", "model")), "target": target,
+            "blocks": [{"path": p, "features": feats[p], "importance": pct[p]}
+                       for p in feats if p in pct]}
 
 
-def load_records(directory: str | Path) -> list[dict]:
-    """All records in `directory` (missing directory: none)."""
-    d = Path(directory)
-    if not d.is_dir():
-        return []
+def valid_records(records) -> list[dict]:
+    """The records (plain dicts) in the current format; anything else is refused."""
     out = []
-    for f in sorted(d.glob("*.json")):
-        try:
-            rec = json.loads(f.read_text())
-        except (OSError, ValueError) as e:
-            raise LayerwiseError(f"history record {f} is unreadable ({e}); delete it") from e
-        if rec.get("format") == FORMAT:
-            out.append(rec)
+    for rec in records or []:
+        if not isinstance(rec, dict) or rec.get("format") != FORMAT:
+            raise LayerwiseError(f"history record {str(rec)[:60]!r} is not a {FORMAT} record; "
+                                 "re-run `layerwise analyze` on that model")
+        out.append(rec)
     return out

@@ -70,6 +70,7 @@ class Probe:
         self.n_outputs = len(out_node.args[0]) if isinstance(out_node.args[0], (tuple, list)) \
             else 1
         gated: dict[str, fx.Node] = {}
+        batch = _batch_symbol(graph)
         if gates:
             n = len(sites)
             gm.register_buffer("_lw_alpha", torch.ones(n))
@@ -78,7 +79,7 @@ class Probe:
                 if site.droppable:
                     hidden = gated.get(site.hidden, by_name[site.hidden])  # chained blocks
                     gated[site.output] = _insert_gate(graph, hidden, by_name[site.output],
-                                                      site.index, patch)
+                                                      site.index, patch, batch=batch)
         self.tap_names = list(taps)
         tap_nodes = [gated.get(t, by_name[t]) for t in self.tap_names]
         flat = list(out_node.args[0]) if isinstance(out_node.args[0], (tuple, list)) \
@@ -113,9 +114,30 @@ class Probe:
         return self.gm.named_parameters()
 
 
-def _insert_gate(graph: fx.Graph, hidden: fx.Node, out: fx.Node, index: int,
-                 patch: bool) -> fx.Node:
-    """Insert the gate after `out` and route out's users through it; returns the gate node."""
+def _batch_symbol(graph: fx.Graph) -> str | None:
+    """The first input's leading size as text (the batch symbol when the batch is dynamic)."""
+    for n in graph.nodes:
+        val = n.meta.get("val")
+        if n.op == "placeholder" and isinstance(val, torch.Tensor) and val.dim() > 0:
+            return str(val.shape[0])
+    return None
+
+
+def _batch_dim(node: fx.Node, batch: str | None) -> int:
+    """Which dim of `node` is the batch: the one sized by the batch symbol (time-major
+    recurrent states carry it second), else 0."""
+    val = node.meta.get("val")
+    if batch is not None and isinstance(val, torch.Tensor):
+        for i, d in enumerate(val.shape):
+            if str(d) == batch and not batch.isdigit():
+                return i
+    return 0
+
+
+def _insert_gate(graph: fx.Graph, hidden: fx.Node, out: fx.Node, index: int, patch: bool,
+                 *, batch: str | None = None) -> fx.Node:
+    """Insert the gate after `out` and route out's users through it; returns the gate node.
+    The result has contiguous strides when `out` had them (later views rely on it)."""
     users = list(out.users)
     with graph.inserting_after(out):
         alpha_all = graph.get_attr("_lw_alpha")
@@ -134,11 +156,17 @@ def _insert_gate(graph: fx.Graph, hidden: fx.Node, out: fx.Node, index: int,
         with graph.inserting_after(beta_all):
             beta = graph.call_function(aten.select.int, (beta_all, 0, index))
         with graph.inserting_after(beta):
-            rolled = graph.call_function(aten.roll.default, (delta, [1], [0]))
+            rolled = graph.call_function(aten.roll.default,
+                                         (delta, [1], [_batch_dim(out, batch)]))
         with graph.inserting_after(rolled):
             patched = graph.call_function(aten.mul.Tensor, (rolled, beta))
         with graph.inserting_after(patched):
             last = graph.call_function(aten.add.Tensor, (gate, patched))
+    val = out.meta.get("val")
+    if isinstance(val, torch.Tensor) and val.is_contiguous():
+        with graph.inserting_after(last):
+            last = graph.call_function(aten.clone.default, (last,),
+                                       {"memory_format": torch.contiguous_format})
     for user in users:
         user.replace_input_with(out, last)
     last.meta["val"] = out.meta.get("val")

@@ -52,6 +52,25 @@ class IR:
         """The unlifted graph module; it takes the user inputs by name."""
         return self.program.module()
 
+    def rebuilt(self, gm: torch.nn.Module, record: dict) -> IR:
+        """A new IR from `gm` (an edited copy of `module()`), re-exported like the original
+        (dynamic batch where the IR had one), with `record` appended to the passes run.
+        The reference outputs stay those of the original model. Raises what export raises."""
+        from torch.export import Dim
+
+        from layerwise.compiler.layers import build_layer_table
+
+        dynamic = {k: {0: Dim.AUTO} if v.dim() > 0 else None
+                   for k, v in self.example_inputs.items()}
+        ep = torch.export.export(gm, (), kwargs=dict(self.example_inputs),
+                                 dynamic_shapes=dynamic, strict=False)
+        ep = ep.run_decompositions()
+        annotations = dict(self.annotations)
+        annotations["passes"] = [*self.annotations.get("passes", []), record]
+        return IR(ep, build_layer_table(ep), dict(self.example_inputs), list(self.reference),
+                  list(self.output_names), dict(self.meta), annotations,
+                  list(self.calibration))
+
     def run(self, inputs: dict[str, torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Outputs of the program on `inputs` (default: the example inputs), flattened."""
         with torch.no_grad():

@@ -2,7 +2,10 @@
 
 Built from each node's `nn_module_stack`, so it works for any architecture torch.export lifts.
 A *block* is a repeated residual unit: one of ≥2 same-type siblings under one parent that
-holds an elementwise residual add, and holds no smaller such unit itself.
+holds an elementwise residual add, and holds no smaller such unit itself. A stacked recurrent
+module (nn.LSTM / GRU / RNN with num_layers ≥ 2) is one module but unrolls into one chain of
+ops per layer; it is split by which layer's weights each op depends on into sub-layers
+`PATH.l0`, `PATH.l1`, … that are blocks too.
 """
 
 from __future__ import annotations
@@ -100,7 +103,68 @@ def build_layer_table(ep: torch.export.ExportedProgram) -> list[Layer]:
                      and any(u not in node_set for u in n.users)],
         ))
     _mark_blocks(layers, {p: members[p] for p in paths})
+    for i in reversed(range(len(layers))):
+        if layers[i].kind == "recurrent":
+            layers[i + 1:i + 1] = _split_recurrent(layers[i], members[layers[i].path], ep)
     return layers
+
+
+_RECURRENT_PARAM = re.compile(r"^(?:weight|bias)_(?:ih|hh)_l(\d+)(?:_reverse)?$")
+_LAYOUT = {aten.permute.default, aten.view.default, aten.clone.default, aten.transpose.int,
+           aten.squeeze.dims, aten.unsqueeze.default, aten.expand.default}
+
+
+def _split_recurrent(parent: Layer, nodes: list[fx.Node], ep) -> list[Layer]:
+    """Sub-layers (blocks) of a stacked recurrent module; [] for a single layer.
+
+    An op belongs to the deepest layer whose weights it depends on; ops that depend on no
+    weights (initial states) go with the first layer that uses them; the input and output
+    layout ops (time-major permutes) stay with the parent only, so each sub-layer maps a
+    [T, B, H] sequence to a [T, B, H] sequence.
+    """
+    param_of = {ph: fqn for ph, fqn in ep.graph_signature.inputs_to_parameters.items()}
+    index: dict[str, int] = {}
+    for ph, fqn in param_of.items():
+        head, _, leaf = fqn.rpartition(".")
+        m = _RECURRENT_PARAM.match(leaf)
+        if head == parent.path and m:
+            index[ph] = int(m.group(1))
+    if len(set(index.values())) < 2:
+        return []
+    node_set = set(nodes)
+    depth: dict[fx.Node, int | None] = {}
+    for n in nodes:  # graph order: inputs come first
+        ks = [index[a.name] for a in n.all_input_nodes if a.name in index]
+        ks += [depth[a] for a in n.all_input_nodes if depth.get(a) is not None]
+        depth[n] = max(ks) if ks else None
+    external = {n for n in nodes if any(a not in node_set and a.name not in index
+                                        and a.op != "get_attr" for a in n.all_input_nodes
+                                        if _is_tensor(a))}
+    for n in reversed(nodes):
+        users = {depth[u] for u in n.users if u in node_set}
+        if depth[n] is None and n not in external:  # weight-free: with its one user layer
+            depth[n] = users.pop() if len(users) == 1 else None
+        elif n.target in _LAYOUT and users <= {None}:  # trailing layout: the parent's
+            depth[n] = None
+        elif n.target in _LAYOUT and len(users) == 1 and (k := next(iter(users))) is not None \
+                and depth[n] is not None and k > depth[n]:
+            depth[n] = k  # the next layer's view of this layer's output sequence
+    out = []
+    state = ep.state_dict
+    for k in sorted(set(index.values())):
+        mine = [n for n in nodes if depth[n] == k]
+        mine_set = set(mine)
+        out.append(Layer(
+            path=f"{parent.path}.l{k}", type=f"{parent.type}Layer", kind="recurrent",
+            depth=parent.depth + 1,
+            params=sum(state[param_of[ph]].numel() for ph, i in index.items()
+                       if i == k and param_of[ph] in state),
+            flops=sum(node_flops(n) for n in mine), nodes=[n.name for n in mine],
+            block=True, group=parent.path,
+            inputs=_boundary_inputs(mine, mine_set, ep),
+            outputs=[n.name for n in mine if _is_tensor(n)
+                     and any(u not in mine_set for u in n.users)]))
+    return out
 
 
 def _param_sizes(ep) -> dict[str, int]:

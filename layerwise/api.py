@@ -37,6 +37,9 @@ class CompileOptions:
     max_size_mb: float | None = opt(None, "plan search: model size bound in MiB")
     passes: str | None = opt(None, "extra passes (comma-separated names, plugins included) run "
                              "before emitting")
+    remote: str | None = opt(None, "plan search: measure candidates' latency on the device "
+                             "agent at this URL (see `layerwise agent`) instead of here")
+    token_file: str | None = opt(None, "file holding the agent's token (with --remote)")
     db: str | None = opt(None, "results database (default $LAYERWISE_DB or ~/.layerwise/runs.db; "
                                "'none' records nothing)")
 
@@ -53,6 +56,9 @@ class ProfileOptions:
     baseline: str | None = opt(None, "also time a baseline in the same run: 'eager' (torch)")
     db: str | None = opt(None, "results database (default $LAYERWISE_DB or ~/.layerwise/runs.db; "
                                "'none' records nothing)")
+    remote: str | None = opt(None, "profile on the device agent at this URL "
+                                   "(http://HOST:8700, see `layerwise agent`) instead of here")
+    token_file: str | None = opt(None, "file holding the agent's token (with --remote)")
 
 
 @dataclass(frozen=True)
@@ -139,9 +145,14 @@ def analyze(spec: str, options: AnalyzeOptions | None = None, source_options=Non
                                limit=opts.limit)
     methods = opts.methods if opts.methods in ("auto", "all") else [
         m.strip() for m in opts.methods.split(",") if m.strip()]
+    history = None
+    if opts.db != "none":  # meta_learning learns from the analyses recorded before
+        from layerwise.runtime.history import analysis_records
+
+        history = analysis_records(opts.db)
     progress("analysing")
     result = run_analysis(ir, batches, methods, task=opts.task, budget=opts.budget,
-                          distributed=opts.distributed)
+                          distributed=opts.distributed, history=history)
     result = {"spec": spec, "modality": ir.meta["modality"], **result}
     if opts.distributed:
         from layerwise.analysis.distributed import is_main
@@ -159,7 +170,8 @@ def analyze(spec: str, options: AnalyzeOptions | None = None, source_options=Non
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result["run_id"] = _record("analyze", {"spec": spec, "quality": {
-        "ranking": result["ranking"], "ensemble": result["ensemble"]}}, opts.db)
+        "ranking": result["ranking"], "ensemble": result["ensemble"]},
+        "history_record": result.get("history_record")}, opts.db)
     return result
 
 
@@ -232,6 +244,14 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
     if opts.precision not in target.INFO.precisions:
         raise LayerwiseError(f"target {opts.target} offers {', '.join(target.INFO.precisions)}, "
                              f"not {opts.precision}")
+    if opts.remote is not None or opts.token_file is not None:
+        from layerwise.runtime.remote import agent_info, check_remote_options
+
+        if opts.max_drop is None:
+            raise LayerwiseError("--remote on compile measures the plan search's candidates; "
+                                 "add --max-drop (or profile a bundle with `profile --remote`)")
+        check_remote_options(opts.remote, opts.token_file, None)
+        agent_info(opts.remote, opts.token_file)  # unreachable or refused: before any work
     if opts.max_drop is not None and not opts.data:
         raise LayerwiseError("--max-drop needs --data (held-out inputs to measure quality on)")
     BundleWriter(opts.out, force=opts.force)  # refuses an existing --out before any work
@@ -251,7 +271,8 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
 
         analysis_part, held = split(batches)
         s = Search(ir, source, opts.target, _fraction(opts.max_drop), opts.max_latency_ms,
-                   opts.max_size_mb, analysis_part, held, progress)
+                   opts.max_size_mb, analysis_part, held, progress, remote=opts.remote,
+                   token_file=opts.token_file)
 
         def build(cand, out: Path) -> dict:
             return _build(spec, ir, target, opts, cand.drop, cand.precision, cand.keep_fp32,
@@ -409,12 +430,22 @@ def _versions(runner) -> dict:
     return out
 
 
-def profile(bundle: str, options: ProfileOptions | None = None) -> dict:
-    """Profile a bundle with its own runtime; with baseline 'eager', time torch on the same
-    inputs in the same run and add the ratio."""
+def profile(bundle: str, options: ProfileOptions | None = None,
+            progress: Progress = _noop) -> dict:
+    """Profile a bundle with its own runtime (or, with `remote`, on a device agent); with
+    baseline 'eager', time torch on the same inputs in the same run and add the ratio."""
     from layerwise.runtime import profile as run_profile
 
     opts = options or ProfileOptions()
+    if opts.remote is not None or opts.token_file is not None:
+        from layerwise.runtime.remote import check_remote_options, remote_profile
+
+        check_remote_options(opts.remote, opts.token_file, opts.baseline)
+        result = remote_profile(bundle, opts.remote, opts.token_file, runs=opts.runs,
+                                warmup=opts.warmup, threads=opts.threads, batch=opts.batch,
+                                per_op=opts.per_op, progress=progress)
+        result["run_id"] = _record("profile", result, opts.db)
+        return result
     result = run_profile(bundle, runs=opts.runs, warmup=opts.warmup, threads=opts.threads,
                          batch=opts.batch, per_op=opts.per_op)
     if opts.baseline is None:

@@ -21,6 +21,7 @@ COMPILE_SIDE = {"torch", "torchvision", "onnx", "onnxscript", "timm", "transform
 
 def _parser() -> argparse.ArgumentParser:
     from layerwise.api import AnalyzeOptions, CompileOptions, ProfileOptions
+    from layerwise.runtime.agent import add_agent_parser
     from layerwise.spec import SCHEMES, SourceOptions
 
     p = argparse.ArgumentParser(prog="layerwise", description="Layer-importance edge compiler.")
@@ -44,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     prof = sub.add_parser("profile", help="profile a bundle with its own runtime")
     prof.add_argument("bundle", help="bundle directory written by `layerwise compile`")
     add_arguments(prof, ProfileOptions)
+
+    # its own --quiet; not in the --json/--quiet loop below
+    add_agent_parser(sub)
 
     run = sub.add_parser("run", help="run a bundle on inputs from an .npz file")
     run.add_argument("bundle", help="bundle directory")
@@ -121,6 +125,10 @@ def _run(args: argparse.Namespace) -> int:
     from layerwise import console as report
     from layerwise.spec import SourceOptions
 
+    if args.command == "agent":  # serves until interrupted; has no --json
+        from layerwise.runtime.agent import run_agent
+
+        return run_agent(args)
     show = not (args.quiet or args.json)
     if args.command == "inspect":
         with _progress(show) as step:
@@ -142,7 +150,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "profile":
         with _progress(show) as step:
             step("profiling")
-            result = api.profile(args.bundle, from_namespace(api.ProfileOptions, args))
+            result = api.profile(args.bundle, from_namespace(api.ProfileOptions, args), step)
         _emit(args, result, report.profile_table)
     elif args.command == "run":
         from layerwise.runtime.run import run_bundle

@@ -38,12 +38,13 @@ class Candidate:
     latency_ms: float | None = None
     size_bytes: int | None = None
     measured_on: str = "torch"
+    latency_on: str | None = None
 
     def to_json(self) -> dict:
         return {"drop": self.drop, "precision": self.precision, "keep_fp32": self.keep_fp32,
                 "quality": self.quality, "quality_drop": 1.0 - self.quality,
                 "latency_ms": self.latency_ms, "size_bytes": self.size_bytes,
-                "quality_measured_on": self.measured_on}
+                "quality_measured_on": self.measured_on, "latency_measured_on": self.latency_on}
 
 
 def quality(outputs: list[np.ndarray], reference: list[np.ndarray], classify: bool) -> float:
@@ -83,6 +84,8 @@ class Search:
     classify: bool = False
     reference: list = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
+    remote: str | None = None  # a device agent's URL: latency measured there
+    token_file: str | None = None
 
     def __post_init__(self) -> None:
         self.classify = self.ir.meta.get("task") == "classification"
@@ -138,7 +141,15 @@ class Search:
                                     for f in self._feeds()])]
             cand.quality = quality(outs, self.reference, self.classify)
             cand.measured_on = manifest["verification"]["runtime"]
-            cand.latency_ms = profile(out, runs=30, warmup=5)["latency_ms"]["p50"]
+            if self.remote:
+                from layerwise.runtime.remote import remote_profile
+
+                prof = remote_profile(out, self.remote, self.token_file, runs=30, warmup=5)
+                cand.latency_on = f"agent {self.remote} ({prof['remote']['host']})"
+            else:
+                prof = profile(out, runs=30, warmup=5)
+                cand.latency_on = "this machine"
+            cand.latency_ms = prof["latency_ms"]["p50"]
             cand.size_bytes = manifest["sizes"]["model_bytes"]
         self.candidates.append(cand)
         return cand

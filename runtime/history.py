@@ -125,6 +125,23 @@ def query(db: str | Path | None = None, kind: str | None = None, model: str | No
     return [_row(r) for r in rows]
 
 
+def analysis_records(db: str | Path | None = None, limit: int = 500) -> list[dict]:
+    """The newest analysis record (block features + measured importance, for meta_learning)
+    per model and measured target, from the recorded analyze runs."""
+    con = connect(db)
+    try:
+        rows = con.execute("SELECT payload FROM runs WHERE kind = 'analyze' ORDER BY id DESC "
+                           "LIMIT ?", [limit]).fetchall()
+    finally:
+        con.close()
+    seen: dict[tuple, dict] = {}
+    for r in rows:
+        rec = (json.loads(r["payload"]) if r["payload"] else {}).get("history_record")
+        if rec and (rec.get("model"), rec.get("target")) not in seen:
+            seen[(rec.get("model"), rec.get("target"))] = rec
+    return list(seen.values())
+
+
 def leaderboard(metric: str = "p50", db: str | Path | None = None, device: str | None = None,
                 target: str | None = None, limit: int = 20) -> list[dict]:
     """Best (lowest) value of `metric` per (model, target, device), best first."""

@@ -1,12 +1,13 @@
 """Meta-learning: predict block importance from data-free block features (depth, size, kind
 shares, spectral statistics) with a ridge regression trained on recorded analyses of other
-models (analysis/history.py), so a new architecture gets scores with no data at all."""
+models (the analyze runs stored in the SQLite results history, passed in as plain records),
+so a new architecture gets scores with no data at all."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from layerwise.analysis.history import FEATURES, block_features, default_directory, load_records
+from layerwise.analysis.history import FEATURES, block_features, valid_records
 from layerwise.analysis.methods import MethodError, MethodInfo, Result
 
 
@@ -25,19 +26,20 @@ class MetaLearning:
     info = MethodInfo("meta_learning", "static", data_free=True,
                       summary="importance predicted from layer features, trained on history")
 
-    def __init__(self, history: str | None = None, exclude_model: bool = True) -> None:
+    def __init__(self, history: list[dict] | None = None, exclude_model: bool = True) -> None:
         self.history = history
         self.exclude_model = exclude_model
 
     def run(self, ctx) -> Result:
-        directory = self.history or ctx.options.get("history") or default_directory()
+        records = self.history if self.history is not None else ctx.options.get("history")
         spec = str(ctx.ir.meta.get("spec", "model"))
-        recs = [r for r in load_records(directory)
+        recs = [r for r in valid_records(records)
                 if not (self.exclude_model and r["model"] == spec)]
         rows = [(b["features"], b["importance"]) for r in recs for b in r["blocks"]]
         if len(rows) < 4:
-            raise MethodError(f"meta_learning has {len(rows)} recorded blocks in {directory}; "
-                              "analyse a few other models with history=DIR first")
+            raise MethodError(f"meta_learning has {len(rows)} recorded blocks from other models "
+                              "in the results history; analyse a few other models with data "
+                              "first (same --db)")
         x = np.array([[f.get(k, 0.0) for k in FEATURES] for f, _ in rows], dtype=np.float64)
         y = np.array([v for _, v in rows], dtype=np.float64)
         mu, sd, w, b = fit_ridge(np.nan_to_num(x), y)

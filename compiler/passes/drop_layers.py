@@ -12,10 +12,9 @@ from collections import deque
 
 import torch
 from torch import fx
-from torch.export import Dim
 
 from layerwise.compiler.ir import IR
-from layerwise.compiler.layers import Layer, build_layer_table
+from layerwise.compiler.layers import Layer
 from layerwise.errors import LayerwiseError
 
 
@@ -92,8 +91,19 @@ def rewire_identity(gm: fx.GraphModule, layers: list[Layer]) -> list[tuple[str, 
 
     gm.graph.eliminate_dead_code(is_impure_node=impure)
     gm.delete_all_unused_submodules()
+    _delete_unused_parameters(gm)
     gm.recompile()
     return [(inp.name, out.name) for inp, out in pairs]
+
+
+def _delete_unused_parameters(gm: fx.GraphModule) -> None:
+    """Remove parameters no get_attr reads any more (a dropped layer of a stacked LSTM keeps
+    its module, which still holds the other layers' weights)."""
+    used = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+    for name, _ in list(gm.named_parameters()):
+        if name not in used:
+            owner, _, leaf = name.rpartition(".")
+            delattr(gm.get_submodule(owner) if owner else gm, leaf)
 
 
 def drop_layers(ir: IR, paths: list[str] | tuple[str, ...]) -> IR:
@@ -114,18 +124,10 @@ def drop_layers(ir: IR, paths: list[str] | tuple[str, ...]) -> IR:
                               f"{', '.join(blocks) or 'none'}")
     gm = ir.module()
     pairs = rewire_identity(gm, [known[p] for p in paths])
-    dynamic = {k: {0: Dim.AUTO} if v.dim() > 0 else None for k, v in ir.example_inputs.items()}
     try:
-        ep = torch.export.export(gm, (), kwargs=dict(ir.example_inputs), dynamic_shapes=dynamic,
-                                 strict=False)
-        ep = ep.run_decompositions()
+        return ir.rebuilt(gm, {"name": "drop_layers", "dropped": list(paths),
+                               "rewired": [list(p) for p in pairs]})
     except Exception as e:  # noqa: BLE001 - export failures come in many types
         raise DropLayersError(f"re-exporting after dropping {list(paths)} failed: "
                               f"{type(e).__name__}: {str(e).splitlines()[0][:200]}; drop fewer "
                               "blocks or report the model") from e
-    annotations = dict(ir.annotations)
-    annotations["passes"] = [*ir.annotations.get("passes", []),
-                             {"name": "drop_layers", "dropped": list(paths),
-                              "rewired": [list(p) for p in pairs]}]
-    return IR(ep, build_layer_table(ep), dict(ir.example_inputs), list(ir.reference),
-              list(ir.output_names), dict(ir.meta), annotations)

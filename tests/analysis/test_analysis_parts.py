@@ -16,20 +16,26 @@ from layerwise.analysis.methods import MethodError, get_method
 from layerwise.analysis.select import select_methods
 from layerwise.analysis.stats import CosineStats, CrossMoments
 from layerwise.analysis.tasks import TASKS, TaskError, get_task
-from tests.analysis.planted import CRITICAL, IDENTITY, planted
+from tests.analysis.planted import CRITICAL, IDENTITY, N_BLOCKS, planted
 
 
-def test_meta_learning_transfers_from_other_models(tmp_path):
+def test_meta_learning_transfers_from_other_models():
+    records = []
     for kind in ("mlp", "cnn"):
         ir, data, _ = planted(kind)
-        analyze(ir, data, methods=["layer_ablation"], record_to=str(tmp_path))
-    assert len(list(tmp_path.glob("*.json"))) == 2
+        rec = analyze(ir, data, methods=["layer_ablation"])["history_record"]
+        assert rec["target"] == "layer_ablation" and len(rec["blocks"]) == N_BLOCKS
+        records.append(rec)
     ir, _, paths = planted("transformer")
-    res = analyze(ir, None, methods=["meta_learning"], history=str(tmp_path))  # no data at all
+    res = analyze(ir, None, methods=["meta_learning"], history=records)  # no data at all
+    assert res["history_record"] is None  # data-free scores are not recorded as measured truth
     s = res["scores"]["meta_learning"]
     assert min(s, key=s.get) == paths[IDENTITY], s
     with pytest.raises(MethodError, match="analyse a few other models"):
-        analyze(ir, None, methods=["meta_learning"], history=str(tmp_path / "empty"))
+        analyze(ir, None, methods=["meta_learning"], history=[])
+    with pytest.raises(MethodError, match="analyse a few other models"):  # its own record only
+        analyze(ir, None, methods=["meta_learning"], history=[
+            {**records[0], "model": ir.meta["spec"]}])
 
 
 def test_data_free_methods_need_no_data():
@@ -90,6 +96,61 @@ def test_data_npz_and_text(tmp_path):
         load_batches(str(tmp_path / "t.txt"), ir)
     with pytest.raises(DataError, match="cannot read"):
         load_batches("nothing-here", ir)
+
+
+def test_data_image_folder(tmp_path):
+    from PIL import Image
+
+    from layerwise.images import photos
+
+    ir, _, _ = planted("cnn")  # one NCHW input, 3 x 8 x 8
+    pics = photos()[:5]
+    for i, pic in enumerate(pics):
+        folder = tmp_path / ("cat" if i == 0 else "other")
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(pic).save(folder / f"{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    batches = load_batches(str(tmp_path), ir, batch_size=4)
+    assert [b.size for b in batches] == [4, 1]
+    x = torch.cat([b.inputs["x"] for b in batches])
+    assert x.shape == (5, 3, 8, 8) and x.dtype == torch.float32
+    # labels from the class subfolders, in sorted file order: cat/0.png, then other/*
+    assert torch.cat([b.labels for b in batches]).tolist() == [0, 1, 1, 1, 1]
+    # ImageNet normalisation of the resized photo
+    small = np.asarray(Image.fromarray(pics[0]).resize((8, 8), Image.BILINEAR), np.float32)
+    expected = (small / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    np.testing.assert_allclose(x[0].permute(1, 2, 0).numpy(), expected, rtol=1e-5, atol=1e-5)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        load_batches(str(tmp_path / "empty"), ir)
+    with pytest.raises(DataError, match="one NCHW input"):
+        load_batches(str(tmp_path), planted("mlp")[0])
+
+
+def test_data_factory(tmp_path, monkeypatch):
+    (tmp_path / "my_data.py").write_text(
+        "import torch\n"
+        "from torch.utils.data import DataLoader, TensorDataset\n"
+        "class Named(TensorDataset):\n"
+        "    def __getitem__(self, i):\n"
+        "        x, y = super().__getitem__(i)\n"
+        "        return {'x': x, 'labels': y}\n"
+        "def loader():\n"
+        "    g = torch.Generator().manual_seed(0)\n"
+        "    ds = Named(torch.randn(10, 16, generator=g), torch.arange(10))\n"
+        "    return DataLoader(ds, batch_size=4)\n"
+        "def wrong():\n"
+        "    return [torch.zeros(3)]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ir, _, _ = planted("mlp")
+    batches = load_batches("my_data:loader", ir)
+    assert [b.size for b in batches] == [4, 4, 2]
+    assert torch.cat([b.labels for b in batches]).tolist() == list(range(10))
+    assert analyze(ir, batches, methods=["block_influence"])["samples"] == 10
+    with pytest.raises(DataError, match="yield dicts"):
+        load_batches("my_data:wrong", ir)
+    with pytest.raises(DataError, match="cannot import"):
+        load_batches("my_data:missing", ir)
 
 
 def test_ensemble_weights_agreeing_methods():

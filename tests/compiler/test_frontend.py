@@ -69,3 +69,38 @@ def test_untraceable_error_names_line():
     with pytest.raises(ExportError) as e:
         lift(load_source(f"{FIXTURES}:untraceable"))
     assert "models.py" in str(e.value) and ".item()" in str(e.value)
+
+
+def test_stacked_lstm_splits_into_layer_blocks():
+    ir = lift(load_source(f"{FIXTURES}:lstm_classifier"))
+    lstm = ir.layer("lstm")
+    l0, l1 = ir.layer("lstm.l0"), ir.layer("lstm.l1")
+    assert [b.path for b in blocks(ir.layers)] == ["lstm.l0", "lstm.l1"]
+    assert l0.group == l1.group == "lstm" and l0.kind == l1.kind == "recurrent"
+    # 4 gates x hidden 32 x (input 32 + hidden 32) weights + two 128 biases per layer
+    assert l0.params == l1.params == 4 * 32 * 64 + 2 * 128 == lstm.params // 2
+    assert set(l0.nodes).isdisjoint(l1.nodes) and set(l0.nodes) | set(l1.nodes) < set(lstm.nodes)
+    assert l0.flops + l1.flops <= lstm.flops and min(l0.flops, l1.flops) > 0.45 * lstm.flops
+    # layer 1 reads layer 0's output sequence: same time-major shape in and out
+    assert l0.outputs == [n for n in l1.inputs if n in l0.nodes]
+
+
+def test_dropping_an_lstm_layer_removes_its_weights():
+    from layerwise.analysis import analyze
+    from layerwise.compiler.passes.drop_layers import drop_layers
+
+    ir = lift(load_source(f"{FIXTURES}:lstm_classifier"))
+    res = analyze(ir, [dict(ir.example_inputs)], methods=["block_influence", "layer_ablation"])
+    assert res["droppable"] == ["lstm.l0", "lstm.l1"]
+    assert all(v > 0 for s in res["scores"].values() for v in s.values())
+    small = drop_layers(ir, ["lstm.l1"])
+    assert small.params == ir.params - ir.layer("lstm.l1").params
+    assert not blocks(small.layers)  # one layer left: nothing to split
+    # the dropped model is the same model with a one-layer LSTM holding layer 0's weights
+    module = load_source(f"{FIXTURES}:lstm_classifier").module
+    one = torch.nn.LSTM(32, 32, num_layers=1, batch_first=True)
+    one.load_state_dict({k: v for k, v in module.lstm.state_dict().items() if k.endswith("_l0")})
+    with torch.no_grad():
+        seq, _ = one(module.embed(ir.example_inputs["tokens"]))
+        expected = module.head(seq[:, -1])
+    torch.testing.assert_close(small.run()[0], expected)

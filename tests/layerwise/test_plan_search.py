@@ -57,3 +57,33 @@ def test_impossible_bound_exits_2(tmp_path, data):
     line, = [ln for ln in proc.stderr.splitlines() if ln.startswith("layerwise:")]
     assert "no plan meets the bounds" in line and "latency" in line
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_search_measures_latency_on_the_agent(tmp_path, data):
+    pytest.importorskip("uvicorn", reason="the agent extra is not installed")
+    import secrets
+
+    from tests.fixtures.agent import Agent
+
+    token = tmp_path / "token"
+    token.write_text(secrets.token_urlsafe(32))
+    agent = Agent(tmp_path / "work", token, tmp_path)
+    try:
+        out = tmp_path / "b"
+        proc = _compile("--data", str(data), "--max-drop", "2%", "--out", str(out),
+                        "--remote", agent.url, "--token-file", str(token), "--json")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        s = json.loads((out / "manifest.json").read_text())["search"]
+        measured = [c for c in s["candidates"] if c["latency_ms"] is not None]
+        assert measured and all(c["latency_measured_on"].startswith(f"agent {agent.url}")
+                                for c in measured)
+        assert s["chosen"]["latency_measured_on"].startswith(f"agent {agent.url}")
+        # a wrong token is refused before any work, with one line and exit 2
+        bad = tmp_path / "bad"
+        bad.write_text(secrets.token_urlsafe(32))
+        proc = _compile("--data", str(data), "--max-drop", "2%", "--out", str(tmp_path / "c"),
+                        "--remote", agent.url, "--token-file", str(bad))
+        assert proc.returncode == 2 and not (tmp_path / "c").exists()
+        assert len([ln for ln in proc.stderr.splitlines() if ln.startswith("layerwise:")]) == 1
+    finally:
+        agent.stop()

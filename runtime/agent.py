@@ -1,0 +1,440 @@
+"""The device agent: `layerwise agent` serves HTTP on the device and profiles uploaded bundles,
+one job at a time, for `layerwise profile BUNDLE --remote URL`.
+
+Endpoints (every request needs `Authorization: Bearer TOKEN`, compared in constant time):
+
+- `GET  /v1/info`    the device: platform, CPUs, memory, installed runtimes, limits, queue.
+- `POST /v1/profile` body: the bundle as tar.gz (size-limited while it streams in); query:
+  runs, warmup, threads, batch, per_op. Archive, bundle (sha256) and options are checked
+  before the job is queued (400); then the reply is 200 with one JSON line per event:
+  `{"event": "queued", "position": N}` (jobs ahead), `{"event": "running"}`, heartbeats,
+  and finally `{"event": "result", "result": {...}}` or `{"event": "error", "error": "..."}`.
+
+Errors before the stream are `{"error": one line}` with 400, 401, 403, 404, 413 or 503.
+Each job unpacks into its own folder under the work dir and runs in a child process
+(runtime/agent_job.py); the folder is removed when the job ends, and folders left by a killed
+agent are removed when it starts again. Built on Starlette + uvicorn (imported only here, the
+`agent` extra); torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import json
+import os
+import platform
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from layerwise import __version__
+from layerwise.errors import LayerwiseError
+from layerwise.runtime.agent_wire import (
+    API,
+    decode_options,
+    event_line,
+    read_token,
+    unpack_archive,
+)
+
+AGENT_VERSION = __version__
+JOB_PREFIX = "job-"
+# How much of an oversized streamed upload is read and dropped before answering 413, so the
+# client can read the answer (closing on unread data would reset the connection).
+DRAIN_BYTES = 8 << 20
+# Distributions that provide each target's runtime (the first installed one is reported).
+RUNTIME_DISTS: dict[str, tuple[str, ...]] = {
+    "onnx": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
+    "openvino": ("openvino",),
+    "tflite": ("ai-edge-litert", "tflite-runtime"),
+    "tvm": ("apache-tvm", "tlcpack"),
+    "tensorrt": ("tensorrt",),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """What one agent serves with; `token` is compared in constant time."""
+
+    token: bytes
+    work_dir: Path
+    max_upload_bytes: int
+    max_queue: int = 8
+    job_timeout_s: float = 3600.0
+    heartbeat_s: float = 5.0
+
+
+class RequestError(Exception):
+    """A refused request: HTTP status and a one-line message for `{"error": ...}`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _one_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [e.__class__.__name__])[0][:500]
+
+
+def device_info(cfg: AgentConfig | None = None) -> dict[str, Any]:
+    """Platform, CPUs, memory and the runtime behind each target that is installed here."""
+    runtimes = {}
+    for target, dists in RUNTIME_DISTS.items():
+        for dist in dists:
+            with contextlib.suppress(metadata.PackageNotFoundError):
+                runtimes[target] = f"{dist} {metadata.version(dist)}"
+                break
+    mem_mb = None
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo") as f:
+        mem_mb = int(f.readline().split()[1]) // 1024
+    info = {"agent_version": AGENT_VERSION, "host": socket.gethostname(),
+            "platform": platform.platform(), "machine": platform.machine(),
+            "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "memory_mb": mem_mb, "runtimes": runtimes}
+    if cfg is not None:
+        info["max_upload_bytes"] = cfg.max_upload_bytes
+    return info
+
+
+class JobQueue:
+    """First come, first served, one job at a time; position = jobs ahead (0: running)."""
+
+    def __init__(self) -> None:
+        self._line: list[str] = []
+        self._changed = asyncio.Condition()
+
+    def __len__(self) -> int:
+        return len(self._line)
+
+    @contextlib.asynccontextmanager
+    async def turn(self, job_id: str, report: Callable[[int], None]) -> AsyncIterator[None]:
+        """Wait for the job's turn, calling report(position) whenever the position changes."""
+        async with self._changed:
+            self._line.append(job_id)
+            try:
+                last = None
+                while (pos := self._line.index(job_id)) != 0:
+                    if pos != last:
+                        report(pos)
+                        last = pos
+                    await self._changed.wait()
+            except BaseException:
+                self._line.remove(job_id)
+                self._changed.notify_all()
+                raise
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._line.remove(job_id)
+                self._changed.notify_all()
+
+
+class Job:
+    """One upload: its folder, options, and the events its reply streams."""
+
+    def __init__(self, cfg: AgentConfig, queue: JobQueue, job_dir: Path,
+                 options: dict[str, Any]) -> None:
+        self.cfg, self.queue, self.dir, self.options = cfg, queue, job_dir, options
+        self.events: asyncio.Queue[dict | None] = asyncio.Queue()
+        self.task: asyncio.Task | None = None
+
+    async def run(self) -> None:
+        """Queue, run the child process, emit the result; always remove the job folder."""
+        arrived = time.time()
+        first_position = len(self.queue)
+        try:
+            async with self.queue.turn(self.dir.name, self._queued):
+                started = time.time()
+                self.events.put_nowait({"event": "running"})
+                result = await self._run_child()
+                result["remote"] = {
+                    "host": socket.gethostname(), "agent_version": AGENT_VERSION,
+                    "queue_position": first_position, "queued_s": started - arrived,
+                    "started_at": started, "finished_at": time.time()}
+                self.events.put_nowait({"event": "result", "result": result})
+        except RequestError as e:
+            self.events.put_nowait({"event": "error", "status": e.status, "error": e.message})
+        except Exception as e:  # noqa: BLE001 - reported to the client, not raised
+            print(f"layerwise agent: job {self.dir.name} failed: {e!r}", file=sys.stderr)
+            self.events.put_nowait({"event": "error", "status": 500,
+                                    "error": f"internal error on the agent: {_one_line(e)}"})
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.events.put_nowait(None)
+
+    def _queued(self, position: int) -> None:
+        self.events.put_nowait({"event": "queued", "position": position})
+
+    async def _run_child(self) -> dict:
+        result_path = self.dir / "result.json"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "layerwise.runtime.agent_job", str(self.dir / "bundle"),
+            json.dumps(self.options), str(result_path), cwd=self.dir,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)
+        try:
+            _, err = await asyncio.wait_for(
+                asyncio.gather(proc.wait(), proc.stderr.read()), self.cfg.job_timeout_s)
+        except TimeoutError:
+            raise RequestError(504, f"the profile ran past the agent's --job-timeout of "
+                               f"{self.cfg.job_timeout_s:g} s; use fewer --runs") from None
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            proc.stdin.close()
+        if proc.returncode in (0, 2) and result_path.is_file():
+            result = json.loads(result_path.read_text())
+            if "error" in result:
+                raise RequestError(400, result["error"])
+            return result
+        tail = (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+        raise RequestError(500, f"the profile process exited with code {proc.returncode} "
+                           f"({tail[:300]})")
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """The reply body: event lines, a heartbeat when nothing happened for a while. If the
+        client goes away the job is cancelled (its child killed, its folder removed)."""
+        t0 = time.monotonic()
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(self.events.get(), self.cfg.heartbeat_s)
+                except TimeoutError:
+                    yield event_line({"event": "heartbeat",
+                                      "elapsed_s": round(time.monotonic() - t0, 1)})
+                    continue
+                if event is None:
+                    return
+                yield event_line(event)
+        finally:
+            if self.task is not None and not self.task.done():
+                self.task.cancel()
+
+
+async def _receive_upload(request, dest: Path, limit: int) -> None:
+    """Stream the body to DEST; past `limit` bytes stop writing, drain a little, refuse 413."""
+    size = 0
+    with open(dest, "wb") as f:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                break
+            f.write(chunk)
+    if size <= limit:
+        return
+    dropped = 0
+    async for chunk in request.stream():
+        dropped += len(chunk)
+        if dropped > DRAIN_BYTES:
+            break
+    raise RequestError(413, f"upload over the agent's limit of {limit / (1 << 20):g} MB; "
+                       "start the agent with a larger --max-upload-mb")
+
+
+def _prepare(archive: Path, bundle_dir: Path, options: dict, max_unpacked: int) -> None:
+    """Unpack and check the bundle before it is queued (runs in a worker thread)."""
+    from layerwise.runtime.bundle import open_bundle
+    from layerwise.runtime.profile import batch_inputs
+
+    unpack_archive(archive, bundle_dir, max_unpacked)
+    archive.unlink()
+    bundle = open_bundle(bundle_dir, check=True)
+    batch_inputs(bundle, options["batch"])
+
+
+def build_app(cfg: AgentConfig):
+    """The Starlette application: token check around every route, JSON errors."""
+    from anyio import to_thread
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
+    from starlette.requests import ClientDisconnect, Request
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    queue = JobQueue()
+    running: set[asyncio.Task] = set()  # strong references until each job ends
+    receiving = [0]  # uploads being received or checked, not yet queued
+
+    class TokenAuth:
+        """Pure ASGI middleware: 401 without a bearer token, 403 with a wrong one; the body
+        is never read before the token is accepted."""
+
+        def __init__(self, app) -> None:
+            self.app = app
+
+        async def __call__(self, scope, receive, send) -> None:
+            if scope["type"] != "http":
+                await self.app(scope, receive, send)
+                return
+            header = dict(scope["headers"]).get(b"authorization", b"")
+            scheme, _, given = header.partition(b" ")
+            if scheme.lower() != b"bearer" or not given.strip():
+                response = JSONResponse(
+                    {"error": "no token: send `Authorization: Bearer TOKEN` (the client's "
+                              "--token-file)"}, 401, headers={"WWW-Authenticate": "Bearer"})
+            elif not hmac.compare_digest(given.strip(), cfg.token):
+                response = JSONResponse(
+                    {"error": "wrong token: use the token file the agent was started with"}, 403)
+            else:
+                await self.app(scope, receive, send)
+                return
+            await response(scope, receive, send)
+
+    async def info(_: Request) -> JSONResponse:
+        return JSONResponse({**device_info(cfg), "queue": {"jobs": len(queue),
+                                                          "max_waiting": cfg.max_queue}})
+
+    async def profile(request: Request) -> StreamingResponse:
+        try:
+            options = decode_options(dict(request.query_params))
+        except LayerwiseError as e:
+            raise RequestError(400, _one_line(e)) from e
+        if len(queue) + receiving[0] > cfg.max_queue:
+            raise RequestError(503, f"the agent already has {len(queue) + receiving[0]} jobs; "
+                               "retry later")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > cfg.max_upload_bytes:
+            raise RequestError(413, f"upload of {declared} bytes is over the agent's limit of "
+                               f"{cfg.max_upload_bytes / (1 << 20):g} MB; start the agent "
+                               "with a larger --max-upload-mb")
+        job_dir = Path(tempfile.mkdtemp(prefix=JOB_PREFIX, dir=cfg.work_dir))
+        receiving[0] += 1
+        try:
+            archive = job_dir / "upload.tar.gz"
+            await _receive_upload(request, archive, cfg.max_upload_bytes)
+            await to_thread.run_sync(_prepare, archive, job_dir / "bundle", options,
+                                     4 * cfg.max_upload_bytes)
+        except LayerwiseError as e:  # ArchiveError, BundleError, a batch the bundle refuses
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise RequestError(400, _one_line(e)) from e
+        except BaseException:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise
+        finally:
+            receiving[0] -= 1
+        job = Job(cfg, queue, job_dir, options)
+        job.task = asyncio.create_task(job.run())
+        running.add(job.task)
+        job.task.add_done_callback(running.discard)
+        return StreamingResponse(job.stream(), media_type="application/x-ndjson")
+
+    async def refused(_: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, RequestError):
+            return JSONResponse({"error": exc.message}, exc.status)
+        if isinstance(exc, HTTPException):
+            return JSONResponse({"error": f"{exc.detail}: {API}/info (GET) and "
+                                          f"{API}/profile (POST) are served"}, exc.status_code)
+        if isinstance(exc, ClientDisconnect):
+            return JSONResponse({"error": "client went away during the upload"}, 400)
+        print(f"layerwise agent: internal error: {exc!r}", file=sys.stderr)
+        return JSONResponse({"error": f"internal error on the agent: {_one_line(exc)}"}, 500)
+
+    return Starlette(
+        routes=[Route(f"{API}/info", info, methods=["GET"]),
+                Route(f"{API}/profile", profile, methods=["POST"])],
+        middleware=[Middleware(TokenAuth)],
+        exception_handlers={RequestError: refused, HTTPException: refused,
+                            ClientDisconnect: refused, Exception: refused})
+
+
+def sweep(work_dir: Path) -> int:
+    """Remove job folders a killed agent left behind; returns how many."""
+    n = 0
+    for d in work_dir.glob(f"{JOB_PREFIX}*"):
+        shutil.rmtree(d, ignore_errors=True)
+        n += 1
+    return n
+
+
+def add_agent_parser(subparsers) -> argparse.ArgumentParser:
+    """Add `agent` to the CLI's subparsers (imports no server library)."""
+    p = subparsers.add_parser("agent", help="serve remote profiling on this device (HTTP)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8700, help="port (0: any free port)")
+    p.add_argument("--token-file", required=True,
+                   help="file holding the token every request must send")
+    p.add_argument("--work-dir", default=None,
+                   help="where jobs unpack (default: TMPDIR/layerwise-agent)")
+    p.add_argument("--max-upload-mb", type=float, default=512.0,
+                   help="largest bundle archive accepted, in MB (default: 512)")
+    p.add_argument("--max-queue", type=int, default=8, help="jobs that may wait (default: 8)")
+    p.add_argument("--job-timeout", type=float, default=3600.0,
+                   help="seconds a profile may run before it is killed (default: 3600)")
+    p.add_argument("--quiet", action="store_true", help="no request log")
+    return p
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as e:
+        raise LayerwiseError(f"cannot listen on {host}:{port} ({e.strerror or e}); "
+                             "choose another --port or --host") from e
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    """Serve until interrupted; prints the URL it listens on (first line of stdout)."""
+    token = read_token(args.token_file)
+    if os.name == "posix" and Path(args.token_file).stat().st_mode & 0o077:
+        print(f"layerwise agent: {args.token_file} is readable by other users; "
+              f"chmod 600 {args.token_file}", file=sys.stderr)
+    if args.max_upload_mb <= 0:
+        raise LayerwiseError("--max-upload-mb must be > 0")
+    try:
+        import uvicorn
+    except ModuleNotFoundError as e:
+        raise LayerwiseError(f"the agent needs its server library ({e.name} is not "
+                             "installed): pip install 'layerwise[agent]'") from e
+    work_dir = Path(args.work_dir or Path(tempfile.gettempdir()) / "layerwise-agent")
+    work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    swept = sweep(work_dir)
+    cfg = AgentConfig(token=token.encode(), work_dir=work_dir.resolve(),
+                      max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
+                      max_queue=args.max_queue, job_timeout_s=args.job_timeout)
+    sock = _listen(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    if host not in ("127.0.0.1", "::1"):
+        print(f"layerwise agent: listening on {host}, beyond this machine: the token travels "
+              "in clear over HTTP; use it on a trusted network or through an SSH tunnel",
+              file=sys.stderr)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"layerwise agent {AGENT_VERSION} listening on http://{shown}:{port} "
+          f"(work dir {cfg.work_dir}, uploads up to {args.max_upload_mb:g} MB"
+          + (f", removed {swept} stale job folders" if swept else "") + ")", flush=True)
+    config = uvicorn.Config(build_app(cfg), log_level="warning" if args.quiet else "info",
+                            access_log=not args.quiet, proxy_headers=False,
+                            server_header=False, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m layerwise.runtime.agent ...`: the same as `layerwise agent ...`."""
+    parser = argparse.ArgumentParser(prog="layerwise")
+    add_agent_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["agent", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return run_agent(args)
+    except LayerwiseError as e:
+        print(f"layerwise: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

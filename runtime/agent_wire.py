@@ -1,0 +1,170 @@
+"""What the device agent and its client share: the token file, the bundle archive (packed on
+the workstation, unpacked on the device with no member escaping its folder), the profile
+options sent as query parameters, and the event lines of a job's reply.
+
+Standard library only (plus layerwise.errors), so both sides stay small and torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import zlib
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from layerwise.errors import LayerwiseError
+
+API = "/v1"
+MANIFEST = "manifest.json"
+MIN_TOKEN_CHARS = 16
+MAKE_TOKEN = 'python -c "import secrets; print(secrets.token_urlsafe(32))" > FILE'
+MAX_MEMBERS = 10_000
+
+# name -> (parser, default); the client sends these as query parameters, the agent reads them.
+PROFILE_OPTIONS: dict[str, tuple[type, Any]] = {
+    "runs": (int, 100),
+    "warmup": (int, 10),
+    "threads": (int, 0),
+    "batch": (int, None),
+    "per_op": (bool, False),
+}
+
+
+class ArchiveError(LayerwiseError):
+    """An uploaded archive that is not a plain tar.gz of files inside one folder."""
+
+
+def read_token(path: str | Path | None) -> str:
+    """The token in FILE (surrounding whitespace removed); refuses a missing or short one."""
+    if not path:
+        raise LayerwiseError(f"--token-file is required; create one with: {MAKE_TOKEN}")
+    p = Path(path)
+    try:
+        token = p.read_text().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise LayerwiseError(f"cannot read the token file {p} ({e.__class__.__name__}); "
+                             f"create one with: {MAKE_TOKEN}") from e
+    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
+        raise LayerwiseError(f"the token in {p} must be one word of at least {MIN_TOKEN_CHARS} "
+                             f"characters; create one with: {MAKE_TOKEN}")
+    return token
+
+
+def encode_options(options: dict[str, Any]) -> dict[str, str]:
+    """Profile options as query parameters (None values left out); unknown names refused."""
+    unknown = set(options) - set(PROFILE_OPTIONS)
+    if unknown:
+        raise LayerwiseError(f"unknown profile option(s) {sorted(unknown)}; "
+                             f"valid: {sorted(PROFILE_OPTIONS)}")
+    out = {}
+    for name, value in options.items():
+        if value is None:
+            continue
+        out[name] = ("1" if value else "0") if isinstance(value, bool) else str(int(value))
+    return out
+
+
+def decode_options(query: dict[str, str]) -> dict[str, Any]:
+    """Query parameters back to profile options; a bad value is a LayerwiseError naming it."""
+    unknown = set(query) - set(PROFILE_OPTIONS)
+    if unknown:
+        raise LayerwiseError(f"unknown profile option(s) {sorted(unknown)}; "
+                             f"valid: {sorted(PROFILE_OPTIONS)}")
+    out = {}
+    for name, (kind, default) in PROFILE_OPTIONS.items():
+        raw = query.get(name)
+        if raw is None:
+            out[name] = default
+        elif kind is bool:
+            if raw not in ("0", "1"):
+                raise LayerwiseError(f"option {name} must be 0 or 1, got {raw!r}")
+            out[name] = raw == "1"
+        else:
+            try:
+                out[name] = int(raw)
+            except ValueError:
+                raise LayerwiseError(f"option {name} must be an integer, got {raw!r}") from None
+    if out["runs"] < 1 or out["warmup"] < 0 or out["threads"] < 0:
+        raise LayerwiseError("runs must be >= 1, warmup >= 0 and threads >= 0")
+    if out["batch"] is not None and out["batch"] < 1:
+        raise LayerwiseError(f"batch must be >= 1, got {out['batch']}")
+    return out
+
+
+def _bundle_names(bundle_dir: Path) -> list[str]:
+    """manifest.json and every file the manifest lists, checked to lie inside the bundle."""
+    try:
+        manifest = json.loads((bundle_dir / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LayerwiseError(f"{bundle_dir} is not a readable layerwise bundle ({e}); "
+                             "create one with `layerwise compile`") from e
+    names = [MANIFEST]
+    for f in manifest.get("files", []):
+        name = f["name"]
+        pure = PurePosixPath(name)
+        if pure.is_absolute() or ".." in pure.parts:
+            raise LayerwiseError(f"{bundle_dir}: manifest lists {name!r} outside the bundle; "
+                                 "re-create the bundle")
+        if not (bundle_dir / name).is_file():
+            raise LayerwiseError(f"{bundle_dir}: file {name} is missing; re-create the bundle")
+        names.append(name)
+    return names
+
+
+def _plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mode = 0o644 if info.isreg() else 0o755
+    return info
+
+
+def pack_bundle(bundle_dir: str | Path, dest: Path) -> int:
+    """Write the bundle's manifest and listed files to DEST as tar.gz; returns its size."""
+    d = Path(bundle_dir)
+    names = _bundle_names(d)
+    with tarfile.open(dest, "w:gz", compresslevel=6, dereference=True) as tar:
+        for name in names:
+            tar.add(d / name, arcname=name, recursive=False, filter=_plain)
+    return dest.stat().st_size
+
+
+def _check_member(m: tarfile.TarInfo) -> None:
+    name = m.name
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or ".." in pure.parts or "\\" in name or "\x00" in name:
+        raise ArchiveError(f"archive member {name!r} points outside the bundle folder; "
+                           "upload a bundle packed by `layerwise profile --remote`")
+    if not (m.isreg() or m.isdir()):
+        kind = "link" if (m.issym() or m.islnk()) else "device or special file"
+        raise ArchiveError(f"archive member {name!r} is a {kind}; a bundle archive holds "
+                           "plain files only")
+
+
+def unpack_archive(archive: Path, dest: Path, max_bytes: int) -> None:
+    """Unpack a tar.gz into DEST, refusing absolute or `..` paths, links, device files, more
+    than MAX_MEMBERS members or more than MAX_BYTES unpacked; tarfile's 'data' filter checks
+    the same again while extracting. DEST must not exist yet."""
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members, total = [], 0
+            for m in tar:
+                _check_member(m)
+                total += m.size
+                members.append(m)
+                if total > max_bytes or len(members) > MAX_MEMBERS:
+                    raise ArchiveError(f"the archive unpacks to more than {max_bytes >> 20} MB "
+                                       f"or {MAX_MEMBERS} files; it is not a bundle")
+            dest.mkdir(mode=0o700)
+            tar.extractall(dest, members=members, filter="data")
+    except ArchiveError:
+        raise
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        first = (str(e).splitlines() or [""])[0]
+        raise ArchiveError(f"the upload is not a readable tar.gz bundle archive "
+                           f"({e.__class__.__name__}: {first})") from e
+
+
+def event_line(event: dict[str, Any]) -> bytes:
+    """One job event as a JSON line (the reply of POST /v1/profile is a stream of these)."""
+    return json.dumps(event, separators=(",", ":")).encode() + b"\n"

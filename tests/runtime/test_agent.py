@@ -1,0 +1,280 @@
+"""The device agent on loopback in a subprocess, and its client: a real bundle profiled
+remotely, auth, upload limits, hostile archives, a corrupt bundle, the queue, a killed agent."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from layerwise import __version__
+from layerwise.errors import LayerwiseError
+from layerwise.runtime import profile
+from layerwise.runtime.remote import RemoteError, agent_info, remote_profile
+from tests.conftest import FIXTURES, ROOT
+from tests.fixtures.agent import MAX_UPLOAD_MB, Agent
+
+pytest.importorskip("starlette", reason="the agent extra is not installed")
+pytest.importorskip("uvicorn", reason="the agent extra is not installed")
+
+
+@pytest.fixture(scope="module")
+def token_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("agent-token") / "token"
+    path.write_text(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory, token_file):
+    root = tmp_path_factory.mktemp("agent")
+    a = Agent(root / "work", token_file, root)
+    yield a
+    a.stop()
+
+
+@pytest.fixture(scope="module")
+def bundle(bundles) -> Path:
+    return bundles(f"{FIXTURES}:lstm_classifier")[0]
+
+
+def _one_line_error(e: BaseException) -> str:
+    msg = str(e)
+    assert msg and "\n" not in msg, msg
+    return msg
+
+
+def test_remote_profile_returns_the_local_profile(agent, bundle, token_file):
+    remote = remote_profile(bundle, agent.url, str(token_file), runs=5, warmup=1, per_op=True)
+    local = profile(bundle, runs=5, warmup=1, per_op=True)
+    assert set(remote) == set(local) | {"remote"}
+    assert remote["bundle"] == local["bundle"] and remote["runs"] == 5 and remote["batch"] == 1
+    assert 0 < remote["latency_ms"]["p50"] <= remote["latency_ms"]["p99"]
+    assert remote["ops"] and abs(sum(o["share"] for o in remote["ops"]) - 1) < 1e-6
+    assert remote["remote"]["agent_version"] == __version__
+    assert remote["remote"]["host"] == socket.gethostname()
+    assert remote["remote"]["url"] == agent.url
+    assert agent.job_dirs() == []  # the job folder is removed after the run
+    info = agent_info(agent.url, str(token_file))
+    assert info["cpu_count"] == os.cpu_count() and info["runtimes"]["onnx"].startswith(
+        "onnxruntime ")
+    assert info["max_upload_bytes"] == MAX_UPLOAD_MB << 20
+
+
+def test_token_is_required_and_checked(agent, bundle, tmp_path):
+    status, body = agent.request("GET", "/v1/info", token=None)
+    assert status == 401 and "token" in body["error"]
+    status, body = agent.request("GET", "/v1/info", token="not-the-token-at-all")
+    assert status == 403 and "wrong token" in body["error"]
+    status, _ = agent.request("POST", "/v1/profile", token=None, body=b"x" * 100)
+    assert status == 401
+    wrong = tmp_path / "wrong-token"
+    wrong.write_text(secrets.token_urlsafe(32))
+    with pytest.raises(RemoteError) as e:
+        remote_profile(bundle, agent.url, str(wrong), runs=1)
+    assert e.value.status == 403 and str(wrong) in _one_line_error(e.value)
+
+
+def test_oversized_upload_is_refused(agent, token_file):
+    token = token_file.read_text().strip()
+    # declared too large: refused from the header, before any of the body is sent
+    conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=30)
+    conn.putrequest("POST", "/v1/profile")
+    conn.putheader("Authorization", f"Bearer {token}")
+    conn.putheader("Content-Length", str(50 << 20))
+    conn.endheaders()
+    resp = conn.getresponse()
+    assert resp.status == 413 and "--max-upload-mb" in json.loads(resp.read())["error"]
+    conn.close()
+    # streamed without a length: counted while it arrives, refused past the limit
+    chunks = (b"\0" * (64 << 10) for _ in range(MAX_UPLOAD_MB * 16 + 8))
+    status, body = agent.request("POST", "/v1/profile", token, body=chunks,
+                                 headers={"Transfer-Encoding": "chunked"})
+    assert status == 413 and "limit" in body["error"]
+    assert agent.job_dirs() == []
+
+
+def _archive(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    return info
+
+
+@pytest.mark.parametrize("case", ["dotdot", "deep-dotdot", "absolute", "symlink", "hardlink",
+                                  "device"])
+def test_hostile_archive_is_refused_and_writes_nothing_outside(agent, token_file, case):
+    outside = agent.work_dir.parent
+    absolute = outside / "abs-evil"
+    member = {
+        "dotdot": (_member("../evil"), b"x"),
+        "deep-dotdot": (_member("../../../evil"), b"x"),
+        "absolute": (_member(str(absolute)), b"x"),
+        "symlink": (_member("model.onnx", tarfile.SYMTYPE, "../../../evil"), None),
+        "hardlink": (_member("model.onnx", tarfile.LNKTYPE, "../../../evil"), None),
+        "device": (_member("model.onnx", tarfile.CHRTYPE), None),
+    }[case]
+    before = sorted(p.name for p in outside.iterdir())
+    body = _archive([(_member("manifest.json"), b"{}"), member])
+    status, reply = agent.request("POST", "/v1/profile", token_file.read_text().strip(), body)
+    assert status == 400, reply
+    assert "\n" not in reply["error"] and ("outside" in reply["error"]
+                                           or "plain files" in reply["error"])
+    assert sorted(p.name for p in outside.iterdir()) == before
+    assert not absolute.exists() and agent.job_dirs() == []
+
+
+def test_corrupt_bundle_and_garbage_are_refused(agent, bundle, token_file, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle, bad)
+    model = bad / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(RemoteError) as e:
+        remote_profile(bad, agent.url, str(token_file), runs=1)
+    assert e.value.status == 400 and "sha256" in _one_line_error(e.value)
+    status, reply = agent.request("POST", "/v1/profile", token_file.read_text().strip(),
+                                  b"this is not a tar.gz")
+    assert status == 400 and "tar.gz" in reply["error"]
+    status, reply = agent.request("POST", "/v1/profile?runs=0", token_file.read_text().strip(),
+                                  b"")
+    assert status == 400 and "runs" in reply["error"]
+    assert agent.job_dirs() == []
+
+
+def test_two_requests_are_served_one_after_the_other(agent, bundle, token_file):
+    results: dict[int, dict] = {}
+    messages: dict[int, list[str]] = {0: [], 1: []}
+
+    def go(i: int) -> None:
+        results[i] = remote_profile(bundle, agent.url, str(token_file), runs=20, warmup=1,
+                                    progress=messages[i].append)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert set(results) == {0, 1}
+    first, second = sorted(results.values(), key=lambda r: r["remote"]["started_at"])
+    assert [first["remote"]["queue_position"], second["remote"]["queue_position"]] == [0, 1]
+    assert second["remote"]["started_at"] >= first["remote"]["finished_at"]
+    assert any("1 job(s) ahead" in m for ms in messages.values() for m in ms)
+    assert agent.job_dirs() == []
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_agent_killed_mid_run(tmp_path, bundle, token_file, monkeypatch):
+    work = tmp_path / "work"
+    agent = Agent(work, token_file, tmp_path)
+    client_tmp = tmp_path / "client-tmp"
+    client_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(client_tmp))
+    seen: list[str] = []
+    raised: list[BaseException] = []
+
+    def go() -> None:
+        try:
+            remote_profile(bundle, agent.url, str(token_file), runs=10**7, warmup=0,
+                           progress=seen.append)
+        except BaseException as e:  # noqa: BLE001 - checked below
+            raised.append(e)
+
+    t = threading.Thread(target=go)
+    try:
+        t.start()
+        deadline = time.monotonic() + 60
+        while not (any("profiling" in m for m in seen) and _children(agent.proc.pid)):
+            assert t.is_alive() and time.monotonic() < deadline, (seen, raised)
+            time.sleep(0.1)
+        jobs = _children(agent.proc.pid)
+        assert len(agent.job_dirs()) == 1
+        time.sleep(0.5)
+        os.kill(agent.proc.pid, signal.SIGKILL)
+        t.join(timeout=60)
+    finally:
+        agent.stop()
+    assert not t.is_alive() and len(raised) == 1
+    err = raised[0]
+    assert isinstance(err, LayerwiseError) and "stopped answering" in _one_line_error(err)
+    assert list(client_tmp.iterdir()) == []  # the temporary archive is gone
+    deadline = time.monotonic() + 15  # the job process notices and exits
+    while not all(_gone(pid) for pid in jobs):
+        assert time.monotonic() < deadline, "the job process outlived its agent"
+        time.sleep(0.1)
+    restarted = Agent(work, token_file, tmp_path)  # its first act: remove the stale job folder
+    try:
+        assert "removed 1 stale job folders" in restarted.banner
+        assert restarted.job_dirs() == []
+    finally:
+        restarted.stop()
+
+
+def test_unreachable_agent(bundle, token_file):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(RemoteError) as e:
+        remote_profile(bundle, f"http://127.0.0.1:{port}", str(token_file), runs=1)
+    assert "cannot reach the device agent" in _one_line_error(e.value)
+    with pytest.raises(LayerwiseError, match="not an agent URL"):
+        remote_profile(bundle, "127.0.0.1:8700", str(token_file), runs=1)
+
+
+BLOCK_TORCH = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, Block())
+from pathlib import Path
+from layerwise.runtime import agent_job, remote
+from layerwise.runtime.agent import AgentConfig, build_app
+build_app(AgentConfig(b"t" * 16, Path("."), 1 << 20))
+assert "torch" not in sys.modules
+sys.exit(__import__("layerwise.runtime.agent").runtime.agent.main(["--token-file", sys.argv[1]]))
+"""
+
+
+def test_agent_and_client_are_torch_free_and_refuse_a_missing_token(tmp_path):
+    missing = tmp_path / "no-such-token"
+    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH, str(missing)], capture_output=True,
+                          check=False, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "token" in proc.stderr and str(missing) in proc.stderr
