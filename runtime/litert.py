@@ -2,7 +2,8 @@
 
 A feed whose shape differs from the model's input (another batch) resizes the input and
 re-allocates; that works for models whose graph does not bake the batch into constants.
-The Python Interpreter has no per-op profiler, so `op_profile()` returns [].
+The Python Interpreter has no per-op profiler: `op_profile()` times every op alone in a
+one-op model cut from this one (runtime/litert_ops.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class LiteRTRunner:
         except ImportError as e:
             raise TargetError("LiteRT is not installed: pip install ai-edge-litert") from e
         self.threads = threads or os.cpu_count() or 1
+        self._model, self._per_op, self._last_feeds = Path(model), per_op, None
         try:
             self.interp = Interpreter(model_path=str(model), num_threads=self.threads)
             self.interp.allocate_tensors()
@@ -44,6 +46,8 @@ class LiteRTRunner:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise BundleError(f"missing inputs {missing}; the model takes {self.input_names}")
+        if self._per_op:
+            self._last_feeds = feeds
         try:
             resized = False
             for d in self._inputs:
@@ -65,8 +69,12 @@ class LiteRTRunner:
                               ) from e
 
     def op_profile(self) -> list[dict]:
-        """The Python Interpreter offers no per-op timing: always []."""
-        return []
+        """Time per op type, each op timed alone on the last inputs run ([] if none)."""
+        if not self._per_op or self._last_feeds is None:
+            return []
+        from layerwise.runtime.litert_ops import isolated_op_times
+
+        return isolated_op_times(self._model, self._last_feeds, self.threads)
 
 
 def _dist_version() -> str:

@@ -69,6 +69,22 @@ def test_small_cnn_fp32(tmp_path):
     assert ops["TRANSPOSE"] == 2  # the NCHW input and the flatten (NCHW order) before the head
 
 
+def test_per_op_profile_times_every_op_alone(tmp_path):
+    ir = _small_cnn_ir()
+    stats = emit_tflite(ir, tmp_path / "m.tflite")
+    runner = open_runner("tflite", tmp_path / "m.tflite", threads=1, per_op=True)
+    feeds = {k: v.numpy() for k, v in ir.example_inputs.items()}
+    full = runner.run(feeds)
+    ops = runner.op_profile()
+    # one entry per op type, every op of the model counted once, each timed
+    assert {o["op"]: o["calls"] for o in ops} == stats["ops"]
+    assert all(o["total_ms"] > 0 and o["timing"] == "isolated" for o in ops)
+    assert sum(o["share"] for o in ops) == pytest.approx(1.0)
+    # cutting ops out left the file and the runner's results alone
+    np.testing.assert_array_equal(runner.run(feeds)[0], full[0])
+    assert open_runner("tflite", tmp_path / "m.tflite").op_profile() == []
+
+
 def test_resnet18_fp32(tmp_path):
     r = _parity(lift(load_source("timm:resnet18")), tmp_path / "m.tflite")
     assert r["passed"] and r["rel_err"] <= 1e-4, r
