@@ -1,0 +1,236 @@
+"""Latency prediction: a roofline per op with per-op-kind efficiency factors.
+
+    t(op) = overhead + max(flops / (peak * eff_c[kind]), bytes / (bandwidth * eff_m[kind]))
+
+summed over the ops of the exported program (`graph_ops.op_records`); ops fused into a conv or
+matmul add only their FLOPs at the `fused` efficiency, free ops (views, constant folding) add
+nothing. Bytes split in two: weights come from DRAM unless all of the model's weights fit in
+the last-level cache, activations from the cache unless one op's activations do not fit.
+For `host` the peaks and factors come from a calibration (`calibrate.py`); for other
+devices from their published peaks with the default factors below — uncalibrated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from layerwise.devices.graph_ops import COMPUTE, KIND_NAMES, OpRecord, op_records
+from layerwise.devices.loader import DeviceProfile, load_device
+from layerwise.errors import LayerwiseError
+
+# uncalibrated compute efficiency per op kind (fraction of the published peak); memory-bound
+# kinds barely use the ALUs, so their figure only matters when they are compute bound
+DEFAULT_COMPUTE = {"conv": 0.5, "dwconv": 0.15, "matmul": 0.6, "elementwise": 0.1,
+                   "transcendental": 0.05, "norm": 0.1, "softmax": 0.05, "pool": 0.1,
+                   "reduce": 0.1, "copy": 1.0, "fused": 0.3}
+DEFAULT_MEMORY = dict.fromkeys(KIND_NAMES, 0.6)
+BYTES_PER = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
+# LiteRT builtin each Core ATen op becomes, to check a device's op limits (norms decompose
+# into MEAN / SQUARED_DIFFERENCE / RSQRT / MUL / ADD, which the limits list separately)
+LITERT_OPS = {
+    "conv": "CONV_2D", "dwconv": "DEPTHWISE_CONV_2D", "addmm": "FULLY_CONNECTED",
+    "mm": "FULLY_CONNECTED", "linear": "FULLY_CONNECTED", "bmm": "BATCH_MATMUL",
+    "matmul": "BATCH_MATMUL", "gelu": "GELU", "_softmax": "SOFTMAX", "add": "ADD",
+    "mul": "MUL", "sub": "SUB", "div": "DIV", "relu": "RELU", "hardtanh": "RELU6",
+    "clamp": "RELU6", "hardswish": "HARD_SWISH", "sigmoid": "LOGISTIC", "tanh": "TANH",
+    "mean": "MEAN", "sum": "SUM", "max_pool2d_with_indices": "MAX_POOL_2D",
+    "avg_pool2d": "AVERAGE_POOL_2D", "permute": "TRANSPOSE", "cat": "CONCATENATION",
+    "embedding": "GATHER", "gather": "GATHER", "index": "GATHER", "exp": "EXP", "pow": "POW",
+    "sqrt": "SQRT", "rsqrt": "RSQRT", "erf": "GELU", "slice": "STRIDED_SLICE",
+    "select": "STRIDED_SLICE", "constant_pad_nd": "PAD", "where": "SELECT_V2",
+    "upsample_nearest2d": "RESIZE_NEAREST_NEIGHBOR", "upsample_bilinear2d": "RESIZE_BILINEAR",
+}
+
+
+@dataclass(frozen=True)
+class Factors:
+    """Efficiency factors and overheads of one device (calibrated or defaults)."""
+
+    compute: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_COMPUTE))
+    memory: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MEMORY))
+    op_overhead_us: float = 5.0
+    invoke_overhead_us: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"compute": self.compute, "memory": self.memory,
+                "op_overhead_us": self.op_overhead_us,
+                "invoke_overhead_us": self.invoke_overhead_us}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Factors:
+        return cls({**DEFAULT_COMPUTE, **d["compute"]}, {**DEFAULT_MEMORY, **d["memory"]},
+                   float(d["op_overhead_us"]), float(d["invoke_overhead_us"]))
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the roofline needs: peaks (GOP/s) per precision, bandwidth, factors."""
+
+    peak_gops: dict[str, float]
+    bandwidth_gbs: float | None
+    factors: Factors
+    cache_bandwidth_gbs: float | None = None  # None: the DRAM figure
+    cache_mb: float = 0.0
+    host_link_gbs: float | None = None
+    param_cache_mb: float | None = None
+    full_integer: bool = False
+
+
+def default_factors(profile: DeviceProfile) -> Factors:
+    return Factors({**DEFAULT_COMPUTE, **dict(profile.efficiency)}, dict(DEFAULT_MEMORY),
+                   profile.op_overhead_us, profile.invoke_overhead_us)
+
+
+def op_time_s(rec: OpRecord, m: Machine, precision: str,
+              weights_cached: bool = False) -> tuple[float, float, float]:
+    """(overhead, compute, memory) seconds of one op; the op costs overhead + max of the two.
+    `weights_cached`: all the model's weights fit in the last-level cache."""
+    f = m.factors
+    low = precision if (rec.kind in COMPUTE or m.full_integer) else "fp32"
+    peak = m.peak_gops.get(low) or m.peak_gops.get("fp32") or max(m.peak_gops.values())
+    if rec.fused:
+        return 0.0, rec.flops / (peak * 1e9 * f.compute["fused"]), 0.0
+    compute = rec.flops / (peak * 1e9 * f.compute.get(rec.kind, 0.1))
+    memory = 0.0
+    if m.bandwidth_gbs:
+        scale = BYTES_PER.get(low, 4) / 4.0 / (f.memory.get(rec.kind, 0.6) * 1e9)
+        dram, cache = m.bandwidth_gbs, m.cache_bandwidth_gbs or m.bandwidth_gbs
+        acts = rec.bytes - rec.weight_bytes
+        memory = scale * (rec.weight_bytes / (cache if weights_cached else dram)
+                          + acts / (cache if acts <= m.cache_mb * 2**20 else dram))
+    return f.op_overhead_us * 1e-6, compute, memory
+
+
+def weights_cached(records: list[OpRecord], m: Machine, precision: str = "fp32") -> bool:
+    """Whether all the weights fit in the last-level cache (they stay there between runs)."""
+    weights = sum(r.weight_bytes for r in records) * BYTES_PER.get(precision, 4) / 4.0
+    return weights <= m.cache_mb * 2**20
+
+
+def predict_records(records: list[OpRecord], m: Machine, precision: str = "fp32",
+                    io_bytes: float = 0.0, fp32_nodes: frozenset[str] = frozenset()) -> dict:
+    """Total seconds and per-row / per-kind breakdown of op records on machine `m`."""
+    rows: dict[str, dict] = {}
+    kinds: dict[str, float] = {}
+    total = m.factors.invoke_overhead_us * 1e-6
+    cached = weights_cached(records, m, precision)
+    for rec in records:
+        prec = "fp32" if rec.name in fp32_nodes and "fp32" in m.peak_gops else precision
+        ov, comp, mem = op_time_s(rec, m, prec, cached)
+        t = ov + max(comp, mem)
+        total += t
+        row = rows.setdefault(rec.layer or "(outside layers)", {
+            "ms": 0.0, "flops": 0.0, "bytes": 0.0, "ops": 0, "_c": 0.0, "_m": 0.0, "_o": 0.0})
+        row["ms"] += t * 1e3
+        row["flops"] += rec.flops
+        row["bytes"] += rec.bytes
+        row["ops"] += 0 if rec.fused else 1
+        row["_c"] += comp
+        row["_m"] += mem
+        row["_o"] += ov
+        kinds[rec.kind] = kinds.get(rec.kind, 0.0) + t * 1e3
+    link = 0.0
+    if m.host_link_gbs:
+        weights = sum(r.weight_bytes for r in records) * BYTES_PER.get(precision, 4) / 4.0
+        cache = (m.param_cache_mb or 0.0) * 2**20
+        link = (io_bytes + max(0.0, weights - cache)) / (m.host_link_gbs * 1e9)
+        total += link
+    table = []
+    for name, row in rows.items():
+        parts = {"compute": row.pop("_c"), "memory": row.pop("_m"), "overhead": row.pop("_o")}
+        table.append({"layer": name, **row, "share": row["ms"] / (total * 1e3),
+                      "bound": max(parts, key=parts.get) if row["ops"] else "fused"})
+    return {"total_ms": total * 1e3, "layers": table, "by_kind_ms": kinds,
+            "host_link_ms": link * 1e3}
+
+
+def machine_for(profile: DeviceProfile, calibration: dict | None) -> Machine:
+    """The roofline machine of a profile; `calibration` (host) supplies measured figures."""
+    if calibration is not None:
+        return Machine(dict(calibration["peak_gops"]), calibration["bandwidth_gbs"],
+                       Factors.from_json(calibration["factors"]),
+                       calibration["cache_bandwidth_gbs"], calibration["cache_mb"])
+    return Machine(dict(profile.peak_gops), profile.bandwidth_gbs, default_factors(profile),
+                   host_link_gbs=profile.host_link_gbs, param_cache_mb=profile.param_cache_mb,
+                   full_integer=profile.quant.full_integer)
+
+
+def _ir_of(ir, progress):
+    if not hasattr(ir, "program"):  # SPEC strings are lifted by layerwise.api.predict
+        raise LayerwiseError("devices.roofline.predict takes a lifted IR (layerwise.api.lift); "
+                             "for a SPEC use layerwise.api.predict")
+    return ir
+
+
+def predict(spec_or_ir, device: str | DeviceProfile = "host", batch: int = 1,
+            precision: str | None = None, *, progress=lambda _: None,
+            calibration: dict | None = None) -> dict:
+    """Predicted latency of a model (SPEC or IR) on a device at `batch`, with a breakdown by
+    the layer table's blocks and depth-1 layers. `host` is calibrated on first use (a few
+    minutes; the result is cached under $LAYERWISE_HOME or ~/.layerwise); `calibration` picks
+    another stored one (e.g. single-threaded)."""
+    if batch < 1:
+        raise LayerwiseError(f"--batch must be >= 1, got {batch}")
+    profile = device if isinstance(device, DeviceProfile) else load_device(device)
+    ir = _ir_of(spec_or_ir, progress)
+    quant = ir.annotations.get("quantize") if hasattr(ir, "annotations") else None
+    prec = precision or ("int8" if quant else profile.default_precision)
+    if prec not in profile.precisions:
+        raise LayerwiseError(f"device {profile.name} runs {', '.join(profile.precisions)}, not "
+                             f"{prec}; pick one of those with --precision")
+    if profile.measured and calibration is None:
+        from layerwise.devices.calibrate import calibrate_host
+
+        progress("calibrating the host (first use only)")
+        calibration = calibrate_host()
+    if not profile.measured:
+        calibration = None
+    m = machine_for(profile, calibration)
+    if prec not in m.peak_gops:
+        raise LayerwiseError(f"device {profile.name} has no {prec} peak; use one of "
+                             f"{', '.join(sorted(m.peak_gops))}")
+    records, info = op_records(ir.program, ir.layers, batch)
+    fp32_nodes = frozenset(n for path in (quant or {}).get("keep_fp32", [])
+                           for n in ir.layer(path).nodes)
+    io = _io_bytes(ir, info["batch"] or batch, prec)
+    result = predict_records(records, m, prec, io, fp32_nodes)
+    notes = []
+    unsupported = unsupported_ops(records, profile)
+    if unsupported:
+        notes.append(f"{profile.name} cannot map {', '.join(unsupported)}: those ops would run "
+                     "on the host CPU (not in this estimate)")
+    if info["batch_fixed"] is not None and info["batch_fixed"] != batch:
+        notes.append(f"the exported batch is fixed at {info['batch_fixed']}: predicted for it")
+    basis = ("calibrated on this machine (onnxruntime, "
+             f"{calibration['threads']} threads)" if calibration is not None
+             else "predicted from published peaks, uncalibrated")
+    return {
+        "spec": getattr(ir, "meta", {}).get("spec") if not isinstance(spec_or_ir, str)
+        else spec_or_ir,
+        "device": profile.name, "target": profile.target, "precision": prec,
+        "batch": info["batch"] or batch, "calibrated": calibration is not None, "basis": basis,
+        "total_ms": result["total_ms"],
+        "flops": sum(r.flops for r in records),
+        "bytes": sum(r.bytes for r in records),
+        "ops": sum(1 for r in records if not r.fused),
+        "layers": result["layers"], "by_kind_ms": result["by_kind_ms"],
+        "host_link_ms": result["host_link_ms"], "unsupported_ops": unsupported,
+        "notes": notes,
+    }
+
+
+def unsupported_ops(records: list[OpRecord], profile: DeviceProfile) -> list[str]:
+    """LiteRT names of the model's ops outside the device's op limits (none declared: [])."""
+    if not profile.supported_ops:
+        return []
+    names = {LITERT_OPS.get(r.kind if r.kind in ("conv", "dwconv") else r.op) for r in records}
+    return sorted(n for n in names - {None} if n not in profile.supported_ops)
+
+
+def _io_bytes(ir, batch: int, precision: str) -> float:
+    """Bytes of the model's inputs and outputs at `batch` (for devices behind a USB link)."""
+    total = 0.0
+    for t in list(ir.example_inputs.values()) + list(ir.reference):
+        n = t.numel() // max(1, t.shape[0]) * batch if t.dim() else 1
+        total += n * BYTES_PER.get(precision, 4)
+    return total
