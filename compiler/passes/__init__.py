@@ -13,6 +13,7 @@ PASSES: dict[str, str] = {
     "legalize_views": "layerwise.compiler.passes.legalize:legalize_views",
     "quantize": "layerwise.compiler.passes.quantize:quantize",
     "drop_layers": "layerwise.compiler.passes.drop_layers:drop_layers",
+    "prune": "layerwise.compiler.passes.prune:prune",
 }
 
 
