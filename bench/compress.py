@@ -1,18 +1,25 @@
 """Compression figures, each beside its baseline measured in the same run.
 
-    python bench/compress.py [--json] [--eval N] [--calib N] [--runs N]
+    python bench/compress.py [--json] [--eval N] [--calib N] [--runs N] [--skip-minilm]
 
 MobileNetV2 (real ImageNet weights) INT8: layerwise's calibrated QDQ model run by
 onnxruntime and by OpenVINO, against NNCF's own `nncf.quantize` (default preset) on
 OpenVINO, on the same calibration and evaluation photos: top-1 agreement with FP32 on all
 inputs and on those where FP32 is confident (max softmax >= 0.5), and p50 latency at
-batch 1 against FP32 onnxruntime and torch eager.
+batch 1 against FP32 onnxruntime, FP32 OpenVINO and torch eager. Latencies are taken in
+interleaved rounds (every engine a slice per round) so a busy machine slows them alike.
+
+MiniLM (real weights) on real sentences (even ones calibrate, odd ones evaluate): mean
+cosine of each precision's embeddings to FP32, p50 latency at batch 1 (sequence 32) and
+file size, beside NNCF's INT8 (transformer model type) on OpenVINO.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +29,9 @@ import numpy as np
 from layerwise import api
 from layerwise.images import photo_crops
 from layerwise.runtime import open_bundle, open_runner
-from layerwise.runtime.profile import stats_ms, time_calls
+from layerwise.runtime.profile import stats_ms
+
+MINILM_PRECISIONS = ("fp16", "int8", "int8-dynamic", "int8-weight", "int4-weight")
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -37,15 +46,43 @@ def agreement(ref: np.ndarray, out: np.ndarray) -> dict:
             "confident_n": int(conf.sum()), "n": len(same)}
 
 
-def logits_of(run, images: np.ndarray) -> np.ndarray:
-    return np.concatenate([run(images[i:i + 1]) for i in range(len(images))])
+def interleaved_p50(runs_by_name: dict, feeds, runs: int, rounds: int = 5) -> dict[str, float]:
+    """p50 ms per engine, timed in `rounds` interleaved slices of runs/rounds calls each."""
+    times: dict[str, list[float]] = {n: [] for n in runs_by_name}
+    for run in runs_by_name.values():  # warm-up
+        for _ in range(5):
+            run(feeds)
+    per = max(1, runs // rounds)
+    for _ in range(rounds):
+        for name, run in runs_by_name.items():
+            for _ in range(per):
+                t0 = time.perf_counter()
+                run(feeds)
+                times[name].append(time.perf_counter() - t0)
+    return {n: stats_ms(t)["p50"] for n, t in times.items()}
 
 
-def latency(run, x: np.ndarray, runs: int) -> float:
-    return stats_ms(time_calls(lambda: run(x), runs, max(5, runs // 10)))["p50"]
+def bundle_run(path: Path):
+    b = open_bundle(path)
+    r = open_runner(b.target, b.model_path)
+    return lambda feeds: r.run(feeds)[0]
+
+
+def ov_run(model):
+    import openvino as ov
+
+    c = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    req = c.create_infer_request()
+
+    def run(feeds):
+        req.infer(feeds)
+        return np.array(req.get_output_tensor(0).data)
+
+    return run
 
 
 def mobilenet_int8(n_eval: int, n_calib: int, runs: int, tmp: Path) -> dict:
+    import nncf
     import openvino as ov
     import torch
 
@@ -54,53 +91,103 @@ def mobilenet_int8(n_eval: int, n_calib: int, runs: int, tmp: Path) -> dict:
     evals = photo_crops(n_eval, seed=1)
     calib = photo_crops(n_calib, seed=2)
     np.savez(tmp / "calib.npz", x=calib)
-    fp32 = api.compile("zoo:mobilenet-v2", api.CompileOptions(out=str(tmp / "fp32"), db="none"))
+    spec = "zoo:mobilenet-v2"
+    fp32 = api.compile(spec, api.CompileOptions(out=str(tmp / "fp32"), db="none"))
+    api.compile(spec, api.CompileOptions(target="openvino", out=str(tmp / "fp32-ov"),
+                                         db="none"))
     t0 = time.perf_counter()
-    q = api.compile("zoo:mobilenet-v2", api.CompileOptions(
+    q = api.compile(spec, api.CompileOptions(
         out=str(tmp / "int8"), precision="int8", data=str(tmp / "calib.npz"), db="none"))
-    ours_compile_s = time.perf_counter() - t0
-
-    def ort(path):
-        b = open_bundle(path)
-        r = open_runner(b.target, b.model_path)
-        return lambda x: r.run({"x": x})[0]
-
-    core = ov.Core()
-
-    def ov_run(model):
-        c = core.compile_model(model, "CPU")
-        return lambda x: c({"x": x})[c.output(0)]
-
-    runs_by_name = {"fp32 onnxruntime": ort(tmp / "fp32"), "int8 onnxruntime (ours)":
-                    ort(tmp / "int8"), "int8 openvino (ours)": ov_run(str(tmp / "int8" /
-                                                                          "model.onnx"))}
+    ours_s = time.perf_counter() - t0
+    qov = api.compile(spec, api.CompileOptions(
+        target="openvino", out=str(tmp / "int8-ov"), precision="int8",
+        data=str(tmp / "calib.npz"), db="none"))
     # NNCF's own post-training quantization of the same model on the same calibration photos
-    import nncf
-
     t0 = time.perf_counter()
-    fp32_ov = ov.convert_model(str(tmp / "fp32" / "model.onnx"))
-    nncf_model = nncf.quantize(fp32_ov, nncf.Dataset([{"x": calib[i:i + 1]}
-                                                      for i in range(len(calib))]))
+    nncf_model = nncf.quantize(ov.convert_model(str(tmp / "fp32" / "model.onnx")),
+                               nncf.Dataset([{"x": calib[i:i + 1]} for i in range(len(calib))]))
     nncf_s = time.perf_counter() - t0
-    runs_by_name["int8 openvino (nncf.quantize)"] = ov_run(nncf_model)
-    model = load_source("zoo:mobilenet-v2").module
+    model = load_source(spec).module
+    runs_by_name = {
+        "fp32 onnxruntime": bundle_run(tmp / "fp32"),
+        "fp32 openvino": bundle_run(tmp / "fp32-ov"),
+        "int8 onnxruntime (ours)": bundle_run(tmp / "int8"),
+        "int8 openvino (ours)": bundle_run(tmp / "int8-ov"),
+        "int8 openvino (nncf.quantize)": ov_run(nncf_model),
+        "fp32 torch eager": lambda f: model(torch.from_numpy(f["x"])).numpy(),
+    }
+    rows = {}
     with torch.inference_mode():
-        runs_by_name["fp32 torch eager"] = lambda x: model(torch.from_numpy(x)).numpy()
-    ref = logits_of(runs_by_name["fp32 onnxruntime"], evals)
+        ref = np.concatenate([runs_by_name["fp32 onnxruntime"]({"x": evals[i:i + 1]})
+                              for i in range(len(evals))])
+        for name, run in runs_by_name.items():
+            out = np.concatenate([run({"x": evals[i:i + 32]}) for i in range(0, len(evals), 32)])
+            rows[name] = {"agreement": agreement(ref, out)}
+        p50 = interleaved_p50(runs_by_name, {"x": evals[:1]}, runs)
+    for name, r in rows.items():
+        r["p50_ms"] = p50[name]
+        r["speedup_vs_fp32_onnxruntime"] = p50["fp32 onnxruntime"] / p50[name]
+        r["speedup_vs_eager"] = p50["fp32 torch eager"] / p50[name]
+        r["speedup_vs_nncf"] = p50["int8 openvino (nncf.quantize)"] / p50[name]
+    return {"model": spec, "eval_inputs": n_eval, "calibration_inputs": n_calib,
+            "fp32_bytes": fp32["sizes"]["model_bytes"], "int8_bytes": q["sizes"]["model_bytes"],
+            "int8_openvino_bytes": qov["sizes"]["model_bytes"], "ours_compile_s": ours_s,
+            "nncf_quantize_s": nncf_s, "recipe": q["plan"]["quantize"]["recipe"],
+            "quantization": q["model"]["quantization"], "rows": rows}
+
+
+def minilm_precisions(runs: int, tmp: Path) -> dict:
+    import nncf
+    import openvino as ov
+
+    from layerwise.sources import load_source
+    from layerwise.text import stdlib_sentences
+
+    sentences = stdlib_sentences()
+    calib, held = sentences[0::2], sentences[1::2]
+    (tmp / "calib.txt").write_text("\n".join(calib) + "\n")
+    tok = load_source("zoo:minilm-l6").tokenizer
+
+    def encode(s):
+        e = tok(s, padding="max_length", truncation=True, max_length=32, return_tensors="np")
+        return {k: e[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
+
+    feeds, calib_feeds = encode(held), encode(calib)
+    spec = "zoo:minilm-l6"
+    sizes, runs_by_name, compile_s = {}, {}, {}
+    for p in ("fp32", *MINILM_PRECISIONS):
+        t0 = time.perf_counter()
+        m = api.compile(spec, api.CompileOptions(out=str(tmp / p), precision=p, db="none",
+                                                 data=str(tmp / "calib.txt")))
+        compile_s[p] = time.perf_counter() - t0
+        sizes[p] = m["sizes"]["model_bytes"]
+        runs_by_name[p] = bundle_run(tmp / p)
+    m = api.compile(spec, api.CompileOptions(target="openvino", out=str(tmp / "int8-ov"),
+                                             precision="int8", db="none",
+                                             data=str(tmp / "calib.txt")))
+    sizes["int8 openvino"] = m["sizes"]["model_bytes"]
+    runs_by_name["int8 openvino"] = bundle_run(tmp / "int8-ov")
+    t0 = time.perf_counter()
+    nncf_model = nncf.quantize(
+        ov.convert_model(str(tmp / "fp32" / "model.onnx")),
+        nncf.Dataset([{k: v[i:i + 1] for k, v in calib_feeds.items()} for i in range(len(calib))]),
+        model_type=nncf.ModelType.TRANSFORMER)
+    compile_s["nncf int8 openvino"] = time.perf_counter() - t0
+    runs_by_name["nncf int8 openvino"] = ov_run(nncf_model)
+    ref = runs_by_name["fp32"](feeds)
     rows = {}
     for name, run in runs_by_name.items():
-        with torch.inference_mode():
-            out = logits_of(run, evals)
-            p50 = latency(run, evals[:1], runs)
-        rows[name] = {"agreement": agreement(ref, out), "p50_ms": p50}
-    base = rows["fp32 onnxruntime"]["p50_ms"]
-    eager = rows["fp32 torch eager"]["p50_ms"]
-    for r in rows.values():
-        r["speedup_vs_fp32_onnxruntime"] = base / r["p50_ms"]
-        r["speedup_vs_eager"] = eager / r["p50_ms"]
-    return {"model": "zoo:mobilenet-v2", "eval_inputs": n_eval, "calibration_inputs": n_calib,
-            "fp32_bytes": fp32["sizes"]["model_bytes"], "int8_bytes": q["sizes"]["model_bytes"],
-            "ours_compile_s": ours_compile_s, "nncf_quantize_s": nncf_s, "rows": rows}
+        out = run(feeds)
+        cos = (ref * out).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(out, axis=1)
+        rows[name] = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+                      "bytes": sizes.get(name), "compile_s": compile_s.get(name)}
+    one = {k: v[:1] for k, v in feeds.items()}
+    p50 = interleaved_p50(runs_by_name, one, runs)
+    for name, r in rows.items():
+        r["p50_ms"] = p50[name]
+        r["speedup_vs_fp32"] = p50["fp32"] / p50[name]
+    return {"model": spec, "held_out_sentences": len(held), "calibration_sentences": len(calib),
+            "rows": rows}
 
 
 def main() -> None:
@@ -109,22 +196,43 @@ def main() -> None:
     p.add_argument("--eval", type=int, default=300)
     p.add_argument("--calib", type=int, default=100)
     p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--skip-minilm", action="store_true")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        res = {"mobilenet_v2_int8": mobilenet_int8(args.eval, args.calib, args.runs, Path(tmp))}
+    res = {}
+    # NNCF draws progress bars on stdout: keep stdout for the result (--json)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
+        (Path(tmp) / "m").mkdir()
+        res["mobilenet_v2_int8"] = mobilenet_int8(args.eval, args.calib, args.runs,
+                                                  Path(tmp) / "m")
+        if not args.skip_minilm:
+            (Path(tmp) / "t").mkdir()
+            res["minilm_precisions"] = minilm_precisions(args.runs, Path(tmp) / "t")
     if args.json:
         print(json.dumps(res, indent=2))
         return
     r = res["mobilenet_v2_int8"]
-    print(f"MobileNetV2 INT8 — {r['eval_inputs']} eval photos, {r['calibration_inputs']} "
-          f"calibration photos; model {r['fp32_bytes'] / 2**20:.1f} → "
-          f"{r['int8_bytes'] / 2**20:.1f} MiB")
+    print(f"MobileNetV2 INT8 — {r['eval_inputs']} eval photos "
+          f"({r['rows']['fp32 onnxruntime']['agreement']['confident_n']} confident), "
+          f"{r['calibration_inputs']} calibration photos; model {r['fp32_bytes'] / 2**20:.1f} → "
+          f"{r['int8_bytes'] / 2**20:.1f} MiB; quantize: ours {r['ours_compile_s']:.0f} s "
+          f"(whole compile), nncf {r['nncf_quantize_s']:.0f} s")
     print(f"{'engine':<32} {'agree all':>9} {'agree conf':>10} {'p50 ms':>8} {'vs fp32 ORT':>11} "
-          f"{'vs eager':>8}")
+          f"{'vs eager':>8} {'vs nncf':>8}")
     for name, row in r["rows"].items():
         a = row["agreement"]
         print(f"{name:<32} {a['all']:9.3f} {a['confident']:10.3f} {row['p50_ms']:8.2f} "
-              f"{row['speedup_vs_fp32_onnxruntime']:10.2f}× {row['speedup_vs_eager']:7.2f}×")
+              f"{row['speedup_vs_fp32_onnxruntime']:10.2f}× {row['speedup_vs_eager']:7.2f}× "
+              f"{row['speedup_vs_nncf']:7.2f}×")
+    if "minilm_precisions" in res:
+        t = res["minilm_precisions"]
+        print(f"\nMiniLM-L6 — {t['held_out_sentences']} held-out sentences, "
+              f"{t['calibration_sentences']} calibration sentences, batch 1 × 32 tokens")
+        print(f"{'precision':<22} {'cos mean':>9} {'cos min':>8} {'MiB':>6} {'p50 ms':>7} "
+              f"{'vs fp32':>8}")
+        for name, row in t["rows"].items():
+            size = f"{row['bytes'] / 2**20:6.1f}" if row["bytes"] else f"{'—':>6}"
+            print(f"{name:<22} {row['cosine_mean']:9.4f} {row['cosine_min']:8.4f} {size} "
+                  f"{row['p50_ms']:7.2f} {row['speedup_vs_fp32']:7.2f}×")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ from layerwise.errors import LayerwiseError
 
 GROUP = "layerwise.devices"
 TARGETS = ("onnx", "openvino", "tflite", "tensorrt", "tvm")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-dynamic", "int8-weight", "int4-weight")
 ACTIVATION_DTYPES = ("int8", "uint8")
-CALIBRATIONS = ("minmax", "percentile", "entropy", "mse")
+CALIBRATIONS = ("minmax", "mean_minmax", "percentile", "entropy", "mse")
 # [quant] keys that describe the device rather than override a QuantRecipe field
 DEVICE_QUANT_KEYS = ("activation_dtype", "full_integer")
 

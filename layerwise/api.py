@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from collections.abc import Callable
@@ -14,29 +15,55 @@ from layerwise.errors import LayerwiseError, VerificationError
 from layerwise.options import opt
 
 Progress = Callable[[str], None]
+# prune ratios the plan search tries after choosing the depth (largest first) unless --prune
+SEARCH_PRUNE_RATIOS = (0.5, 0.25, 0.125)
 
 
 @dataclass(frozen=True)
 class CompileOptions:
     """What `compile` takes besides the SPEC and source options."""
 
-    target: str = opt("onnx", "backend to emit (onnx)")
+    target: str | None = opt(None, "backend: onnx, openvino, tflite, tensorrt, tvm (default: "
+                             "the --device's target, else onnx)")
+    tune_trials: int = opt(0, "tvm: MetaSchedule trials (0: untuned, or apply --tune-db / the "
+                           "database of the tvm bundle at --out with --force)")
+    tune_db: str | None = opt(None, "tvm: tuning database to start from (a folder or a tvm "
+                              "bundle)")
+    tvm_cross: str | None = opt(None, "tvm: also cross-compile for aarch64[:mcpu]")
+    device: str | None = opt(None, "device profile (see `layerwise devices`): its target, "
+                             "precisions and INT8 recipe; the plan search predicts latency on "
+                             "it unless --remote measures it")
     out: str | None = opt(None, "bundle directory to write (required)")
     force: bool = opt(False, "replace an existing --out directory")
     tolerance: float | None = opt(None, "largest rel_err accepted when verifying the artifact "
-                                  "(default 1e-4 for fp32; 0.5 for int8, a sanity bound: "
+                                  "(default 1e-4 for fp32; 0.5 for lossy precisions, a "
+                                  "sanity bound: "
                                   "quality bounds belong to the plan search)")
-    precision: str = opt("fp32", "fp32, or int8 (static, calibrated on --data)")
+    precision: str = opt("fp32", "fp32; int8 (static, calibrated on --data); int8-dynamic "
+                         "(linears, activations quantized at run time); int8-weight or "
+                         "int4-weight (weight-only linears); fp16 — as the target offers")
     data: str | None = opt(None, "calibration data: .npz, image folder, text file, module:factory")
     calibration: str | None = opt(None, "int8 calibration: minmax|percentile|entropy|mse "
                                   "(default: the target's recipe)")
-    keep_fp32: str | None = opt(None, "comma-separated layer paths kept in fp32 under int8")
+    keep_fp32: str | None = opt(None, "comma-separated layer paths kept in fp32 under a lower "
+                                "precision")
     max_drop: str | None = opt(None, "search the plan: largest quality loss allowed on held-out "
                                "--data, e.g. 1% (drops blocks, tries int8)")
     max_latency_ms: float | None = opt(None, "plan search: latency bound (target runtime, batch 1)")
     max_size_mb: float | None = opt(None, "plan search: model size bound in MiB")
     passes: str | None = opt(None, "extra passes (comma-separated names, plugins included) run "
                              "before emitting")
+    drop: str | None = opt(None, "comma-separated block paths to drop (see `inspect`); the "
+                           "plan search (--max-drop) chooses them itself")
+    prune: float | None = opt(None, "structured pruning: remove this fraction of the conv "
+                              "channels, MLP hidden units and attention heads of every "
+                              "prunable dependency group (e.g. 0.5)")
+    prune_criterion: str | None = opt(None, "channel scores for --prune: l2 (data-free), "
+                                      "activation or taylor (default: activation with --data, "
+                                      "else l2)")
+    heal_steps: int = opt(0, "after dropping or pruning: distil the original model into the "
+                          "smaller one for this many steps on --data (0: off)")
+    heal_lr: float = opt(5e-5, "learning rate of --heal-steps (AdamW, cosine schedule)")
     remote: str | None = opt(None, "plan search: measure candidates' latency on the device "
                              "agent at this URL (see `layerwise agent`) instead of here")
     token_file: str | None = opt(None, "file holding the agent's token (with --remote)")
@@ -240,6 +267,7 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
     opts = options or CompileOptions()
     if not opts.out:
         raise LayerwiseError("compile needs --out DIR (the bundle directory to write)")
+    opts = _resolve_device(opts)
     target = get_target(opts.target)
     if opts.precision not in target.INFO.precisions:
         raise LayerwiseError(f"target {opts.target} offers {', '.join(target.INFO.precisions)}, "
@@ -254,6 +282,17 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
         agent_info(opts.remote, opts.token_file)  # unreachable or refused: before any work
     if opts.max_drop is not None and not opts.data:
         raise LayerwiseError("--max-drop needs --data (held-out inputs to measure quality on)")
+    drop = [p.strip() for p in (opts.drop or "").split(",") if p.strip()]
+    smaller = drop or opts.max_drop is not None or opts.prune
+    if (opts.heal_steps and not (smaller and opts.data)) or opts.heal_steps < 0:
+        raise LayerwiseError("--heal-steps heals a model made smaller: add --drop BLOCKS, "
+                             "--prune or --max-drop, and --data (a positive step count)")
+    if opts.prune_criterion not in (None, "l2") and opts.prune and not opts.data:
+        raise LayerwiseError(f"--prune-criterion {opts.prune_criterion} scores channels on "
+                             "data: add --data (or use l2, which needs none)")
+    if drop and opts.max_drop is not None:
+        raise LayerwiseError("give either --drop (your blocks) or --max-drop (the search "
+                             "chooses), not both")
     BundleWriter(opts.out, force=opts.force)  # refuses an existing --out before any work
     t0 = time.perf_counter()
     progress(f"loading {spec}")
@@ -263,7 +302,6 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
     lift_s = time.perf_counter() - t0
     batches = _load_data(opts, ir, source, progress) if opts.data else []
     search = None
-    drop: list[str] = []
     precision = opts.precision
     keep = [p.strip() for p in (opts.keep_fp32 or "").split(",") if p.strip()]
     if opts.max_drop is not None:
@@ -272,42 +310,86 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
         analysis_part, held = split(batches)
         s = Search(ir, source, opts.target, _fraction(opts.max_drop), opts.max_latency_ms,
                    opts.max_size_mb, analysis_part, held, progress, remote=opts.remote,
-                   token_file=opts.token_file)
+                   token_file=opts.token_file, device=opts.device,
+                   shrink=lambda drop, ratio: shrink(ir, drop, opts, analysis_part, progress,
+                                                     prune=ratio),
+                   prune_ratios=(opts.prune,) if opts.prune else SEARCH_PRUNE_RATIOS)
 
         def build(cand, out: Path) -> dict:
-            return _build(spec, ir, target, opts, cand.drop, cand.precision, cand.keep_fp32,
-                          analysis_part, out, True, progress, {"lift_s": lift_s}, record=False)
+            return _build(spec, s.shrunk(cand.drop, cand.prune), target, opts, cand.precision,
+                          cand.keep_fp32, analysis_part, out, True, progress,
+                          {"lift_s": lift_s}, record=False)
 
         best, search = run_search(s, build, "int8" in target.INFO.precisions)
-        drop, precision, keep = best.drop, best.precision, best.keep_fp32
+        small, precision, keep = s.shrunk(best.drop, best.prune), best.precision, best.keep_fp32
         batches = analysis_part
-    return _build(spec, ir, target, opts, drop, precision, keep, batches, Path(opts.out),
+    else:
+        small = shrink(ir, drop, opts, batches, progress, prune=opts.prune)
+    return _build(spec, small, target, opts, precision, keep, batches, Path(opts.out),
                   opts.force, progress, {"lift_s": lift_s}, search=search)
 
 
-def _build(spec, ir, target, opts, drop, precision, keep, calibration, out: Path, force: bool,
+def shrink(ir, drop: list[str], opts: CompileOptions, batches: list, progress: Progress = _noop,
+           prune: float | None = None):
+    """`ir` without the blocks in `drop`, with `prune` of its channels pruned and, with
+    `opts.heal_steps`, healed by distillation from `ir` on `batches` (quality before and
+    after, on those batches, in the pass record)."""
+    if not drop and not prune:
+        return ir
+    small = ir
+    if drop:
+        from layerwise.compiler.passes.drop_layers import drop_layers
+
+        progress(f"dropping {len(drop)} block(s)")
+        small = drop_layers(ir, drop)
+    if prune:
+        from layerwise.compiler.passes.prune import prune as prune_pass
+
+        criterion = opts.prune_criterion or ("activation" if batches else "l2")
+        progress(f"pruning {prune:.0%} of the channels ({criterion})")
+        small = prune_pass(small, prune, criterion, batches=[b.inputs for b in batches] or None)
+    if not opts.heal_steps:
+        return small
+    from layerwise.compiler.passes.heal import heal
+    from layerwise.plan import quality
+
+    if not batches:
+        raise LayerwiseError("--heal-steps needs --data (the inputs to distil on)")
+    feeds = [b.inputs for b in batches]
+    classify = ir.meta.get("task") == "classification"
+    reference = [np.concatenate([ir.run(f)[0].numpy() for f in feeds])]
+
+    def evaluate(candidate) -> float:
+        return quality([np.concatenate([candidate.run(f)[0].numpy() for f in feeds])],
+                       reference, classify)
+
+    progress(f"healing: {opts.heal_steps} distillation steps")
+    return heal(small, ir, feeds, steps=opts.heal_steps, lr=opts.heal_lr, evaluate=evaluate,
+                classify=classify)
+
+
+def _build(spec, ir, target, opts, precision, keep, calibration, out: Path, force: bool,
            progress: Progress, timings: dict, search: dict | None = None,
            record: bool = True) -> dict:
-    """Apply the plan (drop blocks, legalize, quantize), emit, verify, write the bundle."""
+    """Finish the plan on the shrunk IR (extra passes, legalize, quantize), emit, verify and
+    write the bundle."""
     import copy
-    import dataclasses
 
     from layerwise.compiler.passes import run_passes
     from layerwise.runtime import compare, open_runner
     from layerwise.targets.bundle import BundleWriter
 
     writer = BundleWriter(out, force=force)
-    tolerance = opts.tolerance or (0.5 if precision == "int8" else 1e-4)
-    if drop:
-        from layerwise.compiler.passes.drop_layers import drop_layers
+    from layerwise.compiler.passes.quantize import LOSSY
 
-        progress(f"dropping {len(drop)} block(s)")
-        ir = drop_layers(ir, drop)
+    quantized = precision in LOSSY and precision in target.INFO.precisions
+    tolerance = opts.tolerance or (0.5 if quantized else 1e-4)
     ir = dataclasses.replace(ir, annotations=copy.deepcopy(ir.annotations))
     extra = [p.strip() for p in (opts.passes or "").split(",") if p.strip()]
     ir = run_passes(ir, [*extra, *target.INFO.legalize])
-    if precision == "int8":
-        _plan_int8(ir, calibration, opts.target, opts.calibration, keep)
+    if quantized:
+        _plan_int8(ir, calibration, opts.target, opts.calibration, keep, precision=precision,
+                   device=opts.device)
     opts = dataclasses.replace(opts, precision=precision)
     with writer:
         progress(f"emitting {opts.target}")
@@ -347,10 +429,28 @@ def _fraction(text: str) -> float:
     try:
         v = float(text[:-1]) / 100.0 if str(text).endswith("%") else float(text)
     except ValueError as e:
-        raise LayerwiseError(f"--max-drop {text!r}: give a fraction (0.01) or a percent (1%)") from e
+        raise LayerwiseError(f"--max-drop {text!r}: give a fraction (0.01) or a percent "
+                             "(1%)") from e
     if not 0 <= v < 1:
         raise LayerwiseError(f"--max-drop {text!r} must lie in [0, 100%)")
     return v
+
+
+def _resolve_device(opts: CompileOptions) -> CompileOptions:
+    """Fill the target from --device (else onnx) and check the device runs the precision."""
+    if not opts.device:
+        return dataclasses.replace(opts, target=opts.target or "onnx")
+    from layerwise.devices import load_device
+
+    dev = load_device(opts.device)
+    if opts.precision not in dev.precisions:
+        raise LayerwiseError(f"device {dev.name} runs {', '.join(dev.precisions)}, not "
+                             f"{opts.precision}: pass --precision "
+                             f"{dev.precisions[-1] if dev.precisions else 'int8'}")
+    if dev.quant.full_integer and opts.keep_fp32:
+        raise LayerwiseError(f"device {dev.name} runs full-integer models only: --keep-fp32 "
+                             "cannot apply there")
+    return dataclasses.replace(opts, target=opts.target or dev.target)
 
 
 def _load_data(opts, ir, source, progress: Progress) -> list:
@@ -361,16 +461,25 @@ def _load_data(opts, ir, source, progress: Progress) -> list:
 
 
 def _plan_int8(ir, batches: list, target: str, calibration: str | None,
-               keep: list[str]) -> None:
-    """Annotate ir for static INT8 with the target's recipe, calibrated on `batches`."""
+               keep: list[str], *, precision: str = "int8", device: str | None = None) -> None:
+    """Annotate ir for `precision` (int8, int8-dynamic, int8-weight, int4-weight, fp16) with
+    the target's recipe; static int8 is calibrated on `batches`."""
     from layerwise.compiler.passes.quantize import quantize, recipe_for
 
-    if not batches:
-        raise LayerwiseError("--precision int8 needs --data (calibration inputs: .npz, an image "
-                             "folder, a text file or module:factory)")
-    ir.calibration = [{k: v[i:i + 1].numpy() for k, v in b.inputs.items()}
-                      for b in batches for i in range(b.size)]
-    quantize(ir, recipe_for(target, calibration=calibration), keep)
+    if precision == "int8":
+        if not batches:
+            raise LayerwiseError("--precision int8 needs --data (calibration inputs: .npz, an "
+                                 "image folder, a text file or module:factory)")
+        ir.calibration = [{k: v[i:i + 1].numpy() for k, v in b.inputs.items()}
+                          for b in batches for i in range(b.size)]
+    recipe = recipe_for(target, precision)
+    if device:  # the device's rules on top of the target's, the user's calibration on top
+        from layerwise.devices import load_device
+
+        recipe = dataclasses.replace(recipe, **dict(load_device(device).quant.overrides))
+    if calibration:
+        recipe = dataclasses.replace(recipe, calibration=calibration)
+    quantize(ir, recipe, keep, precision)
 
 
 def _manifest(spec, opts, ir, model_entry, runner, parity, fidelity, timings, tmp: Path) -> dict:
@@ -380,7 +489,7 @@ def _manifest(spec, opts, ir, model_entry, runner, parity, fidelity, timings, tm
     return {
         "spec": spec,
         "target": opts.target,
-        "device": "host",
+        "device": opts.device or "host",
         "modality": ir.meta["modality"],
         "task": ir.meta["task"],
         "notes": ir.meta["notes"],
@@ -428,6 +537,21 @@ def _versions(runner) -> dict:
     except ImportError:
         pass
     return out
+
+
+def predict(spec: str, device: str = "host", batch: int = 1, precision: str | None = None,
+            calibrate: bool = False, progress: Progress = _noop, source_options=None) -> dict:
+    """Predicted latency of SPEC on `device` (roofline over the exported graph's ops; the
+    host is calibrated by timing a calibration set the first time, or with `calibrate`)."""
+    from layerwise.devices import calibrate_host, load_device
+    from layerwise.devices import predict as predict_ir
+
+    load_device(device)  # an unknown name fails before the export
+    if calibrate:
+        calibrate_host(force=True, progress=progress)
+    ir = lift(spec, source_options, progress)
+    return {"spec": spec, **predict_ir(ir, device, batch=batch, precision=precision,
+                                       progress=progress)}
 
 
 def profile(bundle: str, options: ProfileOptions | None = None,

@@ -49,6 +49,17 @@ def _parser() -> argparse.ArgumentParser:
     # its own --quiet; not in the --json/--quiet loop below
     add_agent_parser(sub)
 
+    dev = sub.add_parser("devices", help="list the device profiles (peaks, precisions, recipe)")
+    pred = sub.add_parser("predict", help="predict a model's latency on a device (roofline)")
+    pred.add_argument("spec", help=f"model: {SCHEMES}")
+    pred.add_argument("--device", default="host", help="device profile (see `layerwise devices`)")
+    pred.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    pred.add_argument("--precision", default=None, help="fp32, fp16, int8 (default: the "
+                      "device's)")
+    pred.add_argument("--calibrate", action="store_true", help="re-time the host's calibration "
+                      "set first (host only; done automatically the first time)")
+    add_arguments(pred, SourceOptions)
+
     run = sub.add_parser("run", help="run a bundle on inputs from an .npz file")
     run.add_argument("bundle", help="bundle directory")
     run.add_argument("--input", required=True, help=".npz with one array per model input")
@@ -70,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("--model", default=None, help="only this SPEC")
     leader.add_argument("--metric", default="p50", help="p50 | rel_err | size (lower is better)")
 
-    for s in (ins, comp, ana, prof, run, eng, runs, leader):
+    for s in (ins, comp, ana, prof, dev, pred, run, eng, runs, leader):
         s.add_argument("--json", action="store_true", help="print JSON for scripts")
         s.add_argument("--quiet", action="store_true", help="no progress display")
     return p
@@ -152,6 +163,15 @@ def _run(args: argparse.Namespace) -> int:
             step("profiling")
             result = api.profile(args.bundle, from_namespace(api.ProfileOptions, args), step)
         _emit(args, result, report.profile_table)
+    elif args.command == "devices":
+        from layerwise.devices import devices_table
+
+        _emit(args, devices_table(), report.devices_table)
+    elif args.command == "predict":
+        with _progress(show) as step:
+            result = api.predict(args.spec, args.device, args.batch, args.precision,
+                                 args.calibrate, step, from_namespace(SourceOptions, args))
+        _emit(args, result, report.prediction_table)
     elif args.command == "run":
         from layerwise.runtime.run import run_bundle
 

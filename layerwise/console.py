@@ -117,3 +117,36 @@ def importance_table(r: dict, out: str) -> None:
                f"{out}/report.html")
     for name, why in r.get("skipped", {}).items():
         _out.print(f"skipped {name}: {why}")
+
+
+def devices_table(r: dict) -> None:
+    t = Table(title="device profiles")
+    for col in ("name", "target", "precisions", "peak GOP/s", "GB/s", "memory GB", "INT8 recipe"):
+        t.add_column(col)
+    for d in r["devices"]:
+        peaks = ", ".join(f"{k} {v:.0f}" for k, v in d["peak_gops"].items())
+        if d["measured"] and not d["calibrated"]:
+            peaks = "measured on first `predict`"
+        q = d["quant"]
+        sym = "sym" if q.get("symmetric_activations") else "asym"
+        grain = "per-channel" if q.get("per_channel") else "per-tensor"
+        recipe = (f"{q.get('activation_dtype')} {sym} act, {grain} w, "
+                  f"{q.get('calibration')}{', full-int' if q.get('full_integer') else ''}")
+        t.add_row(d["name"], d["target"], ", ".join(d["precisions"]), peaks,
+                  "-" if d["bandwidth_gbs"] is None else f"{d['bandwidth_gbs']:.1f}",
+                  "-" if d["memory_gb"] is None else str(d["memory_gb"]), recipe)
+    _out.print(t)
+
+
+def prediction_table(r: dict) -> None:
+    _out.print(f"{r['spec']} on {r['device']} ({r['target']}, {r['precision']}, batch "
+               f"{r['batch']}): predicted {r['total_ms']:.3f} ms — {r['basis']}")
+    t = Table()
+    for col in ("layer", "ms", "share", "bound", "GFLOP"):
+        t.add_column(col, justify="left" if col in ("layer", "bound") else "right")
+    for row in sorted(r["layers"], key=lambda x: -x["ms"])[:20]:
+        t.add_row(row["layer"], f"{row['ms']:.3f}", f"{100 * row['share']:.1f}%", row["bound"],
+                  f"{row['flops'] / 1e9:.3f}")
+    _out.print(t)
+    for note in r["notes"]:
+        _out.print(f"note: {note}")

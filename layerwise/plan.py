@@ -39,9 +39,11 @@ class Candidate:
     size_bytes: int | None = None
     measured_on: str = "torch"
     latency_on: str | None = None
+    prune: float | None = None
 
     def to_json(self) -> dict:
-        return {"drop": self.drop, "precision": self.precision, "keep_fp32": self.keep_fp32,
+        return {"drop": self.drop, "prune": self.prune, "precision": self.precision,
+                "keep_fp32": self.keep_fp32,
                 "quality": self.quality, "quality_drop": 1.0 - self.quality,
                 "latency_ms": self.latency_ms, "size_bytes": self.size_bytes,
                 "quality_measured_on": self.measured_on, "latency_measured_on": self.latency_on}
@@ -84,8 +86,13 @@ class Search:
     classify: bool = False
     reference: list = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     remote: str | None = None  # a device agent's URL: latency measured there
     token_file: str | None = None
+    device: str | None = None  # a device profile: latency predicted for it (unless remote)
+    shrink: object = None  # (drop list, prune ratio) -> IR (healed when asked)
+    prune_ratios: tuple[float, ...] = ()  # pruning tried after the depth, largest first
+    _shrunk: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.classify = self.ir.meta.get("task") == "classification"
@@ -98,11 +105,37 @@ class Search:
         outs = [ir.run(f)[0].numpy() for f in self._feeds()]
         return [np.concatenate(outs)]
 
-    def torch_quality(self, drop: list[str]) -> float:
-        from layerwise.compiler.passes.drop_layers import drop_layers
+    def shrunk(self, drop: list[str], prune: float | None = None):
+        """The IR with `drop` removed and `prune` of its channels pruned (healed when the
+        search heals), built once per plan."""
+        key = (tuple(drop), prune)
+        if key not in self._shrunk:
+            if self.shrink is not None:
+                self._shrunk[key] = self.shrink(list(drop), prune)
+            else:
+                from layerwise.compiler.passes.drop_layers import drop_layers
 
-        ir = drop_layers(self.ir, drop) if drop else self.ir
-        return quality(self._run_torch(ir), self.reference, self.classify)
+                self._shrunk[key] = drop_layers(self.ir, list(drop)) if drop else self.ir
+        return self._shrunk[key]
+
+    def torch_quality(self, drop: list[str], prune: float | None = None) -> float:
+        return quality(self._run_torch(self.shrunk(drop, prune)), self.reference,
+                       self.classify)
+
+    def width(self, drop: list[str]) -> float | None:
+        """The largest prune ratio (of `prune_ratios`) whose quality loss, with `drop`,
+        stays within max_drop; None when none does or the model has nothing to prune."""
+        for ratio in sorted(self.prune_ratios, reverse=True):
+            self.progress(f"trying to prune {ratio:.0%} of the channels")
+            try:
+                q = self.torch_quality(drop, ratio)
+            except LayerwiseError as e:
+                self.notes.append(f"prune {ratio}: {e}")
+                return None
+            self.candidates.append(Candidate(list(drop), prune=ratio, quality=q))
+            if 1.0 - q <= self.max_drop:
+                return ratio
+        return None
 
     def ranking(self) -> list[str]:
         """Droppable blocks, least important first (ensemble of the auto method set)."""
@@ -146,6 +179,14 @@ class Search:
 
                 prof = remote_profile(out, self.remote, self.token_file, runs=30, warmup=5)
                 cand.latency_on = f"agent {self.remote} ({prof['remote']['host']})"
+            elif self.device and self.device != "host":  # not at hand: the roofline model
+                from layerwise.devices import predict
+
+                pred = predict(self.shrunk(cand.drop, cand.prune), self.device,
+                               precision=cand.precision if cand.precision in ("fp32", "fp16",
+                                                                              "int8") else None)
+                prof = {"latency_ms": {"p50": pred["total_ms"]}}
+                cand.latency_on = f"predicted for {self.device} ({pred['basis']})"
             else:
                 prof = profile(out, runs=30, warmup=5)
                 cand.latency_on = "this machine"
@@ -183,14 +224,16 @@ def run_search(s: Search, build, int8: bool) -> tuple[Candidate, dict]:
     t0 = time.perf_counter()
     order = s.ranking()
     k = s.depth(order)
-    s.progress(f"measuring fp32 with {k} block(s) dropped")
-    chosen = [s.measure(Candidate(order[:k]), build)]
+    ratio = s.width(order[:k]) if s.prune_ratios else None
+    s.progress(f"measuring fp32 with {k} block(s) dropped" +
+               (f", {ratio:.0%} pruned" if ratio else ""))
+    chosen = [s.measure(Candidate(order[:k], prune=ratio), build)]
     if int8:
         keep: list[str] = []
         important = [b for b in reversed(order) if b not in order[:k]]
         for attempt in range(3):
             s.progress(f"measuring int8 (fp32 kept: {len(keep)} block(s))")
-            c = s.measure(Candidate(order[:k], "int8", list(keep)), build)
+            c = s.measure(Candidate(order[:k], "int8", list(keep), prune=ratio), build)
             chosen.append(c)
             if s.fits(c) or attempt == 2 or not important:
                 break
@@ -203,6 +246,8 @@ def run_search(s: Search, build, int8: bool) -> tuple[Candidate, dict]:
         "held_out_batches": len(s.held),
         "drop_order": order,
         "importance_methods": s.importance.get("methods", []),
+        "prune_ratios_tried": list(s.prune_ratios),
+        "notes": s.notes,
         "candidates": [c.to_json() for c in s.candidates],
         "pareto": [c.to_json() for c in pareto(s.candidates)],
         "seconds": time.perf_counter() - t0,

@@ -26,4 +26,8 @@ def open_runner(target: str, model: Path, threads: int = 0, per_op: bool = False
         from layerwise.runtime.openvino import OpenVinoRunner
 
         return OpenVinoRunner(model, threads=threads, per_op=per_op, **settings)
+    if target == "tvm":
+        from layerwise.runtime.tvm import TvmRunner
+
+        return TvmRunner(model, threads=threads, per_op=per_op)
     raise TargetError(f"no runtime for target {target!r} in this install")

@@ -26,6 +26,7 @@ TARGETS: dict[str, str] = {
     "openvino": "layerwise.targets.openvino",
     "tflite": "layerwise.targets.tflite",
     "tensorrt": "layerwise.targets.tensorrt",
+    "tvm": "layerwise.targets.tvm",
 }
 
 

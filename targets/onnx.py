@@ -15,30 +15,43 @@ import torch
 from layerwise.errors import TargetError
 from layerwise.targets import TargetInfo
 
-INFO = TargetInfo(name="onnx", runtime="onnx", precisions=("fp32", "int8"), extra=None,
-                  legalize=("legalize_views",))
+INFO = TargetInfo(name="onnx", runtime="onnx",
+                  precisions=("fp32", "int8", "int8-dynamic", "int8-weight", "int4-weight",
+                              "fp16"), extra=None, legalize=("legalize_views",))
 INLINE_LIMIT = int(1.8 * 2**30)
 
 
 def emit(ir, out_dir: Path, opts=None) -> dict:
     """Write model.onnx (+ model.onnx.data when large) into out_dir; returns the model entry.
-    An IR annotated by the `quantize` pass becomes a QDQ model calibrated on ir.calibration."""
+    An IR annotated by the `quantize` pass becomes that precision's model: static int8 is a
+    QDQ model calibrated on ir.calibration; the others come from onnxruntime's tools."""
     plan = ir.annotations.get("quantize")
     if plan is None:
         return _emit_fp32(ir, out_dir)
     import tempfile
 
-    from layerwise.compiler.passes.quantize import QuantRecipe
-    from layerwise.targets.onnx_quantize import quantize_model
+    from layerwise.compiler.passes.quantize import recipe_from_plan
+    from layerwise.targets.onnx_quantize import layer_nodes, quantize_model
 
+    precision = plan.get("precision", "int8")
+    recipe = recipe_from_plan(plan)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = _emit_fp32(ir, Path(tmp))
         if fp32["external_data"]:
-            raise TargetError("INT8 of models over 1.8 GB is not supported yet; use fp32")
-        recipe = QuantRecipe(**{**plan["recipe"], "op_types": tuple(plan["recipe"]["op_types"])})
-        info = quantize_model(Path(tmp) / fp32["file"], out_dir / "model.onnx", ir.calibration,
-                              recipe, set(plan["keep_fp32"]))
-    return {**fp32, "precision": "int8", "quantization": info}
+            raise TargetError(f"{precision} of models over 1.8 GB is not supported yet; "
+                              "use fp32")
+        src = Path(tmp) / fp32["file"]
+        if precision == "int8":
+            info = quantize_model(src, out_dir / "model.onnx", ir.calibration, recipe,
+                                  set(plan["keep_fp32"]))
+        else:
+            import onnx
+
+            from layerwise.targets.onnx_precisions import convert
+
+            exclude = layer_nodes(onnx.load(str(src)), set(plan["keep_fp32"]))
+            info = convert(src, out_dir / "model.onnx", precision, recipe, exclude)
+    return {**fp32, "files": ["model.onnx"], "precision": precision, "quantization": info}
 
 
 def _emit_fp32(ir, out_dir: Path) -> dict:

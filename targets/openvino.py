@@ -1,6 +1,11 @@
 """OpenVINO target: OpenVINO's converter reads the IR's ExportedProgram directly into
 OpenVINO IR (model.xml + model.bin, fp32 weights), run by the OpenVINO CPU runtime.
 
+INT8: the ONNX target's QDQ model (layerwise's calibration, bias correction and per-layer
+fp32 choice, under the openvino recipe) goes through OpenVINO's ONNX frontend, which turns
+each QuantizeLinear/DequantizeLinear pair into a FakeQuantize; the CPU plugin runs the
+quantized ops with its int8 kernels, as it does for NNCF's models.
+
 Verification pins INFERENCE_PRECISION_HINT=f32: on CPUs with bf16 support OpenVINO would
 otherwise run bf16 and miss an fp32 tolerance.
 """
@@ -14,7 +19,7 @@ from pathlib import Path
 from layerwise.errors import TargetError
 from layerwise.targets import TargetInfo
 
-INFO = TargetInfo(name="openvino", runtime="openvino", precisions=("fp32", "bf16"),
+INFO = TargetInfo(name="openvino", runtime="openvino", precisions=("fp32", "bf16", "int8"),
                   extra="openvino")
 
 
@@ -23,11 +28,18 @@ def emit(ir, out_dir: Path, opts=None) -> dict:
     try:
         import openvino as ov
     except ImportError as e:
-        raise TargetError("the openvino target needs OpenVINO: pip install 'layerwise[openvino]'") from e
+        raise TargetError("the openvino target needs OpenVINO: "
+                          "pip install 'layerwise[openvino]'") from e
+    plan = ir.annotations.get("quantize")
+    if plan is not None and plan.get("precision") != "int8":
+        raise TargetError(f"the openvino target emits fp32, bf16 or int8, not "
+                          f"{plan.get('precision')}; try --target onnx")
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            model = ov.convert_model(ir.program)
+            model, info = _convert(ir, plan, ov)
+    except TargetError:
+        raise
     except Exception as e:  # noqa: BLE001 - the converter raises its own types
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise TargetError(f"OpenVINO cannot convert the model: {msg}. Try --target onnx") from e
@@ -43,5 +55,25 @@ def emit(ir, out_dir: Path, opts=None) -> dict:
     for out, name in zip(model.outputs, ir.output_names):
         out.get_tensor().set_names({name})
     ov.save_model(model, str(out_dir / "model.xml"), compress_to_fp16=False)
-    return {"file": "model.xml", "files": ["model.xml", "model.bin"], "format": "openvino-ir",
-            "openvino": ov.get_version()}
+    entry = {"file": "model.xml", "files": ["model.xml", "model.bin"], "format": "openvino-ir",
+             "openvino": ov.get_version()}
+    if info is not None:
+        fq = sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+        entry.update(precision="int8", quantization={**info, "fake_quantize_nodes": fq})
+    return entry
+
+
+def _convert(ir, plan, ov):
+    """fp32: the ExportedProgram; int8: the ONNX target's QDQ model under this recipe."""
+    if plan is None:
+        return ov.convert_model(ir.program), None
+    import tempfile
+
+    from layerwise.compiler.passes import run_passes
+    from layerwise.targets import onnx as onnx_target
+
+    ir = run_passes(ir, list(onnx_target.INFO.legalize))  # what the ONNX exporter needs
+    with tempfile.TemporaryDirectory() as tmp:
+        entry = onnx_target.emit(ir, Path(tmp))
+        model = ov.convert_model(str(Path(tmp) / entry["file"]))
+    return model, entry["quantization"]

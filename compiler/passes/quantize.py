@@ -1,8 +1,13 @@
-"""`quantize`: choose the INT8 recipe and the layers that stay in fp32 (mixed precision).
+"""`quantize`: choose the recipe for a precision and the layers that stay in fp32.
 
-The pass only annotates the IR; each target turns the annotation into its own quantized
-artifact (the ONNX target: QDQ from layerwise's calibration). The recipe comes from the
-target (and later the device profile), never from flags spread through the code.
+The pass only annotates the IR; each target turns the annotation into its own artifact (the
+ONNX target: QDQ from layerwise's calibration for static int8, onnxruntime's dynamic and
+weight-only quantizers, fp16 conversion). The recipe comes from the target (and the device
+profile, which overrides fields), never from flags spread through the code.
+
+Precisions: "int8" (static: calibrated activations and weights), "int8-dynamic" (int8
+weights, activations quantized at run time, for transformer linears), "int8-weight" and
+"int4-weight" (weight-only linears, dequantized in the kernel), "fp16".
 """
 
 from __future__ import annotations
@@ -11,56 +16,103 @@ from dataclasses import asdict, dataclass, replace
 
 from layerwise.errors import LayerwiseError
 
+LOSSY = ("int8", "int8-dynamic", "int8-weight", "int4-weight", "fp16")
+
 
 @dataclass(frozen=True)
 class QuantRecipe:
-    """How a backend wants INT8: activation symmetry, granularity, calibration, which ops."""
+    """How a backend wants a precision: activation symmetry, granularity, calibration, which
+    ops; the weight-only fields (weight_bits, block_size) apply to int8/int4-weight."""
 
     symmetric_activations: bool = False  # int8 zero-point 0 (TensorRT) or uint8 asymmetric
     per_channel: bool = True  # per-output-channel symmetric int8 weights
-    calibration: str = "mse"  # minmax | percentile | entropy | mse
+    # minmax | mean_minmax (NNCF's default: mean over inputs of each one's extremes) |
+    # percentile | entropy | mse; mean_minmax measured best on MobileNetV2 and MiniLM
+    calibration: str = "mean_minmax"
     percentile: float = 99.999
     bins: int = 2048
-    op_types: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
+    # static int8: every op onnxruntime has an int8 kernel for, so int8 tensors flow from one
+    # kernel to the next (Conv/Clip/Add/pooling fuse into QLinear* ops); a float op between
+    # two int8 ops costs a dequantize/quantize pair and blocks the fusion
+    op_types: tuple[str, ...] = ("Conv", "MatMul", "Gemm", "Add", "Mul", "Clip", "Relu",
+                                 "MaxPool", "AveragePool", "GlobalAveragePool", "Concat",
+                                 "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose",
+                                 "Resize", "Pad", "Split")
     weighted_matmuls_only: bool = True  # leave activation x activation matmuls in float
+    # models with attention (a Softmax): only the weighted linears get Q/DQ (residual adds,
+    # layer norms and softmax stay float, as NNCF's transformer model type), and linears fed
+    # by these ops stay float (GELU's long-tailed outputs: per-tensor int8 on MiniLM's
+    # FFN down-projections costs 4.5% cosine, see bench/compress.py)
+    transformer_op_types: tuple[str, ...] = ("Gemm", "MatMul")
+    float_linears_after: tuple[str, ...] = ("Gelu",)
     quantize_bias: bool = True  # int32 bias (onnxruntime) or float bias (TensorRT)
+    bias_correction: bool = True  # shift biases by the mean error each layer's int8 adds
+    float_outputs: bool = True  # the model's outputs stay float (no Q/DQ on the logits)
+    weight_bits: int = 8  # weight-only precisions: 8 or 4
+    block_size: int = 128  # weight-only: weights per scale along the input dimension
 
 
-# One row per target: what its INT8 kernels expect.
+# One row per target: what its static INT8 kernels expect.
 RECIPES: dict[str, QuantRecipe] = {
     # onnxruntime CPU: U8S8 (uint8 activations, int8 per-channel weights), QDQ
     "onnx": QuantRecipe(),
-    # TensorRT: symmetric int8 everywhere, entropy calibration (its own default)
-    # (MSE is the onnxruntime default: on MobileNetV2 it beats minmax and percentile, see
-    # bench/compress.py)
+    # TensorRT: symmetric int8 everywhere, entropy calibration (its own default); TensorRT
+    # fuses its own activations, so only the weighted ops and residual adds get Q/DQ
     "tensorrt": QuantRecipe(symmetric_activations=True, calibration="entropy",
-                            quantize_bias=False),
-    # OpenVINO CPU: uint8 activations, int8 per-channel weights
+                            quantize_bias=False, bias_correction=False,
+                            op_types=("Conv", "MatMul", "Gemm")),
+    # OpenVINO CPU: uint8 activations, int8 per-channel weights; reads the onnx QDQ model
     "openvino": QuantRecipe(),
     # LiteRT full-integer: int8 asymmetric activations, per-channel int8 weights; percentile
     # 99.99 measured best on MobileNetV2 (tests/targets/test_tflite.py)
     "tflite": QuantRecipe(calibration="percentile", percentile=99.99),
 }
 
+# What changes from a target's static int8 recipe for the other precisions.
+PRECISION_DEFAULTS: dict[str, dict] = {
+    "int8": {},
+    # onnxruntime's dynamic quantization: linears only (MatMul with a weight)
+    "int8-dynamic": {"op_types": ("MatMul",)},
+    # MatMulNBits (linears) and GatherBlockQuantized (embedding tables): block-wise
+    # symmetric weights; 4 bits need small blocks to keep accuracy
+    "int8-weight": {"op_types": ("MatMul", "Gather"), "weight_bits": 8, "block_size": 128},
+    "int4-weight": {"op_types": ("MatMul", "Gather"), "weight_bits": 4, "block_size": 32},
+    "fp16": {},
+}
 
-def recipe_for(target: str, **overrides) -> QuantRecipe:
-    """The target's recipe with user overrides (e.g. calibration='entropy')."""
+
+def recipe_for(target: str, precision: str = "int8", **overrides) -> QuantRecipe:
+    """The target's recipe for `precision` with user overrides (e.g. calibration='entropy')."""
     if target not in RECIPES:
-        raise LayerwiseError(f"no INT8 recipe for target {target!r}; targets with one: "
+        raise LayerwiseError(f"no quantization recipe for target {target!r}; targets with one: "
                              f"{', '.join(sorted(RECIPES))}")
-    return replace(RECIPES[target], **{k: v for k, v in overrides.items() if v is not None})
+    if precision not in PRECISION_DEFAULTS:
+        raise LayerwiseError(f"unknown precision {precision!r}; use fp32 or one of "
+                             f"{', '.join(PRECISION_DEFAULTS)}")
+    base = replace(RECIPES[target], **PRECISION_DEFAULTS[precision])
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def quantize(ir, recipe: QuantRecipe, keep_fp32: list[str] | tuple[str, ...] = ()):
-    """Annotate `ir` (in place; returns it) for static INT8 with `recipe`; the layers in
+def quantize(ir, recipe: QuantRecipe, keep_fp32: list[str] | tuple[str, ...] = (),
+             precision: str = "int8"):
+    """Annotate `ir` (in place; returns it) for `precision` with `recipe`; the layers in
     `keep_fp32` (layer-table paths) stay in floating point."""
+    if precision not in PRECISION_DEFAULTS:
+        raise LayerwiseError(f"unknown precision {precision!r}; use one of "
+                             f"{', '.join(PRECISION_DEFAULTS)}")
     known = {layer.path for layer in ir.layers}
     unknown = [p for p in keep_fp32 if p not in known]
     if unknown:
         raise LayerwiseError(f"cannot keep unknown layers in fp32: {unknown}; see `layerwise "
                              "inspect` for layer paths")
-    ir.annotations["quantize"] = {"precision": "int8", "recipe": asdict(recipe),
+    ir.annotations["quantize"] = {"precision": precision, "recipe": asdict(recipe),
                                   "keep_fp32": list(keep_fp32)}
     ir.annotations.setdefault("passes", []).append(
-        {"name": "quantize", "precision": "int8", "keep_fp32": len(keep_fp32)})
+        {"name": "quantize", "precision": precision, "keep_fp32": len(keep_fp32)})
     return ir
+
+
+def recipe_from_plan(plan: dict) -> QuantRecipe:
+    """The QuantRecipe stored by `quantize` in ir.annotations["quantize"]."""
+    fields = {k: v for k, v in plan["recipe"].items() if k in QuantRecipe.__dataclass_fields__}
+    return QuantRecipe(**{**fields, "op_types": tuple(fields.get("op_types", ()))})

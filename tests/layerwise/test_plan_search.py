@@ -87,3 +87,53 @@ def test_search_measures_latency_on_the_agent(tmp_path, data):
         assert len([ln for ln in proc.stderr.splitlines() if ln.startswith("layerwise:")]) == 1
     finally:
         agent.stop()
+
+
+def test_drop_and_heal_from_the_cli(tmp_path, data):
+    out = tmp_path / "b"
+    proc = _compile("--data", str(data), "--drop", "blocks.0,blocks.2", "--heal-steps", "120",
+                    "--heal-lr", "1e-3", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    dropped, healed = [p for p in m["plan"]["passes"] if p["name"] in ("drop_layers", "heal")]
+    assert dropped["dropped"] == ["blocks.0", "blocks.2"] and healed["steps"] == 120
+    assert healed["quality_after"] > healed["quality_before"], healed
+    assert [b["path"] for b in m["layers"]["blocks"]] == ["blocks.1", "blocks.3", "blocks.4",
+                                                         "blocks.5"]
+    assert m["verification"]["passed"]
+    # healing without a smaller model is refused before any work
+    proc = _compile("--data", str(data), "--heal-steps", "10", "--out", str(tmp_path / "c"))
+    assert proc.returncode == 2 and "--heal-steps heals a model made smaller" in proc.stderr
+
+
+def test_search_prunes_the_dead_half(tmp_path, data):
+    out = tmp_path / "b"
+    proc = subprocess.run(
+        [sys.executable, "-m", "layerwise", "compile", f"{FIXTURES}:half_dead_mlp",
+         "--db", "none", "--data", str(data), "--max-drop", "2%", "--out", str(out)],
+        capture_output=True, text=True, cwd=ROOT, check=False, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    s = m["search"]
+    # the largest ratio tried is free here: every block keeps exactly its live half
+    assert s["prune_ratios_tried"][0] == 0.5 and s["chosen"]["prune"] == 0.5
+    assert s["chosen"]["quality_drop"] <= 0.02
+    pruned = next(p for p in m["plan"]["passes"] if p["name"] == "prune")
+    assert pruned["params"][1] < pruned["params"][0]
+    assert m["verification"]["passed"]
+
+
+def test_search_predicts_latency_for_a_device_not_at_hand(tmp_path, data):
+    out = tmp_path / "b"
+    proc = _compile("--data", str(data), "--max-drop", "2%", "--device", "rpi5", "--target",
+                    "onnx", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["device"] == "rpi5" and m["target"] == "onnx"
+    measured = [c for c in m["search"]["candidates"] if c["latency_ms"] is not None]
+    assert measured and all(c["latency_measured_on"].startswith("predicted for rpi5")
+                            for c in measured)
+    # the device's rules apply before any work: Coral runs full-integer models only
+    proc = _compile("--data", str(data), "--device", "coral-edgetpu", "--out",
+                    str(tmp_path / "c"))
+    assert proc.returncode == 2 and "int8" in proc.stderr and not (tmp_path / "c").exists()

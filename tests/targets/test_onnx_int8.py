@@ -18,6 +18,11 @@ def calib(tmp_path_factory):
     return path
 
 
+def _quantized_inputs(model, node) -> bool:
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    return all(producer.get(i) == "DequantizeLinear" for i in node.input)
+
+
 def _qdq(path) -> int:
     m = onnx.load(str(path / "model.onnx"))
     return sum(n.op_type == "QuantizeLinear" for n in m.graph.node)
@@ -28,9 +33,20 @@ def test_int8_mobilenet_qdq_and_agreement(bundles, calib, tmp_path):
     out = tmp_path / "q"
     m = api.compile("zoo:mobilenet-v2", api.CompileOptions(
         out=str(out), precision="int8", data=str(calib)))
-    assert m["precision"] == "int8" and m["plan"]["quantize"]["recipe"]["calibration"] == "mse"
-    assert m["model"]["quantization"]["calibration_batches"] == 16
+    assert m["precision"] == "int8"
+    assert m["plan"]["quantize"]["recipe"]["calibration"] == "mean_minmax"
+    q = m["model"]["quantization"]
+    assert q["calibration_batches"] == 16
+    assert q["bias_corrected_layers"] == 53  # 52 convs and the classifier
     assert _qdq(out) >= 50  # every conv and the classifier get Q/DQ pairs
+    model = onnx.load(str(out / "model.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    # Clip (ReLU6) folded into the conv's output range; residual adds run in int8; the logits
+    # stay float (no QuantizeLinear on the graph output)
+    assert "Clip" not in ops
+    assert all(_quantized_inputs(model, n) for n in model.graph.node if n.op_type == "Add")
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    assert producer["output"] == "Gemm"
     assert m["sizes"]["model_bytes"] < 0.35 * fp32["sizes"]["model_bytes"]
     assert m["verification"]["passed"]
     # the chelsea photo (row 0 of the bundle's inputs) is still a cat
@@ -51,3 +67,34 @@ def test_int8_needs_data_and_known_layers(tmp_path):
     with pytest.raises(LayerwiseError, match="needs --data"):
         api.compile("timm:resnet18", api.CompileOptions(out=str(tmp_path / "a"), precision="int8"))
     assert not (tmp_path / "a").exists()
+
+
+def test_int8_runs_onnxruntime_int8_kernels_and_beats_fp32(bundles, calib, tmp_path):
+    """The QDQ placement lets onnxruntime fuse int8 kernels (QLinearConv): latency is measured
+    against the fp32 bundle in the same process, single thread, interleaved."""
+    import time
+
+    import onnxruntime as ort
+
+    fp32_path, _ = bundles("zoo:mobilenet-v2")
+    out = tmp_path / "q"
+    api.compile("zoo:mobilenet-v2", api.CompileOptions(
+        out=str(out), precision="int8", data=str(calib), db="none"))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    q = ort.InferenceSession(str(out / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    fused = {n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+    assert "QLinearConv" in fused and "Conv" not in fused
+    one = ort.SessionOptions()
+    one.intra_op_num_threads = 1
+    f = ort.InferenceSession(str(fp32_path / "model.onnx"), one,
+                             providers=["CPUExecutionProvider"])
+    x = photo_crops(1, seed=3)
+    times = {"q": [], "f": []}
+    for _ in range(15):
+        for name, s in (("q", q), ("f", f)):
+            t0 = time.perf_counter()
+            s.run(None, {"x": x})
+            times[name].append(time.perf_counter() - t0)
+    assert np.median(times["q"]) < np.median(times["f"])

@@ -30,3 +30,27 @@ def test_profile_reports_both_precisions(bundles):
     r = profile(path, runs=5, warmup=1, per_op=True)
     assert set(r["variants"]) == {"f32", "plugin default"}
     assert r["variants"]["plugin default"]["p50"] > 0 and r["ops"]
+
+
+def test_int8_from_our_qdq_runs_int8_convolutions(bundles, tmp_path):
+    """INT8 for OpenVINO: the ONNX target's QDQ model (our calibration) becomes FakeQuantize
+    nodes; the CPU plugin runs the convolutions with u8 activations."""
+    from layerwise import api
+    from layerwise.images import photo_crops
+
+    np.savez(tmp_path / "calib.npz", x=photo_crops(16, seed=2))
+    _, fp32 = bundles("zoo:mobilenet-v2")
+    out = tmp_path / "q"
+    m = api.compile("zoo:mobilenet-v2", api.CompileOptions(
+        target="openvino", out=str(out), precision="int8", data=str(tmp_path / "calib.npz")))
+    assert m["precision"] == "int8" and m["verification"]["passed"]
+    assert m["model"]["quantization"]["fake_quantize_nodes"] >= 50
+    assert m["sizes"]["model_bytes"] < 0.35 * fp32["sizes"]["model_bytes"]
+    b = open_bundle(out)
+    runner = open_runner(b.target, b.model_path)
+    logits = runner.run({"x": b.example_inputs()["x"][:1]})[0]
+    assert 281 <= int(logits[0].argmax()) <= 285  # the chelsea photo is still a cat
+    runtime = runner.compiled.get_runtime_model()
+    convs = [op.get_rt_info()["runtimePrecision"].astype(str) for op in runtime.get_ordered_ops()
+             if op.get_rt_info()["layerType"].astype(str) == "Convolution"]
+    assert len(convs) >= 50 and set(convs) == {"u8"}

@@ -1,0 +1,110 @@
+"""TVM target: Relax VM library verified and profiled; MetaSchedule database kept and reused;
+aarch64 cross-compile; unmappable ops refused in one line."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from layerwise import api
+from layerwise.errors import TargetError, VerificationError
+from layerwise.runtime import open_bundle, open_runner
+from tests.conftest import FIXTURES
+
+pytest.importorskip("tvm", reason="the tvm extra is not installed")
+
+MLP = f"{FIXTURES}:residual_mlp"
+EM_AARCH64 = 183
+
+
+def options(**kw) -> api.CompileOptions:
+    return api.CompileOptions(target="tvm", db="none", **kw)
+
+
+class Lgamma(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.lgamma(x.abs() + 1.0)
+
+
+def lgamma_model():
+    return Lgamma(), {"x": torch.rand(2, 4)}, "tabular"
+
+
+@pytest.fixture(scope="module")
+def untuned(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tvm") / "b"
+    return out, api.compile(MLP, options(out=str(out), tvm_cross="aarch64"))
+
+
+def test_verified_dynamic_batch_and_profiled(untuned):
+    out, m = untuned
+    assert m["verification"]["passed"] and m["verification"]["rel_err"] <= 1e-4
+    assert m["model"]["dynamic_batch"] and m["inputs"][0]["shape"][0] == "batch"
+    assert m["model"]["latency_ms"]["untuned"] > 0 and "tuning" not in m["model"]
+    b = open_bundle(out)
+    runner = open_runner(b.target, b.model_path)
+    feeds = b.example_inputs()
+    one = runner.run({k: v[:1] for k, v in feeds.items()})
+    full = runner.run(feeds)
+    np.testing.assert_allclose(one[0][0], full[0][0], rtol=1e-5, atol=1e-6)
+    r = api.profile(str(out), api.ProfileOptions(runs=5, warmup=1, per_op=True, db="none"))
+    assert r["runtime"].startswith("tvm ") and r["latency_ms"]["p50"] > 0
+    assert any("matmul" in op["op"] for op in r["ops"])  # per kernel, from the VM hook
+
+
+def test_aarch64_cross_compile_is_an_aarch64_elf(untuned):
+    out, m = untuned
+    cross = m["model"]["cross"]
+    if cross["compiler"] is None:
+        pytest.skip("no aarch64-linux-gnu-g++/gcc: apt-get install g++-aarch64-linux-gnu")
+    head = (out / cross["file"]).read_bytes()[:20]
+    assert head[:4] == b"\x7fELF" and head[4] == 2  # 64-bit
+    assert int.from_bytes(head[18:20], "little") == EM_AARCH64
+    assert cross["file"] in {f["name"] for f in m["files"]}
+
+
+def test_tuning_database_kept_and_reused(tmp_path):
+    out = tmp_path / "tuned"
+    m = api.compile(MLP, options(out=str(out), tune_trials=4))
+    tuning = m["model"]["tuning"]
+    assert tuning["records"] > 0 and tuning["reused"] is None
+    names = {f["name"] for f in m["files"]}
+    assert {"tuning/database_workload.json", "tuning/database_tuning_record.json"} <= names
+    assert not m["model"]["dynamic_batch"] and m["inputs"][0]["shape"] == [2, 16]
+    assert m["verification"]["rel_err"] <= 1e-4
+    assert set(m["model"]["latency_ms"]) == {"untuned", "tuned"}
+    # the next compile at the same --out starts from that database (no new trials here)
+    again = api.compile(MLP, options(out=str(out), force=True, tune_trials=0))
+    assert again["model"]["tuning"]["reused"] == str((out / "tuning").resolve())
+    assert again["model"]["tuning"]["records"] == tuning["records"]
+    # and a database can be named explicitly, from a copy of the bundle
+    shutil.copytree(out, tmp_path / "copy")
+    third = api.compile(MLP, options(out=str(tmp_path / "third"), tune_db=str(tmp_path / "copy")))
+    assert third["model"]["tuning"]["records"] == tuning["records"]
+
+
+def test_unmappable_op_is_one_line_error(tmp_path):
+    out = tmp_path / "x"
+    with pytest.raises(TargetError) as e:
+        api.compile(f"{__file__}:lgamma_model", options(out=str(out)))
+    msg = str(e.value)
+    assert "\n" not in msg and "aten.lgamma" in msg and "--target" in msg
+    assert not out.exists() and not list(tmp_path.glob(".x.tmp-*"))
+
+
+def test_wrong_results_fail_verification(tmp_path):
+    """TVM 0.27 maps every op of the decomposed 2-layer LSTM but computes it wrongly (NaN or
+    far off, varying from run to run)."""
+    out = tmp_path / "x"
+    with pytest.raises(VerificationError, match="misses the reference") as e:
+        api.compile(f"{FIXTURES}:lstm_classifier", options(out=str(out)))
+    assert "\n" not in str(e.value)
+    assert not out.exists() and not list(tmp_path.glob(".x.tmp-*"))
+
+
+def test_bad_tune_db_is_refused(tmp_path):
+    with pytest.raises(TargetError, match="no MetaSchedule database"):
+        api.compile(MLP, options(out=str(tmp_path / "x"), tune_db=str(tmp_path)))
