@@ -80,6 +80,9 @@ class ProfileOptions:
     threads: int = opt(0, "intra-op threads (0: the runtime's default)")
     batch: int | None = opt(None, "batch size to profile (default 1 when the batch is dynamic)")
     per_op: bool = opt(False, "also report time per op type (the runtime's profiler)")
+    power_mode: str | None = opt(None, "runtime power setting: performance | balanced | "
+                                 "efficiency (onnxruntime: worker spinning; OpenVINO: hint, "
+                                 "core type, pinning); other runtimes refuse it")
     baseline: str | None = opt(None, "also time a baseline in the same run: 'eager' (torch)")
     db: str | None = opt(None, "results database (default $LAYERWISE_DB or ~/.layerwise/runs.db; "
                                "'none' records nothing)")
@@ -567,11 +570,12 @@ def profile(bundle: str, options: ProfileOptions | None = None,
         check_remote_options(opts.remote, opts.token_file, opts.baseline)
         result = remote_profile(bundle, opts.remote, opts.token_file, runs=opts.runs,
                                 warmup=opts.warmup, threads=opts.threads, batch=opts.batch,
-                                per_op=opts.per_op, progress=progress)
+                                per_op=opts.per_op, power_mode=opts.power_mode,
+                                progress=progress)
         result["run_id"] = _record("profile", result, opts.db)
         return result
     result = run_profile(bundle, runs=opts.runs, warmup=opts.warmup, threads=opts.threads,
-                         batch=opts.batch, per_op=opts.per_op)
+                         batch=opts.batch, per_op=opts.per_op, power_mode=opts.power_mode)
     if opts.baseline is None:
         result["run_id"] = _record("profile", result, opts.db)
         return result

@@ -70,6 +70,8 @@ def profile_table(r: dict) -> None:
     if "speedup_vs_baseline" in r:
         _out.print(f"speed-up vs {r['baseline']['name']} (p50): {r['speedup_vs_baseline']:.2f}×")
     _out.print(f"peak RSS {r['peak_rss_mb']:.0f} MiB")
+    if r.get("power_mode"):
+        _out.print(f"power mode {r['power_mode']} (CPU governor: {r.get('cpu_governor')})")
     for op in r.get("ops", [])[:15]:
         _out.print(f"  {op['op']:<24} {op['total_ms']:9.2f} ms  {op['calls']:6d} calls  "
                    f"{100 * op['share']:5.1f}%")

@@ -28,6 +28,7 @@ PROFILE_OPTIONS: dict[str, tuple[type, Any]] = {
     "threads": (int, 0),
     "batch": (int, None),
     "per_op": (bool, False),
+    "power_mode": (str, None),
 }
 
 
@@ -61,7 +62,10 @@ def encode_options(options: dict[str, Any]) -> dict[str, str]:
     for name, value in options.items():
         if value is None:
             continue
-        out[name] = ("1" if value else "0") if isinstance(value, bool) else str(int(value))
+        if isinstance(value, bool):
+            out[name] = "1" if value else "0"
+        else:
+            out[name] = value if PROFILE_OPTIONS[name][0] is str else str(int(value))
     return out
 
 
@@ -76,6 +80,8 @@ def decode_options(query: dict[str, str]) -> dict[str, Any]:
         raw = query.get(name)
         if raw is None:
             out[name] = default
+        elif kind is str:
+            out[name] = raw
         elif kind is bool:
             if raw not in ("0", "1"):
                 raise LayerwiseError(f"option {name} must be 0 or 1, got {raw!r}")

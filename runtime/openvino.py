@@ -9,6 +9,16 @@ import numpy as np
 
 from layerwise.errors import BundleError, TargetError
 
+# power modes as CPU plugin properties: latency hint with pinned threads on the big cores,
+# or the efficient cores without pinning (on CPUs without E-cores the plugin uses them all)
+POWER_CONFIG: dict[str, dict] = {
+    "performance": {"PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": True,
+                    "SCHEDULING_CORE_TYPE": "PCORE_ONLY"},
+    "balanced": {"PERFORMANCE_HINT": "LATENCY", "SCHEDULING_CORE_TYPE": "ANY_CORE"},
+    "efficiency": {"PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False,
+                   "SCHEDULING_CORE_TYPE": "ECORE_ONLY", "ENABLE_HYPER_THREADING": False},
+}
+
 
 class OpenVinoRunner:
     """One compiled model on the CPU plugin. `hint` is INFERENCE_PRECISION_HINT ("f32",
@@ -17,13 +27,14 @@ class OpenVinoRunner:
     name = "openvino"
 
     def __init__(self, model: Path, threads: int = 0, per_op: bool = False,
-                 hint: str | None = "f32") -> None:
+                 hint: str | None = "f32", power_mode: str | None = None) -> None:
         try:
             import openvino as ov
         except ImportError as e:
             raise TargetError("OpenVINO is not installed: pip install 'layerwise[openvino]'") from e
         core = ov.Core()
-        config: dict = {"PERF_COUNT": per_op}
+        config: dict = {"PERF_COUNT": per_op, **POWER_CONFIG.get(power_mode, {})}
+        self.power_mode = power_mode
         if hint:
             config["INFERENCE_PRECISION_HINT"] = hint
         if threads:

@@ -18,7 +18,8 @@ class OrtRunner:
 
     name = "onnxruntime"
 
-    def __init__(self, model: Path, threads: int = 0, per_op: bool = False) -> None:
+    def __init__(self, model: Path, threads: int = 0, per_op: bool = False,
+                 power_mode: str | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -26,6 +27,14 @@ class OrtRunner:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
+        # power modes: worker threads spin between ops (fastest) or sleep (efficiency)
+        self.power_mode = power_mode
+        if power_mode is not None:
+            spin = "0" if power_mode == "efficiency" else "1"
+            opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+            opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+            if power_mode == "performance":
+                opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._profile_dir = None
         if per_op:
             self._profile_dir = tempfile.mkdtemp(prefix="layerwise-ort-prof-")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import resource
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -59,7 +60,8 @@ def _rss_mb() -> float:
 
 
 def profile(path, runs: int = 100, warmup: int = 10, threads: int = 0,
-            batch: int | None = None, per_op: bool = False) -> dict:
+            batch: int | None = None, per_op: bool = False,
+            power_mode: str | None = None) -> dict:
     """Warm up, time `runs` runs, and report latency percentiles, throughput and memory."""
     if runs < 1 or warmup < 0:
         raise LayerwiseError("--runs must be >= 1 and --warmup >= 0")
@@ -69,7 +71,7 @@ def profile(path, runs: int = 100, warmup: int = 10, threads: int = 0,
     first, *others = variants.items()
     rss0 = _rss_mb()
     runner = open_runner(bundle.target, bundle.model_path, threads=threads, per_op=per_op,
-                         **first[1])
+                         power_mode=power_mode, **first[1])
     times = time_calls(lambda: runner.run(feeds), runs, warmup)
     n = next(iter(feeds.values())).shape[0]
     lat = stats_ms(times)
@@ -88,14 +90,25 @@ def profile(path, runs: int = 100, warmup: int = 10, threads: int = 0,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "rss_increase_mb": _rss_mb() - rss0,
         "cpu_count": os.cpu_count(),
+        "power_mode": power_mode,
+        "cpu_governor": _governor(),
     }
     if per_op:
         result["ops"] = runner.op_profile()
     if others:
         result["variants"] = {first[0]: lat}
         for name, settings in others:
-            alt = open_runner(bundle.target, bundle.model_path, threads=threads, **settings)
+            alt = open_runner(bundle.target, bundle.model_path, threads=threads,
+                              power_mode=power_mode, **settings)
             result["variants"][name] = {
                 **stats_ms(time_calls(lambda alt=alt: alt.run(feeds), runs, warmup)),
                 "precision": getattr(alt, "precision", None)}
     return result
+
+
+def _governor() -> str | None:
+    """The CPU frequency governor of core 0 (Linux), which bounds what a power mode can do."""
+    try:
+        return Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").read_text().strip()
+    except OSError:
+        return None

@@ -1,5 +1,6 @@
 """heal: distillation from the original model after dropping blocks recovers quality on
-held-out inputs, for an MLP (cosine + MSE loss) and a CNN classifier (KL on logits)."""
+held-out inputs, for an MLP and a transformer (cosine + MSE loss) and a CNN classifier (KL on
+logits)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def test_distill_loss_is_zero_at_the_teacher():
     assert distill_loss(-t, t, classify=False).item() > 1.9
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "transformer"])
 def test_heal_recovers_a_dropped_critical_block(kind):
     ir, data, paths = planted(kind, batches=12)
     train, held = data[:8], data[8:]

@@ -73,6 +73,10 @@ def test_remote_profile_returns_the_local_profile(agent, bundle, token_file):
     assert info["cpu_count"] == os.cpu_count() and info["runtimes"]["onnx"].startswith(
         "onnxruntime ")
     assert info["max_upload_bytes"] == MAX_UPLOAD_MB << 20
+    # the power mode travels to the device's runtime
+    slow = remote_profile(bundle, agent.url, str(token_file), runs=2, warmup=0,
+                          power_mode="efficiency")
+    assert slow["power_mode"] == "efficiency"
 
 
 def test_token_is_required_and_checked(agent, bundle, tmp_path):

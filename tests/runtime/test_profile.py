@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from layerwise.runtime import profile
 from tests.conftest import FIXTURES, ROOT
 
@@ -74,3 +76,35 @@ def test_cli_run_npz(bundles, tmp_path):
                           capture_output=True, check=False, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 2 and "expects" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "z.npz").exists()
+
+
+def test_power_modes_reach_the_runtime(bundles):
+    from layerwise.errors import TargetError
+    from layerwise.runtime import open_bundle, open_runner
+
+    path, _ = bundles(f"{FIXTURES}:lstm_classifier")
+    b = open_bundle(path)
+    spin = "session.intra_op.allow_spinning"
+    for mode, expected in (("efficiency", "0"), ("performance", "1")):
+        runner = open_runner(b.target, b.model_path, power_mode=mode)
+        assert runner.session.get_session_options().get_session_config_entry(spin) == expected
+    r = profile(path, runs=3, warmup=0, power_mode="efficiency")
+    assert r["power_mode"] == "efficiency" and "cpu_governor" in r
+    with pytest.raises(TargetError, match="unknown --power-mode"):
+        open_runner(b.target, b.model_path, power_mode="turbo")
+    with pytest.raises(TargetError, match="no power-mode setting"):
+        open_runner("tflite", b.model_path, power_mode="efficiency")
+
+
+def test_openvino_power_mode_sets_the_plugin(tmp_path):
+    pytest.importorskip("openvino")
+    from layerwise import api
+    from layerwise.runtime import open_bundle, open_runner
+
+    out = tmp_path / "ov"
+    api.compile(f"{FIXTURES}:residual_mlp", api.CompileOptions(target="openvino", out=str(out),
+                                                                db="none"))
+    b = open_bundle(out)
+    runner = open_runner(b.target, b.model_path, power_mode="performance")
+    assert str(runner.compiled.get_property("PERFORMANCE_HINT")).endswith("LATENCY")
+    assert runner.compiled.get_property("ENABLE_CPU_PINNING") is True
