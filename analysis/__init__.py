@@ -8,8 +8,9 @@ from __future__ import annotations
 
 
 def analyze(*args, **kwargs) -> dict:
-    """See layerwise.analysis.analyze.analyze."""
-    from layerwise.analysis.analyze import analyze as _analyze
+    """See layerwise.analysis.pipeline.analyze. (The module is not named `analyze`: importing
+    it would rebind this package attribute to the module.)"""
+    from layerwise.analysis.pipeline import analyze as _analyze
 
     return _analyze(*args, **kwargs)
 
