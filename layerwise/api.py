@@ -323,7 +323,10 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
                           cand.keep_fp32, analysis_part, out, True, progress,
                           {"lift_s": lift_s}, record=False)
 
-        best, search = run_search(s, build, "int8" in target.INFO.precisions)
+        # transformers: dynamic INT8 quantizes their linears with per-input activation ranges
+        attention = any(layer.kind == "attention" for layer in ir.layers)
+        others = tuple(p for p in ("int8-dynamic",) if attention and p in target.INFO.precisions)
+        best, search = run_search(s, build, "int8" in target.INFO.precisions, others)
         small, precision, keep = s.shrunk(best.drop, best.prune), best.precision, best.keep_fp32
         batches = analysis_part
     else:

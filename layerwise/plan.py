@@ -219,8 +219,11 @@ def pareto(cands: list[Candidate]) -> list[Candidate]:
     return sorted((c for c in measured if not dominated(c)), key=lambda c: c.latency_ms)
 
 
-def run_search(s: Search, build, int8: bool) -> tuple[Candidate, dict]:
-    """Search depth then precision; returns the chosen candidate and the search record."""
+def run_search(s: Search, build, int8: bool, others: tuple[str, ...] = ()
+               ) -> tuple[Candidate, dict]:
+    """Search depth, width, then precision: static INT8 (keeping the most important blocks
+    in fp32 until the bound holds), then each of `others` (e.g. int8-dynamic for
+    transformers). Returns the chosen candidate and the search record."""
     t0 = time.perf_counter()
     order = s.ranking()
     k = s.depth(order)
@@ -238,6 +241,9 @@ def run_search(s: Search, build, int8: bool) -> tuple[Candidate, dict]:
             if s.fits(c) or attempt == 2 or not important:
                 break
             keep.append(important.pop(0))
+    for precision in others:
+        s.progress(f"measuring {precision}")
+        chosen.append(s.measure(Candidate(order[:k], precision, prune=ratio), build))
     fitting = [c for c in chosen if s.fits(c)]
     record = {
         "bound": {"max_drop": s.max_drop, "max_latency_ms": s.max_latency_ms,

@@ -144,3 +144,19 @@ def test_search_predicts_latency_for_a_device_not_at_hand(tmp_path, data):
     proc = _compile("--data", str(data), "--device", "coral-edgetpu", "--out",
                     str(tmp_path / "c"))
     assert proc.returncode == 2 and "int8" in proc.stderr and not (tmp_path / "c").exists()
+
+
+def test_search_tries_dynamic_int8_on_a_transformer(tmp_path, hf_folders):
+    from layerwise.text import stdlib_sentences
+
+    text = tmp_path / "s.txt"
+    text.write_text("\n".join(stdlib_sentences(32)))
+    out = tmp_path / "b"
+    proc = subprocess.run(
+        [sys.executable, "-m", "layerwise", "compile", f"hf:{hf_folders['bert']}", "--db", "none",
+         "--data", str(text), "--max-drop", "5%", "--out", str(out)],
+        capture_output=True, text=True, cwd=ROOT, check=False, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads((out / "manifest.json").read_text())["search"]
+    measured = {c["precision"] for c in s["candidates"] if c["latency_ms"] is not None}
+    assert {"fp32", "int8", "int8-dynamic"} <= measured
