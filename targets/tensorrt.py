@@ -2,8 +2,8 @@
 
 TensorRT's libraries are not on PyPI, so the bundle holds the ONNX model TensorRT's parser
 reads (fp32; or INT8 with explicit Q/DQ by TensorRT's rules: symmetric, zero point 0,
-per-channel weights, entropy calibration), checked against the parser's supported operators,
-plus `build_engine.sh` (trtexec) and `build_engine.py` (the Python builder) with the
+per-channel weights, mean-minmax calibration), checked against the parser's supported
+operators, plus `build_engine.sh` (trtexec) and `build_engine.py` (the Python builder) with the
 precision flags and an optimization profile for the dynamic batch. The ONNX is verified with
 onnxruntime here; `layerwise build-engine BUNDLE` builds the engine where TensorRT imports.
 """

@@ -56,9 +56,11 @@ class QuantRecipe:
 RECIPES: dict[str, QuantRecipe] = {
     # onnxruntime CPU: U8S8 (uint8 activations, int8 per-channel weights), QDQ
     "onnx": QuantRecipe(),
-    # TensorRT: symmetric int8 everywhere, entropy calibration (its own default); TensorRT
-    # fuses its own activations, so only the weighted ops and residual adds get Q/DQ
-    "tensorrt": QuantRecipe(symmetric_activations=True, calibration="entropy",
+    # TensorRT: symmetric int8 everywhere; TensorRT fuses its own activations, so only the
+    # weighted ops get Q/DQ. Calibration: mean_minmax, measured on MobileNetV2 against the
+    # fp32 IR (rel_err 0.14; entropy, TensorRT's own calibrator's method, 0.75; minmax 0.36;
+    # mse 0.26; percentile 0.39)
+    "tensorrt": QuantRecipe(symmetric_activations=True, calibration="mean_minmax",
                             quantize_bias=False, bias_correction=False,
                             op_types=("Conv", "MatMul", "Gemm")),
     # OpenVINO CPU: uint8 activations, int8 per-channel weights; reads the onnx QDQ model

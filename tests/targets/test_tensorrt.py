@@ -29,7 +29,7 @@ def test_int8_bundle_follows_tensorrt_rules(tmp_path, calib):
         target="tensorrt", out=str(out), precision="int8", data=str(calib), db="none"))
     assert m["verification"]["passed"] and m["verification"]["runtime"] == "onnxruntime"
     recipe = m["plan"]["quantize"]["recipe"]
-    assert recipe["symmetric_activations"] and recipe["calibration"] == "entropy"
+    assert recipe["symmetric_activations"] and recipe["calibration"] == "mean_minmax"
     model = onnx.load(str(out / "model.onnx"))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
