@@ -34,10 +34,14 @@ TARGETS = ["onnx", "openvino", "tflite", "tvm", "tensorrt"]
 def data_for(spec: str, tmp: Path, n_calib: int, n_held: int) -> tuple[Path, list[dict]]:
     """(calibration data path, held-out feed dicts) of real inputs for `spec`."""
     if "minilm" in spec:
-        from layerwise.sources import load_source
-        from layerwise.text import stdlib_sentences
+        import sys
 
-        sents = stdlib_sentences(n_calib + n_held)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from importance import english_sentences
+
+        from layerwise.sources import load_source
+
+        sents = english_sentences(n_calib + n_held)
         path = tmp / "calib.txt"
         path.write_text("\n".join(sents[:n_calib]))
         tok = load_source(spec).tokenizer
