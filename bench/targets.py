@@ -59,11 +59,19 @@ def data_for(spec: str, tmp: Path, n_calib: int, n_held: int) -> tuple[Path, lis
 
 
 def outputs(bundle: Path, held: list[dict]) -> np.ndarray:
+    """First output per held-out input; a fixed-batch artifact gets them in its batch size."""
     m = json.loads((bundle / "manifest.json").read_text())
     runner = open_runner(m["target"], bundle / m["model"]["file"])
     names = set(runner.input_names)
-    return np.concatenate([runner.run({k: v for k, v in f.items() if k in names})[0]
-                           .reshape(1, -1) for f in held])
+    fixed = m["inputs"][0]["shape"][0]
+    step = fixed if isinstance(fixed, int) and not m["model"].get("dynamic_batch", True) else 1
+    out = []
+    for i in range(0, len(held) - step + 1, step):
+        feed = {k: np.concatenate([f[k] for f in held[i:i + step]]) for k in held[0]
+                if k in names}
+        y = runner.run(feed)[0]
+        out.append(y.reshape(len(y), -1))
+    return np.concatenate(out)
 
 
 def agreement(fp32: np.ndarray, int8: np.ndarray, classify: bool) -> dict:
@@ -94,8 +102,10 @@ def one(spec: str, target: str, precision: str, data: Path, tmp: Path, runs: int
         row["p50_ms"] = None  # needs TensorRT and a GPU: `layerwise build-engine`
         row["checks"] = m["model"].get("tensorrt")
         return row
+    fixed = not m["model"].get("dynamic_batch", True)  # e.g. TFLite transformers
     prof = layerwise.profile(str(out), ProfileOptions(runs=runs, warmup=max(5, runs // 10),
-                                                      batch=1, db="none"))
+                                                      batch=None if fixed else 1, db="none"))
+    row["batch"] = prof["batch"]
     row["p50_ms"] = prof["latency_ms"]["p50"]
     row["variants"] = {k: v["p50"] for k, v in (prof.get("variants") or {}).items()}
     return row
