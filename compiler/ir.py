@@ -20,6 +20,11 @@ from layerwise.errors import LayerwiseError
 FORMAT = "layerwise-ir/1"
 
 
+def flat_tensors(out) -> list[torch.Tensor]:
+    """The tensors of a model's (nested) output, in order."""
+    return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
 def sidecar_path(pt2: Path) -> Path:
     return pt2.parent / (pt2.name + ".json")
 
@@ -75,7 +80,7 @@ class IR:
         """Outputs of the program on `inputs` (default: the example inputs), flattened."""
         with torch.no_grad():
             out = self.module()(**(inputs if inputs is not None else self.example_inputs))
-        return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+        return flat_tensors(out)
 
     # ------------------------------------------------------------ description
 

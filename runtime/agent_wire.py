@@ -52,12 +52,16 @@ def read_token(path: str | Path | None) -> str:
     return token
 
 
-def encode_options(options: dict[str, Any]) -> dict[str, str]:
-    """Profile options as query parameters (None values left out); unknown names refused."""
-    unknown = set(options) - set(PROFILE_OPTIONS)
+def _refuse_unknown(names) -> None:
+    unknown = set(names) - set(PROFILE_OPTIONS)
     if unknown:
         raise LayerwiseError(f"unknown profile option(s) {sorted(unknown)}; "
                              f"valid: {sorted(PROFILE_OPTIONS)}")
+
+
+def encode_options(options: dict[str, Any]) -> dict[str, str]:
+    """Profile options as query parameters (None values left out); unknown names refused."""
+    _refuse_unknown(options)
     out = {}
     for name, value in options.items():
         if value is None:
@@ -71,10 +75,7 @@ def encode_options(options: dict[str, Any]) -> dict[str, str]:
 
 def decode_options(query: dict[str, str]) -> dict[str, Any]:
     """Query parameters back to profile options; a bad value is a LayerwiseError naming it."""
-    unknown = set(query) - set(PROFILE_OPTIONS)
-    if unknown:
-        raise LayerwiseError(f"unknown profile option(s) {sorted(unknown)}; "
-                             f"valid: {sorted(PROFILE_OPTIONS)}")
+    _refuse_unknown(query)
     out = {}
     for name, (kind, default) in PROFILE_OPTIONS.items():
         raw = query.get(name)

@@ -85,3 +85,19 @@ def bundles(tmp_path_factory):
         return cache[spec, target]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def plugin_env(tmp_path_factory) -> dict[str, str]:
+    """Environment with the demo plugin package (tests/fixtures/plugin) pip-installed into a
+    throw-away site folder on PYTHONPATH; installed once per test run."""
+    import subprocess
+    import sys
+
+    site = tmp_path_factory.mktemp("plugin") / "site"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                           "--no-build-isolation", "--target", str(site),
+                           str(ROOT / "tests" / "fixtures" / "plugin")],
+                          capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return {**os.environ, "PYTHONPATH": str(site)}

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from layerwise.compiler.ir import IR
+from layerwise.compiler.ir import IR, flat_tensors
 from layerwise.errors import LayerwiseError
 
 
@@ -105,5 +105,4 @@ def heal(ir: IR, teacher: IR, batches: list[dict[str, torch.Tensor]], steps: int
 
 
 def _first(out) -> torch.Tensor:
-    leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
-    return leaves[0]
+    return flat_tensors(out)[0]

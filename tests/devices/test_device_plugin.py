@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-
-from tests.conftest import ROOT
 
 SCRIPT = """
 import json
@@ -18,14 +15,8 @@ print(json.dumps({"listed": "demo-board" in list_devices(), "target": p.target,
 """
 
 
-def test_plugin_device(tmp_path):
-    site = tmp_path / "site"
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                           "--no-build-isolation", "--target", str(site),
-                           str(ROOT / "tests" / "fixtures" / "plugin")],
-                          capture_output=True, text=True, check=False, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    env = {**os.environ, "PYTHONPATH": str(site)}
+def test_plugin_device(tmp_path, plugin_env):
+    env = plugin_env
     run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
                          text=True, check=False, cwd=tmp_path, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 from tests.conftest import FIXTURES, ROOT
 
 
-def test_plugin_entry_points(tmp_path):
-    site = tmp_path / "site"
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                           "--no-build-isolation", "--target", str(site),
-                           str(ROOT / "tests" / "fixtures" / "plugin")],
-                          capture_output=True, text=True, check=False, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    env = {**os.environ, "PYTHONPATH": str(site)}
+def test_plugin_entry_points(tmp_path, plugin_env):
+    env = plugin_env
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "layerwise", *args, "--json"], env=env,

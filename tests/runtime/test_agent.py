@@ -26,6 +26,7 @@ from layerwise.errors import LayerwiseError
 from layerwise.runtime import profile
 from layerwise.runtime.remote import RemoteError, agent_info, remote_profile
 from tests.conftest import FIXTURES, ROOT
+from tests.fixtures import BLOCK_TORCH_PRELUDE
 from tests.fixtures.agent import MAX_UPLOAD_MB, Agent
 
 pytest.importorskip("starlette", reason="the agent extra is not installed")
@@ -260,13 +261,7 @@ def test_unreachable_agent(bundle, token_file):
         remote_profile(bundle, "127.0.0.1:8700", str(token_file), runs=1)
 
 
-BLOCK_TORCH = """
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-sys.meta_path.insert(0, Block())
+BLOCK_TORCH = BLOCK_TORCH_PRELUDE + """
 from pathlib import Path
 from layerwise.runtime import agent_job, remote
 from layerwise.runtime.agent import AgentConfig, build_app

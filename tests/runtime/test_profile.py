@@ -10,6 +10,7 @@ import pytest
 
 from layerwise.runtime import profile
 from tests.conftest import FIXTURES, ROOT
+from tests.fixtures import BLOCK_TORCH_PRELUDE
 
 
 def test_profile_figures(bundles):
@@ -23,13 +24,7 @@ def test_profile_figures(bundles):
     assert profile(path, runs=3, warmup=0, batch=4)["batch"] == 4
 
 
-BLOCK_TORCH = """
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-sys.meta_path.insert(0, Block())
+BLOCK_TORCH = BLOCK_TORCH_PRELUDE + """
 import json
 import layerwise.runtime as rt
 r = rt.profile(sys.argv[1], runs=5, warmup=1)
