@@ -51,13 +51,7 @@ def gemm_to_matmul(model) -> int:
                                           name=f"{n.name}__bias"))
         done += 1
     if done:
-        nodes = [onnx_copy(x) for x in nodes]
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        used = {i for n in model.graph.node for i in n.input}
-        keep = [i for i in model.graph.initializer if i.name in used]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
+        _replace_nodes(model, nodes)
     return done
 
 
@@ -186,14 +180,19 @@ def dequantized_tables(model, gathers: set[str]) -> int:
             done += 1
         nodes.append(n)
     if done:
-        nodes = [onnx_copy(x) for x in nodes]
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        used = {i for x in model.graph.node for i in x.input}
-        keep = [i for i in model.graph.initializer if i.name in used]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
+        _replace_nodes(model, nodes)
     return done
+
+
+def _replace_nodes(model, nodes: list) -> None:
+    """Make `nodes` the graph's nodes and drop the initializers no node reads any more."""
+    nodes = [onnx_copy(x) for x in nodes]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    used = {i for n in model.graph.node for i in n.input}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
 
 
 def onnx_copy(node):
