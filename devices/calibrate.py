@@ -11,6 +11,8 @@ $LAYERWISE_HOME (default ~/.layerwise) and reused while the CPU and onnxruntime 
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import io
 import json
 import math
@@ -19,18 +21,18 @@ import platform
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from layerwise.devices.calibration_set import Case, calibration_cases
 from layerwise.devices.graph_ops import COMPUTE, KIND_NAMES, OpRecord, op_records
 from layerwise.devices.roofline import (
     DEFAULT_COMPUTE,
     DEFAULT_MEMORY,
     Factors,
     Machine,
+    streams_dram,
     weights_cached,
 )
 from layerwise.errors import LayerwiseError
@@ -38,6 +40,8 @@ from layerwise.errors import LayerwiseError
 FORMAT = "layerwise-calibration/1"
 PRIOR_OVERHEAD_US = 10.0
 PRIOR_INVOKE_US = 20.0
+PRIOR_VIEW_US = 0.3
+PRIOR_OVERLAP = 0.3
 PRIOR_WEIGHT = 0.2  # pull of the defaults in log space, per factor
 REQUIRED = {"gemm-peak", "stream-add", "stream-add-cache"}
 
@@ -84,148 +88,50 @@ def load_calibration(threads: int = 0, clock: str = "wall") -> dict | None:
     return cal
 
 
-# ---------------------------------------------------------------- the calibration set
-
-
-@dataclass(frozen=True)
-class Case:
-    """One calibration model: a name and a builder returning (module, example inputs)."""
-
-    name: str
-    build: Callable[[], tuple]
-
-
-def calibration_cases() -> list[Case]:
-    import torch
-    from torch import nn
-
-    def conv(cin, cout, hw, k=3, *, stride=1, groups=1, act=nn.ReLU, repeat=1):
-        def build():
-            layers = []
-            for _ in range(repeat):
-                layers += [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
-                           nn.BatchNorm2d(cout)]
-                if act is not None:
-                    layers.append(act())
-            return nn.Sequential(*layers), (torch.randn(1, cin, hw, hw),)
-        return build
-
-    def linear(tokens, k, n, act=None):
-        def build():
-            layers = [nn.Linear(k, n)] + ([act()] if act else [])
-            return nn.Sequential(*layers), (torch.randn(1, tokens, k),)
-        return build
-
-    class Attention(nn.Module):
-        def forward(self, q, k, v):
-            a = torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
-            return a @ v
-
-    def attention(heads, seq, dim):
-        return lambda: (Attention(), tuple(torch.randn(1, heads, seq, dim) for _ in range(3)))
-
-    class Fn(nn.Module):
-        def __init__(self, fn):
-            super().__init__()
-            self.fn = fn
-
-        def forward(self, *xs):
-            return self.fn(*xs)
-
-    def fn(f, *shapes):
-        return lambda: (Fn(f), tuple(torch.randn(*s) for s in shapes))
-
-    def module(factory, *shapes):
-        return lambda: (factory(), tuple(torch.randn(*s) for s in shapes))
-
-    def embedding(vocab, dim, tokens):
-        return lambda: (nn.Embedding(vocab, dim), (torch.randint(0, vocab, (1, tokens)),))
-
-    cases = [
-        Case("gemm-peak", linear(256, 512, 512)),
-        Case("stream-add", fn(lambda x: x + 1.0, (1, 1 << 24))),  # 128 MiB: DRAM
-        Case("stream-add-cache", fn(lambda x: x + 1.0, (1, 1 << 18))),  # 2 MiB: cache
-        Case("stem-conv", conv(3, 32, 224, stride=2, act=nn.ReLU6)),
-    ]
-    cases += [Case(f"conv3x3-{c}x{hw}", conv(c, c, hw))
-              for c, hw in ((16, 112), (32, 56), (64, 56), (128, 28), (256, 14), (512, 7))]
-    cases += [Case(f"conv1x1-{a}-{b}x{hw}", conv(a, b, hw, k=1, act=None))
-              for a, b, hw in ((32, 192, 56), (144, 24, 56), (96, 576, 14), (320, 1280, 7),
-                               (64, 256, 28))]
-    cases += [Case(f"dwconv-{c}x{hw}s{s}", conv(c, c, hw, stride=s, groups=c, act=nn.ReLU6))
-              for c, hw, s in ((32, 112, 1), (144, 56, 2), (192, 28, 1), (384, 14, 1),
-                               (960, 7, 1))]
-    cases += [Case("conv3x3-chain4", conv(32, 32, 28, repeat=4)),
-              Case("dwconv-chain4", conv(64, 64, 14, groups=64, act=nn.ReLU6, repeat=4))]
-    cases += [Case(f"linear-{t}x{k}x{n}{'-gelu' if a else ''}", linear(t, k, n, a))
-              for t, k, n, a in ((32, 384, 384, None), (32, 384, 1536, nn.GELU),
-                                 (32, 1536, 384, None), (197, 192, 576, None),
-                                 (197, 192, 768, nn.GELU), (197, 768, 192, None),
-                                 (1, 512, 1000, None), (1, 1280, 1000, None),
-                                 (64, 256, 256, None))]
-    cases += [Case(f"attention-{h}x{s}x{d}", attention(h, s, d))
-              for h, s, d in ((12, 32, 32), (3, 197, 64), (4, 64, 64))]
-    cases += [
-        Case("softmax-3x197", fn(lambda x: torch.softmax(x, -1), (1, 3, 197, 197))),
-        Case("softmax-12x32", fn(lambda x: torch.softmax(x, -1), (1, 12, 32, 32))),
-        Case("layernorm-32x384", module(lambda: nn.LayerNorm(384), (1, 32, 384))),
-        Case("layernorm-197x192", module(lambda: nn.LayerNorm(192), (1, 197, 192))),
-        Case("layernorm-197x768", module(lambda: nn.LayerNorm(768), (1, 197, 768))),
-        Case("add-64x56", fn(torch.add, (1, 64, 56, 56), (1, 64, 56, 56))),
-        Case("add-256x14", fn(torch.add, (1, 256, 14, 14), (1, 256, 14, 14))),
-        Case("add-32x384", fn(torch.add, (1, 32, 384), (1, 32, 384))),
-        Case("mul-relu-128x28", fn(lambda x: torch.relu(x * 0.5), (1, 128, 28, 28))),
-        Case("gelu-197x768", fn(nn.functional.gelu, (1, 197, 768))),
-        Case("sigmoid-96x56", fn(torch.sigmoid, (1, 96, 56, 56))),
-        Case("maxpool-64x112", module(lambda: nn.MaxPool2d(3, 2, 1), (1, 64, 112, 112))),
-        Case("avgpool-512x7", module(lambda: nn.AdaptiveAvgPool2d(1), (1, 512, 7, 7))),
-        Case("avgpool-1280x7", module(lambda: nn.AdaptiveAvgPool2d(1), (1, 1280, 7, 7))),
-        Case("mean-197x192", fn(lambda x: x.mean(-1), (1, 197, 192))),
-        Case("permute-197x3x64", fn(lambda x: x.permute(0, 2, 1, 3).contiguous() + 0.0,
-                                    (1, 197, 3, 64))),
-        Case("cat-64x28", fn(lambda a, b: torch.cat([a, b], 1), (1, 64, 28, 28),
-                             (1, 64, 28, 28))),
-        Case("embedding-30522x384", embedding(30522, 384, 32)),
-        # tiny ops: the per-inference and per-op overheads
-        Case("tiny-add", fn(lambda x: x + 1.0, (1, 64))),
-        Case("tiny-chain-32", fn(_chain, (1, 64))),
-        Case("tiny-chain-96", fn(lambda x: _chain(_chain(_chain(x))), (1, 64))),
-    ]
-    return cases
-
-
-def _chain(x):
-    """32 dependent elementwise ops on a tiny tensor."""
-    for _ in range(16):
-        x = (x * 1.01 - 0.5).abs()
-    return x
-
-
 # ---------------------------------------------------------------- measuring
 
 
-def _records(module, inputs) -> list[OpRecord]:
+def exported(module, inputs):
+    """The module's exported program in Core ATen with a dynamic batch, as `layerwise.api.lift`
+    makes it (exported at batch 2; the calibration runs it at the inputs' batch 1). A bundle
+    with a dynamic batch computes its reshapes' shapes at run time, and so does the case."""
     import torch
+    from torch.export import Dim
 
-    ep = torch.export.export(module.eval(), inputs, strict=False).run_decompositions()
-    records, _ = op_records(ep, None, batch=None)
+    doubled = tuple(torch.cat([t, t]) if t.dim() else t for t in inputs)
+    dynamic = tuple({0: Dim.AUTO} if t.dim() else None for t in inputs)
+    params = inspect.signature(module.forward).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        dynamic = (dynamic,)  # forward(*xs): one spec, a tuple for the packed args
+    return torch.export.export(module.eval(), doubled, dynamic_shapes=dynamic,
+                               strict=False).run_decompositions()
+
+
+def _records(program) -> list[OpRecord]:
+    records, _ = op_records(program, None, batch=1)
     return records
 
 
-def ort_session(module, inputs, threads: int = 0):
-    """An onnxruntime CPU session of `module` (legacy exporter: fast) and its feeds."""
+def ort_session(program, inputs, threads: int = 0):
+    """An onnxruntime CPU session of an exported program and its feeds. The ONNX comes from
+    the exporter the onnx target uses (torch.onnx dynamo, optimized), so the calibration
+    times the same kernels a bundle runs (the legacy exporter, for one, keeps an nn.GRU as a
+    single ONNX GRU where the bundle has its unrolled cells)."""
     import onnxruntime as ort
     import torch
 
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), inputs, buf, dynamo=False, opset_version=17,
-                          input_names=[f"in{i}" for i in range(len(inputs))])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads  # 0: onnxruntime's default, as the runtime profiles
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "case.onnx"
+        log = io.StringIO()
+        with (warnings.catch_warnings(), contextlib.redirect_stdout(log),
+              contextlib.redirect_stderr(log)):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(program, (), f=str(path), dynamo=True, optimize=True,
+                              verbose=False)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads  # 0: onnxruntime's default, as profiles run
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
     feeds = {n: t.numpy() for n, t in zip(names, inputs)}
     return sess, feeds
@@ -264,8 +170,9 @@ def measure(cases: list[Case], rounds: int = 9, progress=lambda _: None, threads
         progress(f"calibration {i + 1}/{len(cases)}: exporting {case.name}")
         module, inputs = case.build()
         with torch.no_grad():
-            records = _records(module, inputs)
-            sess, feeds = ort_session(module, inputs, threads)
+            program = exported(module, inputs)
+            records = _records(program)
+            sess, feeds = ort_session(program, inputs, threads)
         for _ in range(3):
             sess.run(None, feeds)
         built.append((case.name, records, lambda s=sess, f=feeds: s.run(None, f)))
@@ -301,11 +208,15 @@ class _Design:
     peak and bandwidths are fixed (measured) and whose factors are being fitted."""
 
     def __init__(self, measured: list[dict], m: Machine) -> None:
-        case, kind, flops, mem, fused = [], [], [], [], []
+        case, kind, flops, mem, fused, dram = [], [], [], [], [], []
         cache = m.cache_bandwidth_gbs or m.bandwidth_gbs
+        self.views = np.zeros(len(measured))
         for i, meas in enumerate(measured):
             cached = weights_cached(meas["records"], m)
             for r in meas["records"]:
+                if r.kind == "view":
+                    self.views[i] += 1
+                    continue
                 acts = r.bytes - r.weight_bytes
                 case.append(i)
                 kind.append(KIND_NAMES.index(r.kind))
@@ -314,20 +225,25 @@ class _Design:
                             + acts / (cache if acts <= m.cache_mb * 2**20
                                       else m.bandwidth_gbs)) / 1e9)
                 fused.append(r.fused)
+                dram.append(streams_dram(r, m, cached))
         self.case = np.array(case, dtype=int)
         self.kind = np.array(kind, dtype=int)
         self.flops = np.array(flops, dtype=float)
         self.mem = np.array(mem, dtype=float)
         self.fused = np.array(fused, dtype=bool)
+        self.dram = np.array(dram, dtype=bool)
         self.n = len(measured)
         self.peak = m.peak_gops["fp32"] * 1e9
 
-    def predict(self, ce: np.ndarray, me: np.ndarray, ov: float, inv: float) -> np.ndarray:
-        """Seconds per case; ce has one more entry than KIND_NAMES (the fused kind)."""
+    def predict(self, ce: np.ndarray, me: np.ndarray, scalars: tuple) -> np.ndarray:
+        """Seconds per case; ce has one more entry than KIND_NAMES (the fused kind);
+        scalars: op, invoke and view overheads (s) and the overlap share."""
+        ov, inv, view, overlap = scalars
         comp = self.flops / (self.peak * ce[self.kind])
+        mem = self.mem / me[self.kind]
         t = np.where(self.fused, self.flops / (self.peak * ce[-1]),
-                     ov + np.maximum(comp, self.mem / me[self.kind]))
-        total = np.full(self.n, inv)
+                     ov + np.maximum(comp, mem) + overlap * self.dram * np.minimum(comp, mem))
+        total = inv + view * self.views
         np.add.at(total, self.case, t)
         return total
 
@@ -341,26 +257,29 @@ def fit(measured: list[dict], m: Machine) -> tuple[Factors, dict]:
     nk = len(KIND_NAMES)
     prior = np.log(np.array([DEFAULT_COMPUTE[k] for k in _CKINDS]
                             + [DEFAULT_MEMORY[k] for k in KIND_NAMES]
-                            + [PRIOR_OVERHEAD_US * 1e-6, PRIOR_INVOKE_US * 1e-6]))
+                            + [PRIOR_OVERHEAD_US * 1e-6, PRIOR_INVOKE_US * 1e-6,
+                               PRIOR_VIEW_US * 1e-6, PRIOR_OVERLAP]))
 
     def unpack(theta):
         e = np.exp(theta)
-        return e[:nk + 1], e[nk + 1:2 * nk + 1], e[-2], e[-1]
+        return e[:nk + 1], e[nk + 1:2 * nk + 1], tuple(e[-4:])
 
     def residuals(theta):
         return np.concatenate([np.log(design.predict(*unpack(theta))) - y,
                                PRIOR_WEIGHT * (theta - prior)])
 
-    lo = np.log(np.r_[np.full(2 * nk + 1, 1e-3), 1e-7, 1e-7])
-    hi = np.log(np.r_[np.full(2 * nk + 1, 2.0), 1e-3, 1e-2])
+    lo = np.log(np.r_[np.full(2 * nk + 1, 1e-3), 1e-7, 1e-7, 1e-9, 1e-3])
+    hi = np.log(np.r_[np.full(2 * nk + 1, 2.0), 1e-3, 1e-2, 1e-4, 1.0])
     sol = least_squares(residuals, np.clip(prior, lo + 1e-9, hi - 1e-9), bounds=(lo, hi),
                         loss="soft_l1", f_scale=0.2)
-    ce, me, ov, inv = unpack(sol.x)
-    pred = design.predict(ce, me, ov, inv)
+    ce, me, scalars = unpack(sol.x)
+    ov, inv, view, overlap = scalars
+    pred = design.predict(ce, me, scalars)
     err = pred / np.exp(y) - 1.0
     factors = Factors({k: float(v) for k, v in zip(_CKINDS, ce)},
                       {k: float(v) for k, v in zip(KIND_NAMES, me)},
-                      float(ov * 1e6), float(inv * 1e6))
+                      float(ov * 1e6), float(inv * 1e6), float(view * 1e6),
+                      float(overlap))
     report = {"cases": [{"name": meas["name"], "measured_ms": meas["seconds"] * 1e3,
                          "fitted_ms": float(p * 1e3), "rel_err": float(e)}
                         for meas, p, e in zip(measured, pred, err)],

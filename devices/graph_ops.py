@@ -32,19 +32,35 @@ KINDS: dict[str, str] = {
                      "constant_pad_nd", "index_select", "upsample_nearest2d",
                      "upsample_bilinear2d", "_unsafe_index", "stack", "split_with_sizes",
                      "roll", "flip", "repeat", "scatter", "index_put", "index_add",
-                     "pixel_shuffle", "tril", "triu", "narrow"), "copy"),
+                     "pixel_shuffle", "tril", "triu", "narrow", "expand", "expand_as"),
+                   "copy"),
 }
 # ops that move no data in ONNX Runtime (views, metadata, shape arithmetic)
 FREE = frozenset((
-    "view", "_unsafe_view", "reshape", "squeeze", "unsqueeze", "expand", "alias", "clone",
+    "view", "_unsafe_view", "reshape", "squeeze", "unsqueeze", "alias", "clone",
     "detach", "t", "sym_size", "sym_numel", "sym_stride", "_assert_tensor_metadata",
     "_assert_async", "lift_fresh_copy", "contiguous", "getitem", "dropout", "native_dropout",
     "scalar_tensor", "arange", "full", "zeros", "ones", "empty", "full_like", "zeros_like",
     "ones_like", "empty_like", "_to_copy", "to", "type_as", "split", "unbind",
-    "_assert_scalar", "flatten", "unflatten", "view_as", "expand_as", "as_strided",
+    "_assert_scalar", "flatten", "unflatten", "view_as", "as_strided",
 ))
+# views that survive as ONNX nodes (Reshape, Squeeze, Unsqueeze, Expand): no data moves,
+# but each costs a kernel launch; recorded with kind "view" (expand: a copy, as onnxruntime's
+# Expand writes its output)
+VIEWS = frozenset(("view", "_unsafe_view", "reshape", "squeeze", "unsqueeze", "flatten",
+                   "unflatten", "t", "view_as", "as_strided"))
 COMPUTE = ("conv", "dwconv", "matmul")
-FUSABLE = ("elementwise", "transcendental")
+FUSABLE = ("elementwise",)
+# activations ONNX Runtime's CPU optimizer folds into a Conv (FusedConv); GELU, SiLU and
+# hardswish stay separate kernels after a conv, and every transcendental op after a matmul
+CONV_ACTIVATIONS = frozenset(("sigmoid", "tanh", "hardsigmoid"))
+# arithmetic per element of the transcendental ops (their polynomial / rational
+# approximations), relative to one FLOP per element for the plain elementwise ops: measured
+# on onnxruntime's CPU kernels GELU (erf) costs about four sigmoids per element
+ELEMENT_COST = {"gelu": 20.0, "erf": 14.0, "tanh": 8.0, "exp": 6.0, "sigmoid": 5.0,
+                "silu": 6.0, "log": 6.0, "sqrt": 2.0, "rsqrt": 2.0, "pow": 8.0, "elu": 6.0,
+                "mish": 24.0, "softplus": 12.0, "log1p": 8.0, "expm1": 8.0, "sin": 10.0,
+                "cos": 10.0, "hardswish": 3.0, "hardsigmoid": 2.0}
 KIND_NAMES = ("conv", "dwconv", "matmul", "elementwise", "transcendental", "norm", "softmax",
               "pool", "reduce", "copy")
 
@@ -52,7 +68,7 @@ KIND_NAMES = ("conv", "dwconv", "matmul", "elementwise", "transcendental", "norm
 @dataclass(frozen=True, slots=True)
 class OpRecord:
     """One node as a runtime sees it. `fused` ops cost their FLOPs inside their producer;
-    `free` ops cost nothing."""
+    kind "view" costs a launch only; free ops have no record."""
 
     name: str
     op: str
@@ -163,7 +179,7 @@ def _flops(node, name: str, kind: str, shapes: _Shapes) -> float:
         return 5.0 * out
     if kind == "copy":
         return 0.0
-    return float(out)
+    return float(out) * ELEMENT_COST.get(name, 1.0)
 
 
 def _layer_rows(layers) -> dict[str, str]:
@@ -206,6 +222,9 @@ def op_records(program, layers=None, batch: int | None = 1) -> tuple[list[OpReco
             src = next((a for a in inputs if hasattr(a, "meta")), None)
             if src is not None:
                 free_src[node.name] = free_src.get(src.name, src)
+            if name in VIEWS:
+                records[node.name] = OpRecord(node.name, name, "view", 0.0, 0.0, 0.0,
+                                              rows.get(node.name, ""))
             continue
         kind = _kind(node, name, shapes)
         real_inputs = [free_src.get(a.name, a) for a in inputs]
@@ -238,10 +257,13 @@ def _users(node, free_src) -> int:
 
 def _fused_into(name, kind, real_inputs, producer_kind, free_src):
     """The input whose producer an op runs inside, or None: elementwise ops and batch norm
-    that read the single-use output of a conv / matmul (or of an op already fused into one)."""
-    if kind not in FUSABLE and "batch_norm" not in name:
+    that read the single-use output of a conv / matmul (or of an op already fused into one),
+    and the activations a conv fuses (CONV_ACTIVATIONS)."""
+    conv_only = name in CONV_ACTIVATIONS
+    if kind not in FUSABLE and "batch_norm" not in name and not conv_only:
         return None
+    into = ("conv", "dwconv") if conv_only else COMPUTE
     for a in real_inputs:
-        if producer_kind.get(a.name) in COMPUTE and _users(a, free_src) == 1:
+        if producer_kind.get(a.name) in into and _users(a, free_src) == 1:
             return a
     return None

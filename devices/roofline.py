@@ -1,6 +1,7 @@
 """Latency prediction: a roofline per op with per-op-kind efficiency factors.
 
-    t(op) = overhead + max(flops / (peak * eff_c[kind]), bytes / (bandwidth * eff_m[kind]))
+    t(op) = overhead + max(compute, memory) [+ overlap * min(compute, memory) if it reads DRAM]
+    compute = flops / (peak * eff_c[kind]),  memory = bytes / (bandwidth * eff_m[kind])
 
 summed over the ops of the exported program (`graph_ops.op_records`); ops fused into a conv or
 matmul add only their FLOPs at the `fused` efficiency, free ops (views, constant folding) add
@@ -50,16 +51,23 @@ class Factors:
     memory: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MEMORY))
     op_overhead_us: float = 5.0
     invoke_overhead_us: float = 0.0
+    view_overhead_us: float = 0.0  # a reshape-like node (no data moved) the runtime launches
+    # share of the smaller of compute and memory time that does not overlap the larger, for
+    # ops that read DRAM: t = max + overlap * min (0: the ideal roofline; measured on this
+    # CPU: weights streamed from DRAM by small-batch GEMMs mostly add to the compute time)
+    overlap: float = 0.0
 
     def to_json(self) -> dict:
         return {"compute": self.compute, "memory": self.memory,
                 "op_overhead_us": self.op_overhead_us,
-                "invoke_overhead_us": self.invoke_overhead_us}
+                "invoke_overhead_us": self.invoke_overhead_us,
+                "view_overhead_us": self.view_overhead_us, "overlap": self.overlap}
 
     @classmethod
     def from_json(cls, d: dict) -> Factors:
         return cls({**DEFAULT_COMPUTE, **d["compute"]}, {**DEFAULT_MEMORY, **d["memory"]},
-                   float(d["op_overhead_us"]), float(d["invoke_overhead_us"]))
+                   float(d["op_overhead_us"]), float(d["invoke_overhead_us"]),
+                   float(d.get("view_overhead_us", 0.0)), float(d.get("overlap", 0.0)))
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,8 @@ def op_time_s(rec: OpRecord, m: Machine, precision: str,
     """(overhead, compute, memory) seconds of one op; the op costs overhead + max of the two.
     `weights_cached`: all the model's weights fit in the last-level cache."""
     f = m.factors
+    if rec.kind == "view":
+        return f.view_overhead_us * 1e-6, 0.0, 0.0
     low = precision if (rec.kind in COMPUTE or m.full_integer) else "fp32"
     peak = m.peak_gops.get(low) or m.peak_gops.get("fp32") or max(m.peak_gops.values())
     if rec.fused:
@@ -99,6 +109,13 @@ def op_time_s(rec: OpRecord, m: Machine, precision: str,
         memory = scale * (rec.weight_bytes / (cache if weights_cached else dram)
                           + acts / (cache if acts <= m.cache_mb * 2**20 else dram))
     return f.op_overhead_us * 1e-6, compute, memory
+
+
+def streams_dram(rec: OpRecord, m: Machine, weights_cached: bool) -> bool:
+    """Whether an op reads from DRAM (its weights, or activations larger than the cache);
+    only such ops pay the `overlap` share (cache-resident ops overlap well)."""
+    acts = rec.bytes - rec.weight_bytes
+    return bool((rec.weight_bytes and not weights_cached) or acts > m.cache_mb * 2**20)
 
 
 def weights_cached(records: list[OpRecord], m: Machine, precision: str = "fp32") -> bool:
@@ -118,13 +135,15 @@ def predict_records(records: list[OpRecord], m: Machine, precision: str = "fp32"
         prec = "fp32" if rec.name in fp32_nodes and "fp32" in m.peak_gops else precision
         ov, comp, mem = op_time_s(rec, m, prec, cached)
         t = ov + max(comp, mem)
+        if streams_dram(rec, m, cached):
+            t += m.factors.overlap * min(comp, mem)
         total += t
         row = rows.setdefault(rec.layer or "(outside layers)", {
             "ms": 0.0, "flops": 0.0, "bytes": 0.0, "ops": 0, "_c": 0.0, "_m": 0.0, "_o": 0.0})
         row["ms"] += t * 1e3
         row["flops"] += rec.flops
         row["bytes"] += rec.bytes
-        row["ops"] += 0 if rec.fused else 1
+        row["ops"] += 0 if rec.fused or rec.kind == "view" else 1
         row["_c"] += comp
         row["_m"] += mem
         row["_o"] += ov
@@ -212,7 +231,7 @@ def predict(spec_or_ir, device: str | DeviceProfile = "host", batch: int = 1,
         "total_ms": result["total_ms"],
         "flops": sum(r.flops for r in records),
         "bytes": sum(r.bytes for r in records),
-        "ops": sum(1 for r in records if not r.fused),
+        "ops": sum(1 for r in records if not r.fused and r.kind != "view"),
         "layers": result["layers"], "by_kind_ms": result["by_kind_ms"],
         "host_link_ms": result["host_link_ms"], "unsupported_ops": unsupported,
         "notes": notes,

@@ -18,7 +18,7 @@ from layerwise.devices.calibrate import (
     load_calibration,
 )
 from layerwise.devices.graph_ops import op_records
-from layerwise.devices.roofline import Factors, Machine, predict_records
+from layerwise.devices.roofline import Factors, Machine, predict_records, streams_dram
 from layerwise.errors import LayerwiseError
 from layerwise.sources import Source
 
@@ -98,14 +98,36 @@ def test_vectorised_fit_matches_the_roofline(small):
     rng = np.random.default_rng(0)
     f = Factors()
     f = Factors({k: float(rng.uniform(0.05, 1)) for k in f.compute},
-                {k: float(rng.uniform(0.05, 1)) for k in f.memory}, 3.0, 7.0)
-    m = Machine({"fp32": 50.0}, 10.0, f, cache_bandwidth_gbs=40.0, cache_mb=0.05)
+                {k: float(rng.uniform(0.05, 1)) for k in f.memory}, 3.0, 7.0, 0.5, 0.6)
+    # a cache so small that the weights and the larger activations stream from DRAM
+    m = Machine({"fp32": 50.0}, 10.0, f, cache_bandwidth_gbs=40.0, cache_mb=0.01)
+    assert any(streams_dram(r, m, False) for r in recs)
     design = _Design([{"name": "small", "seconds": 1.0, "records": recs}], m)
     kinds = list(f.memory)
     ce = np.array([f.compute[k] for k in [*kinds, "fused"]])
     me = np.array([f.memory[k] for k in kinds])
-    got = design.predict(ce, me, f.op_overhead_us * 1e-6, f.invoke_overhead_us * 1e-6)[0]
+    scalars = (f.op_overhead_us * 1e-6, f.invoke_overhead_us * 1e-6, f.view_overhead_us * 1e-6,
+               f.overlap)
+    got = design.predict(ce, me, scalars)[0]
     assert got * 1e3 == pytest.approx(predict_records(recs, m)["total_ms"], rel=1e-9)
+
+
+def test_gelu_is_a_kernel_of_its_own_and_costs_more_than_relu():
+    """onnxruntime fuses ReLU into the preceding matmul but runs GELU as its own kernel, at
+    several sigmoid's worth of arithmetic per element; a reshape costs a launch, no data."""
+    def records(act):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 32), act(), nn.Unflatten(1, (4, 8)))
+        ir = lift(Source("test:mlp", model.eval(), {"input": torch.randn(2, 8)}, "tabular"))
+        return {r.op: r for r in op_records(ir.program, ir.layers, batch=1)[0]}
+
+    relu, gelu = records(nn.ReLU)["relu"], records(nn.GELU)
+    assert relu.fused and not gelu["gelu"].fused
+    assert gelu["gelu"].flops == 20 * relu.flops
+    view = gelu["view"]
+    assert view.kind == "view" and view.flops == view.bytes == 0
+    m = Machine({"fp32": 50.0}, 10.0, Factors(view_overhead_us=0.4))
+    assert predict_records([view], m)["total_ms"] == pytest.approx(0.4e-3)
 
 
 @pytest.fixture(scope="module")
