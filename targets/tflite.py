@@ -14,7 +14,10 @@ types) do not. The model entry says which (`dynamic_batch`).
 
 precision "fp32" (default) or "int8": full-integer int8 with float inputs and outputs
 (QUANTIZE / DEQUANTIZE at the edges), per-tensor asymmetric activations from calibrated
-ranges, per-channel symmetric weights and int32 biases.
+ranges (`tflite_calibrate`, the recipe's method), per-channel symmetric weights and int32
+biases corrected for the mean error of the rounded weights. With the recipe's `float_outputs`
+the layers producing the model's outputs (the logits) compute in float from their
+dequantized int8 input and weights; without, everything is int8 (full-integer devices).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 
 from layerwise.errors import TargetError
 from layerwise.targets import TargetInfo
+from layerwise.targets.tflite_calibrate import calibrate_ranges
 
 INFO = TargetInfo(name="tflite", runtime="tflite", precisions=("fp32", "int8"),
                   extra="ai-edge-litert")
@@ -74,15 +78,28 @@ def _runs_batch_one(ir, path: Path) -> bool:
 
 
 def emit_tflite(ir, path: Path, precision: str = "fp32",
-                ranges: dict[str, tuple[float, float]] | None = None) -> dict:
-    """Lower the IR to `path`; returns {"batch", "ops": {op: count}}."""
+                ranges: dict[str, tuple[float, float]] | None = None, *,
+                float_outputs: bool | None = None, bias_correction: bool | None = None
+                ) -> dict:
+    """Lower the IR to `path`; returns {"batch", "ops": {op: count}}.
+
+    int8 only: `float_outputs` (default: the quantize recipe's, else True) computes the
+    layers that produce the model's outputs in float from their int8 inputs and weights
+    (False: all int8, as full-integer devices need); `bias_correction` (same default) shifts
+    each int8 layer's bias by the mean error of its rounded weights (needs `ranges.means`
+    from calibrate_ranges)."""
     _require_litert()
     from layerwise.targets.tflite_graph import write_model
 
     if precision == "int8" and not ranges:
         raise TargetError("int8 tflite needs activation ranges: pass calibrate_ranges(ir, "
                           "batches) or use precision fp32")
-    low = Lowering(ir, int8=precision == "int8", ranges=ranges or {})
+    recipe = (ir.annotations.get("quantize") or {}).get("recipe", {})
+    low = Lowering(ir, int8=precision == "int8", ranges=ranges or {},
+                   float_outputs=recipe.get("float_outputs", True)
+                   if float_outputs is None else float_outputs,
+                   bias_correction=recipe.get("bias_correction", True)
+                   if bias_correction is None else bias_correction)
     model = low.run()
     write_model(model, path)
     counts: dict[str, int] = {}
@@ -98,44 +115,9 @@ def _plan_ranges(ir) -> dict[str, tuple[float, float]]:
     """Ranges per the `quantize` pass's recipe over ir.calibration (else the example inputs)."""
     recipe = (ir.annotations.get("quantize") or {}).get("recipe", {})
     batches = [{k: torch.from_numpy(v) for k, v in b.items()} for b in ir.calibration]
-    pct = (recipe.get("percentile", 99.99)
-           if recipe.get("calibration", "percentile") == "percentile" else None)
-    return calibrate_ranges(ir, batches or [ir.example_inputs], pct)
-
-
-def calibrate_ranges(ir, batches, percentile: float | None = None
-                     ) -> dict[str, tuple[float, float]]:
-    """(min, max) of every floating-point node of the IR's graph over `batches` (dicts of
-    input name -> tensor). With `percentile` (e.g. 99.99), the two-sided percentile range of
-    each node from a streaming histogram instead of the extremes."""
-    gm = ir.module()
-    stats: dict[str, object] = {}
-
-    class Rec(torch.fx.Interpreter):
-        def run_node(self, n):
-            out = super().run_node(n)
-            if isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel():
-                a = out.detach().float().numpy()
-                a = a[np.isfinite(a) & (np.abs(a) < 1e30)]
-                if a.size:
-                    if percentile is None:
-                        lo, hi = stats.get(n.name, (np.inf, -np.inf))
-                        stats[n.name] = (min(lo, float(a.min())), max(hi, float(a.max())))
-                    else:
-                        from layerwise.cpp_ext import StreamingHistogram
-
-                        h = stats.setdefault(n.name, StreamingHistogram(2048, signed=True))
-                        h.update(a)
-            return out
-
-    with torch.no_grad():
-        for batch in batches:
-            names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
-            Rec(gm).run(*[batch[k] for k in names])
-    if percentile is None:
-        return stats
-    p = percentile / 100.0
-    return {k: (float(h.quantile(1 - p)), float(h.quantile(p))) for k, h in stats.items()}
+    return calibrate_ranges(ir, batches or [ir.example_inputs],
+                            recipe.get("percentile", 99.99),
+                            method=recipe.get("calibration", "mean_minmax"))
 
 
 def _require_litert() -> None:
@@ -154,13 +136,19 @@ def layer_of(node) -> str:
 class Lowering:
     """One walk over the graph: records concrete values, folds shape-only nodes, converts."""
 
-    def __init__(self, ir, int8: bool, ranges: dict) -> None:
+    def __init__(self, ir, int8: bool, ranges: dict, float_outputs: bool = True,
+                 bias_correction: bool = True) -> None:
         from layerwise.targets.tflite_graph import ModelBuilder
 
         self.ir = ir
         self.gm = ir.module()
         self.int8 = int8
         self.ranges = ranges
+        # per-channel input means of the weighted layers, for bias correction
+        self.means = getattr(ranges, "means", {}) if int8 and bias_correction else {}
+        out = next(n for n in self.gm.graph.nodes if n.op == "output")
+        self.float_out = {a for a in torch.utils._pytree.tree_leaves(out.args[0])
+                          if isinstance(a, torch.fx.Node)} if int8 and float_outputs else set()
         self.b = ModelBuilder(int8=int8)
         self.env: dict = {}
         self.values = self._record()
@@ -267,6 +255,11 @@ class Lowering:
         if q == "node":
             q = self.qparams(node)
         return self.b.tensor(node.name, shape, dtype or self.dtype(node), perm, q)
+
+    def float_output(self, node) -> bool:
+        """Whether an int8 layer producing `node` should output float: a model output that
+        nothing else reads."""
+        return node in self.float_out and all(u.op == "output" for u in node.users)
 
     def users(self, node) -> list:
         return list(node.users)

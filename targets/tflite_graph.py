@@ -239,6 +239,14 @@ class ModelBuilder:
         self.op("QUANTIZE", [x], [out])
         return out
 
+    def dequantize(self, x: Value, name: str) -> Value:
+        """x as float (a DEQUANTIZE when x is int8)."""
+        if x.q is None:
+            return x
+        out = self.tensor(name, x.shape, x.dtype, x.perm, storage=np.float32)
+        self.op("DEQUANTIZE", [x], [out])
+        return out
+
     # ------------------------------------------------------------ model
 
     def finish(self, description: str, input_names: list[str],

@@ -4,7 +4,9 @@ Fusions done while converting (each only when the intermediate has a single user
 batch norm into the preceding convolution's weights, ReLU / ReLU6 / ReLU_N1_TO_1 into the
 producing op's fused activation, and `x * clamp(x + 3, 0, 6) / 6` into HARD_SWISH.
 For int8, weights are per-channel symmetric (conv: output axis, depthwise: last axis,
-fully connected: rows) and the int32 bias has scale input_scale * weight_scale.
+fully connected: rows) and the int32 bias has scale input_scale * weight_scale; the bias
+absorbs the mean output error of the rounded weights (bias correction) when calibration
+measured the input's channel means.
 """
 
 from __future__ import annotations
@@ -133,20 +135,51 @@ def _bind(cx, chain, out):
 
 # ---------------------------------------------------------------- weights
 
-def _weights(cx, w: np.ndarray, bias: np.ndarray, x, axis: int, name: str):
-    """Weight and bias tensors, int8 per-channel (bias int32) when the input is quantized."""
+def _weights(cx, w: np.ndarray, bias: np.ndarray, x, axis: int, name: str, *, x_node=None,
+             float_out: bool = False):
+    """(input, weight, bias) tensors: int8 per-channel weights and int32 bias when the input
+    x is quantized, else float.
+
+    With the channel means of the input (`cx.means[x_node.name]`, from calibration), the bias
+    absorbs the mean output error of the rounded weights. `float_out` (int8 x): a float layer
+    (its output float) reading x and the int8 weights DEQUANTIZEd, with a float bias."""
     b = cx.b
     if x.q is None:
-        return (b.const(w.astype(np.float32), f"{name}_w"),
+        return (x, b.const(w.astype(np.float32), f"{name}_w"),
                 b.const(bias.astype(np.float32), f"{name}_b"))
     wq, qp = symmetric_per_channel(w.astype(np.float32), axis)
+    mean = cx.means.get(getattr(x_node, "name", None))
+    if mean is not None:
+        bias = bias + rounding_shift(w, wq, qp, axis, mean)
     wv = b.tensor(f"{name}_w", w.shape, np.float32, q=qp, data=wq)
+    if float_out:
+        return (b.dequantize(x, f"{name}_xf"), b.dequantize(wv, f"{name}_wf"),
+                b.const(bias.astype(np.float32), f"{name}_b"))
     bscale = x.q.scale[0] * np.asarray(qp.scale, np.float64)
     bq = np.round(bias / bscale).astype(np.int64)
     bq = np.clip(bq, -2**31 + 1, 2**31 - 1).astype(np.int32)
     bqp = QParams(tuple(float(s) for s in bscale), (0,) * len(bscale), 0)
     bv = b.tensor(f"{name}_b", bias.shape, np.float32, q=bqp, data=bq, storage=np.int32)
-    return wv, bv
+    return x, wv, bv
+
+
+def rounding_shift(w: np.ndarray, wq: np.ndarray, qp: QParams, axis: int,
+                   mean: np.ndarray) -> np.ndarray:
+    """Per output channel, E[x] . (W - W_int8): the mean of what rounding the weights (TFLite
+    layout: conv OHWI / FC [out, in] with axis 0, depthwise 1HWO with axis 3) takes off the
+    output, for inputs of channel means `mean` (border padding ignored)."""
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    err = w.astype(np.float64) - wq * np.asarray(qp.scale, np.float64).reshape(shape)
+    mean = np.asarray(mean, np.float64)
+    if axis == 0:  # every input channel reaches every output channel
+        if err.shape[-1] != mean.size:
+            return np.zeros(err.shape[0])
+        return err.reshape(err.shape[0], -1, err.shape[-1]).sum(1) @ mean
+    per_out = err.sum(axis=tuple(i for i in range(err.ndim) if i != axis))
+    if per_out.size % mean.size:
+        return np.zeros(per_out.size)
+    return per_out * np.repeat(mean, per_out.size // mean.size)  # depthwise: own channel
 
 
 def _pad_mode(size, k, s, p, d):
@@ -235,8 +268,10 @@ def convolution(cx, node):
             {"depthMultiplier": O // C}
     else:
         w, qaxis, opname, opts = W.transpose(0, 2, 3, 1), 0, "CONV_2D", {}
-    wv, bv = _weights(cx, np.ascontiguousarray(w), bias, x, qaxis, node.name)
-    q = cx.qparams(last)
+    float_out = x.q is not None and cx.float_output(last)
+    x, wv, bv = _weights(cx, np.ascontiguousarray(w), bias, x, qaxis, node.name, x_node=x_arg,
+                         float_out=float_out)
+    q = None if float_out else cx.qparams(last)
     out = cx.b.tensor(f"{last.name}_4d" if one_d else last.name, oshape, np.float32, NHWC, q)
     cx.b.op(opname, [x, wv, bv], [out], "DepthwiseConv2D" if depthwise else "Conv2D",
             padding=pad_code, strideH=stride[0], strideW=stride[1],
@@ -333,8 +368,10 @@ def matmul_2d(cx, node):
     bias = np.zeros(out_dim) if bias is None else bias.reshape(out_dim)
     chain, act = absorb_activation(cx, node)
     x = cx.b.plain(cx.value(x_arg))
-    wv, bv = _weights(cx, np.ascontiguousarray(W), bias, x, 0, node.name)
-    out = cx.out(chain[-1], cx.shape(node), None)
+    float_out = x.q is not None and cx.float_output(chain[-1])
+    x, wv, bv = _weights(cx, np.ascontiguousarray(W), bias, x, 0, node.name, x_node=x_arg,
+                         float_out=float_out)
+    out = cx.out(chain[-1], cx.shape(node), None, q=None if float_out else "node")
     cx.b.op("FULLY_CONNECTED", [x, wv, bv], [out], "FullyConnected",
             fusedActivationFunction=act)
     _bind(cx, chain, out)

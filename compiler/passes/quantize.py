@@ -65,9 +65,11 @@ RECIPES: dict[str, QuantRecipe] = {
                             op_types=("Conv", "MatMul", "Gemm")),
     # OpenVINO CPU: uint8 activations, int8 per-channel weights; reads the onnx QDQ model
     "openvino": QuantRecipe(),
-    # LiteRT full-integer: int8 asymmetric activations, per-channel int8 weights; percentile
-    # 99.99 measured best on MobileNetV2 (tests/targets/test_tflite.py)
-    "tflite": QuantRecipe(calibration="percentile", percentile=99.99),
+    # LiteRT full-integer: int8 asymmetric activations, per-channel int8 weights, bias
+    # correction, float logits. MobileNetV2 top-1 agreement with fp32 on 300 held-out photo
+    # crops (64 to calibrate), all / confident: mean_minmax 0.903 / 1.000, percentile 99.99
+    # 0.867 / 0.986, minmax 0.817 / 0.964, mse 0.810 / 0.986, entropy 0.463 / 0.633
+    "tflite": QuantRecipe(calibration="mean_minmax"),
 }
 
 # What changes from a target's static int8 recipe for the other precisions.

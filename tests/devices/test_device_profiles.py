@@ -98,6 +98,7 @@ def test_coral_wants_full_integer_int8():
     # symmetric per-channel int8 weights; activations follow the LiteRT int8 spec
     # (asymmetric int8), and activation x activation matmuls are quantized too
     assert r.per_channel and not r.weighted_matmuls_only
+    assert not r.float_outputs  # the logits stay on the TPU in int8
     assert p.supported_ops and "CONV_2D" in p.supported_ops
 
 
@@ -105,7 +106,8 @@ def test_device_recipe_overrides_the_target_default():
     jetson = quant_recipe("jetson-orin-nano")
     assert jetson == recipe_for("tensorrt") and jetson.symmetric_activations
     rpi = quant_recipe("rpi5")
-    assert rpi.calibration == "percentile" and rpi.percentile == 99.99
+    assert rpi.calibration == "mean_minmax" and rpi.float_outputs
+    assert recipe_for("tflite").calibration == "mean_minmax"
     assert not quant_recipe("host").symmetric_activations  # onnxruntime U8S8
 
 
