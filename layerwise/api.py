@@ -311,11 +311,12 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
         from layerwise.plan import Search, run_search, split
 
         analysis_part, held = split(batches)
+        teacher: dict = {}  # the original's outputs on analysis_part, for every healing
         s = Search(ir, source, opts.target, _fraction(opts.max_drop), opts.max_latency_ms,
                    opts.max_size_mb, analysis_part, held, progress, remote=opts.remote,
                    token_file=opts.token_file, device=opts.device,
                    shrink=lambda drop, ratio: shrink(ir, drop, opts, analysis_part, progress,
-                                                     prune=ratio),
+                                                     prune=ratio, teacher=teacher),
                    prune_ratios=(opts.prune,) if opts.prune else SEARCH_PRUNE_RATIOS)
 
         def build(cand, out: Path) -> dict:
@@ -335,11 +336,13 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
                   opts.force, progress, {"lift_s": lift_s}, search=search)
 
 
-def shrink(ir, drop: list[str], opts: CompileOptions, batches: list, progress: Progress = _noop,
-           prune: float | None = None):
+def shrink(ir, drop: list[str], opts: CompileOptions, batches: list, progress: Progress = _noop, *,
+           prune: float | None = None, teacher: dict | None = None):
     """`ir` without the blocks in `drop`, with `prune` of its channels pruned and, with
     `opts.heal_steps`, healed by distillation from `ir` on `batches` (quality before and
-    after, on those batches, in the pass record)."""
+    after, on those batches, in the pass record). `teacher`: a dict shared by the calls of
+    one plan search, where the original model's outputs on `batches` are kept after the
+    first heal (every candidate distils from the same outputs)."""
     if not drop and not prune:
         return ir
     small = ir
@@ -363,7 +366,11 @@ def shrink(ir, drop: list[str], opts: CompileOptions, batches: list, progress: P
         raise LayerwiseError("--heal-steps needs --data (the inputs to distil on)")
     feeds = [b.inputs for b in batches]
     classify = ir.meta.get("task") == "classification"
-    reference = [np.concatenate([ir.run(f)[0].numpy() for f in feeds])]
+    teacher = {} if teacher is None else teacher
+    if "outputs" not in teacher:
+        teacher["outputs"] = [ir.run(f)[0] for f in feeds]
+    targets = teacher["outputs"]
+    reference = [np.concatenate([t.numpy() for t in targets])]
 
     def evaluate(candidate) -> float:
         return quality([np.concatenate([candidate.run(f)[0].numpy() for f in feeds])],
@@ -371,7 +378,7 @@ def shrink(ir, drop: list[str], opts: CompileOptions, batches: list, progress: P
 
     progress(f"healing: {opts.heal_steps} distillation steps")
     return heal(small, ir, feeds, steps=opts.heal_steps, lr=opts.heal_lr, evaluate=evaluate,
-                classify=classify)
+                classify=classify, targets=targets)
 
 
 def _build(spec, ir, target, opts, precision, keep, calibration, out: Path, force: bool,

@@ -39,12 +39,14 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, classify: bool) -
     return (1.0 - cos) + 0.1 * mse
 
 
-def heal(ir: IR, teacher: IR, batches: list[dict[str, torch.Tensor]], steps: int = 100,
+def heal(ir: IR, teacher: IR, batches: list[dict[str, torch.Tensor]], *, steps: int = 100,
          lr: float = 5e-5, evaluate: Callable[[IR], float] | None = None,
-         classify: bool | None = None, seed: int = 0) -> IR:
+         classify: bool | None = None, seed: int = 0,
+         targets: list[torch.Tensor] | None = None) -> IR:
     """Distil `teacher` into `ir` for `steps` optimizer steps over `batches` (cycled).
 
-    Assumes both IRs take the same inputs and that the first output is the one that matters.
+    Assumes both IRs take the same inputs and that the first output is the one that matters;
+    `targets`, when given, are the teacher's first outputs on `batches` (not recomputed).
     `evaluate(ir) -> quality` (higher is better), when given, is called before and after;
     both figures and the losses go into the pass record. Returns a new IR.
     """
@@ -56,9 +58,12 @@ def heal(ir: IR, teacher: IR, batches: list[dict[str, torch.Tensor]], steps: int
     torch.manual_seed(seed)
     if classify is None:
         classify = ir.meta.get("task") == "classification"
-    with torch.no_grad():
-        tmod = teacher.module()
-        targets = [_first(tmod(**b)) for b in batches]
+    if targets is None:
+        with torch.no_grad():
+            tmod = teacher.module()
+            targets = [_first(tmod(**b)) for b in batches]
+    elif len(targets) != len(batches):
+        raise HealError(f"heal got {len(targets)} teacher outputs for {len(batches)} batches")
     gm = copy.deepcopy(ir.module())  # module() shares its tensors with the program
     params = [p for p in gm.parameters() if p.is_floating_point()]
     if not params:

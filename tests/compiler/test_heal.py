@@ -64,3 +64,17 @@ def test_heal_needs_data():
     ir, _, paths = planted("mlp")
     with pytest.raises(HealError, match="needs data"):
         heal(drop_layers(ir, [paths[0]]), ir, [], steps=10)
+
+
+def test_heal_takes_the_teachers_outputs_once_computed():
+    """A plan search heals every candidate from the same teacher outputs: passing them in
+    gives the very same student as recomputing them, and they must match the batches."""
+    ir, data, paths = planted("mlp", batches=4)
+    student = drop_layers(ir, [paths[0]])
+    targets = [ir.run(b)[0] for b in data]
+    a = heal(student, ir, data, steps=5, lr=1e-3)
+    b = heal(student, ir, data, steps=5, lr=1e-3, targets=targets)
+    with torch.no_grad():
+        torch.testing.assert_close(a.run(data[0])[0], b.run(data[0])[0], rtol=0, atol=0)
+    with pytest.raises(HealError, match="3 teacher outputs for 4 batches"):
+        heal(student, ir, data, steps=5, targets=targets[:3])

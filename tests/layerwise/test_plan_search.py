@@ -160,3 +160,16 @@ def test_search_tries_dynamic_int8_on_a_transformer(tmp_path, hf_folders):
     s = json.loads((out / "manifest.json").read_text())["search"]
     measured = {c["precision"] for c in s["candidates"] if c["latency_ms"] is not None}
     assert {"fp32", "int8", "int8-dynamic"} <= measured
+
+
+def test_search_heals_its_candidates(tmp_path, data):
+    """With --heal-steps every shrunk candidate is healed (from one set of teacher outputs)
+    before it is judged; the chosen plan carries the heal record."""
+    out = tmp_path / "b"
+    proc = _compile("--data", str(data), "--max-drop", "2%", "--heal-steps", "5",
+                    "--heal-lr", "1e-4", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["search"]["chosen"]["drop"]
+    heal = next(p for p in m["plan"]["passes"] if p["name"] == "heal")
+    assert heal["steps"] == 5 and heal["quality_after"] is not None
