@@ -12,12 +12,15 @@ and reshapes write -1 on the batch axis, so CNNs also run at another batch after
 `resize_tensor_input`; models that fold batch-sized constants (ViT's class token, BERT's token
 types) do not. The model entry says which (`dynamic_batch`).
 
-precision "fp32" (default) or "int8": full-integer int8 with float inputs and outputs
-(QUANTIZE / DEQUANTIZE at the edges), per-tensor asymmetric activations from calibrated
-ranges (`tflite_calibrate`, the recipe's method), per-channel symmetric weights and int32
-biases corrected for the mean error of the rounded weights. With the recipe's `float_outputs`
-the layers producing the model's outputs (the logits) compute in float from their
-dequantized int8 input and weights; without, everything is int8 (full-integer devices).
+precision "fp32" (default) or "int8": int8 with float inputs and outputs (QUANTIZE /
+DEQUANTIZE at the edges), per-tensor asymmetric activations from calibrated ranges
+(`tflite_calibrate`, the recipe's method), per-channel symmetric weights and int32 biases
+corrected for the mean error of the rounded weights. With the recipe's `float_outputs` the
+layers producing the model's outputs (the logits) compute in float from their dequantized
+int8 input and weights, and what int8 cannot hold (layer norm, attention masks; see
+`tflite_mixed`) runs as float islands between int8 kernels. Without (a full-integer device,
+recipe `full_integer` or `float_outputs` false) everything is int8 and a float island is an
+error naming its op and layer.
 """
 
 from __future__ import annotations
@@ -79,15 +82,16 @@ def _runs_batch_one(ir, path: Path) -> bool:
 
 def emit_tflite(ir, path: Path, precision: str = "fp32",
                 ranges: dict[str, tuple[float, float]] | None = None, *,
-                float_outputs: bool | None = None, bias_correction: bool | None = None
-                ) -> dict:
+                float_outputs: bool | None = None, bias_correction: bool | None = None,
+                full_integer: bool | None = None) -> dict:
     """Lower the IR to `path`; returns {"batch", "ops": {op: count}}.
 
     int8 only: `float_outputs` (default: the quantize recipe's, else True) computes the
     layers that produce the model's outputs in float from their int8 inputs and weights
     (False: all int8, as full-integer devices need); `bias_correction` (same default) shifts
     each int8 layer's bias by the mean error of its rounded weights (needs `ranges.means`
-    from calibrate_ranges)."""
+    from calibrate_ranges); `full_integer` (default: the recipe's, else not float_outputs)
+    refuses float islands (layer norm, masks) with an error naming the op and layer."""
     _require_litert()
     from layerwise.targets.tflite_graph import write_model
 
@@ -95,9 +99,12 @@ def emit_tflite(ir, path: Path, precision: str = "fp32",
         raise TargetError("int8 tflite needs activation ranges: pass calibrate_ranges(ir, "
                           "batches) or use precision fp32")
     recipe = (ir.annotations.get("quantize") or {}).get("recipe", {})
+    if float_outputs is None:
+        float_outputs = recipe.get("float_outputs", True)
+    if full_integer is None:
+        full_integer = recipe.get("full_integer", not float_outputs)
     low = Lowering(ir, int8=precision == "int8", ranges=ranges or {},
-                   float_outputs=recipe.get("float_outputs", True)
-                   if float_outputs is None else float_outputs,
+                   float_outputs=float_outputs, full_integer=full_integer, recipe=recipe,
                    bias_correction=recipe.get("bias_correction", True)
                    if bias_correction is None else bias_correction)
     model = low.run()
@@ -136,13 +143,16 @@ def layer_of(node) -> str:
 class Lowering:
     """One walk over the graph: records concrete values, folds shape-only nodes, converts."""
 
-    def __init__(self, ir, int8: bool, ranges: dict, float_outputs: bool = True,
-                 bias_correction: bool = True) -> None:
+    def __init__(self, ir, int8: bool, ranges: dict, *, float_outputs: bool = True,
+                 bias_correction: bool = True, full_integer: bool = False,
+                 recipe: dict | None = None) -> None:
         from layerwise.targets.tflite_graph import ModelBuilder
+        from layerwise.targets.tflite_mixed import hybrid_linears, plan_float
 
         self.ir = ir
         self.gm = ir.module()
-        self.int8 = int8
+        self.quantized = int8  # an int8 model
+        self.int8 = int8  # the node being converted computes in int8 (not a float island)
         self.ranges = ranges
         # per-channel input means of the weighted layers, for bias correction
         self.means = getattr(ranges, "means", {}) if int8 and bias_correction else {}
@@ -153,6 +163,25 @@ class Lowering:
         self.env: dict = {}
         self.values = self._record()
         self.const = self._constants()
+        self._cast: dict = {}  # (tensor index, q) -> the QUANTIZEd / DEQUANTIZEd tensor
+        # float islands: node -> why it computes in float (none on a full-integer device)
+        plan = ir.annotations.get("quantize") or {}
+        recipe = recipe if recipe is not None else plan.get("recipe", {})
+        self.floats = plan_float(
+            self, getattr(ranges, "huge", ()),
+            weighted_matmuls_only=recipe.get("weighted_matmuls_only", True),
+            float_linears_after=tuple(recipe.get("float_linears_after", ("Gelu",))),
+            full_integer=full_integer, keep_fp32=plan.get("keep_fp32", ())) if int8 else {}
+        # float linears that keep int8 weights (LiteRT's hybrid kernel)
+        self.hybrid = hybrid_linears(self.floats)
+        if full_integer:
+            live = self._live()
+            for n, why in self.floats.items():
+                if n in live:
+                    raise self.fail(n, f"it would compute in float ({why}) and a "
+                                    "full-integer device has no float fallback",
+                                    "Run it where float fallback is allowed (e.g. --device "
+                                    "host), or use --target onnx")
 
     # ------------------------------------------------------------ analysis
 
@@ -218,11 +247,16 @@ class Lowering:
         return tuple(int(d) for d in self.tensor_of(node).shape)
 
     def value(self, arg, dtype=None):
-        """The emitted tensor of an argument (constants materialised, torch layout)."""
+        """The emitted tensor of an argument (constants materialised, torch layout); in an
+        int8 model, QUANTIZEd for an int8 node and DEQUANTIZEd for a float island."""
         if not self.is_const(arg):
-            v = self.env.get(arg)
-            if v is None or isinstance(v, list):
-                raise self.fail(arg, "has no single emitted tensor")
+            v = self.raw(arg)
+            if not self.quantized or v.dtype.kind != "f":
+                return v
+            if self.int8 and v.q is None:
+                return self._convert(v, self.qparams(arg), f"{arg.name}_int8")
+            if not self.int8 and v.q is not None:
+                return self._convert(v, None, f"{arg.name}_float")
             return v
         a = np.asarray(self.concrete(arg))
         if dtype is not None:
@@ -230,6 +264,20 @@ class Lowering:
         elif a.dtype == np.float64:
             a = a.astype(np.float32)
         return self.const_tensor(a, getattr(arg, "name", "const"))
+
+    def raw(self, arg):
+        """The emitted tensor of a node as its producer left it (int8 or float)."""
+        v = self.env.get(arg)
+        if v is None or isinstance(v, list):
+            raise self.fail(arg, "has no single emitted tensor")
+        return v
+
+    def _convert(self, v, q, name: str):
+        key = (v.index, q)
+        if key not in self._cast:
+            self._cast[key] = self.b.requantize(v, q, name) if q is not None else \
+                self.b.dequantize(v, name)
+        return self._cast[key]
 
     def const_tensor(self, a: np.ndarray, name: str = "const", perm=None):
         q = None
@@ -268,11 +316,11 @@ class Lowering:
         us = list(node.users)
         return us[0] if len(us) == 1 and us[0].op == "call_function" else None
 
-    def fail(self, node, why: str) -> TargetError:
+    def fail(self, node, why: str,
+             hint: str = "Use --target onnx for this model, or report the op") -> TargetError:
         layer = layer_of(node) or "(top level)"
         return TargetError(
-            f"tflite cannot map {node.target} (node {node.name}, layer {layer}): {why}. "
-            "Use --target onnx for this model, or report the op")
+            f"tflite cannot map {node.target} (node {node.name}, layer {layer}): {why}. {hint}")
 
     # ------------------------------------------------------------ the walk
 
@@ -291,18 +339,18 @@ class Lowering:
             if n.target in dynamic:
                 b.tensors[v.index].shapeSignature = [-1, *t.shape[1:]]
             b.inputs.append(v.index)
-            if self.int8 and v.dtype.kind == "f":
-                v = b.requantize(v, self.qparams(n), f"{n.target}_int8")
-            self.env[n] = v
+            self.env[n] = v  # int8 consumers QUANTIZE it (once)
         for n in self.gm.graph.nodes:
             if n.op != "call_function" or n in self.env or n not in live or n.target in SKIP:
                 continue
             conv = CONVERTERS.get(n.target)
             if conv is None:
                 raise self.fail(n, "no TFLite converter for this ATen op")
+            self.int8 = self.quantized and n not in self.floats
             res = conv(self, n)
             if n not in self.env:
                 self.env[n] = res
+        self.int8 = self.quantized
         out_node = next(n for n in self.gm.graph.nodes if n.op == "output")
         leaves = [a for a in torch.utils._pytree.tree_leaves(out_node.args[0])
                   if isinstance(a, torch.fx.Node)]
@@ -310,7 +358,7 @@ class Lowering:
         for name, n in zip(names, leaves):
             if self.is_const(n):
                 raise self.fail(n, "is a model output that does not depend on the inputs")
-            v = b.plain(self.value(n))
+            v = b.plain(self.raw(n))
             if v.q is not None:
                 f = b.tensor(name, v.shape, v.dtype, identity(len(v.shape)), storage=np.float32)
                 b.op("DEQUANTIZE", [v], [f])

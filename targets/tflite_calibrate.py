@@ -27,11 +27,14 @@ WEIGHTED = {aten.convolution.default: 0, aten.addmm.default: 1, aten.mm.default:
 
 class Ranges(dict):
     """node name -> (lo, hi); `means`: node name -> per-channel (axis 1) mean of the nodes
-    that feed a convolution or a linear ({} when not measured)."""
+    that feed a convolution or a linear ({} when not measured); `huge`: the nodes that held
+    values beyond +-1e30 or inf (attention masks), which their range leaves out."""
 
-    def __init__(self, ranges=(), means: dict[str, np.ndarray] | None = None) -> None:
+    def __init__(self, ranges=(), means: dict[str, np.ndarray] | None = None,
+                 huge=()) -> None:
         super().__init__(ranges)
         self.means = dict(means or {})
+        self.huge = frozenset(huge)
 
 
 @dataclass(slots=True)
@@ -46,6 +49,7 @@ class NodeStats:
     channel_sum: np.ndarray | None = None
     channel_count: int = 0
     output: bool = False  # a model output: mean_minmax keeps its extremes
+    huge: bool = False  # held values beyond +-1e30 or inf (left out of the range)
 
 
 def collect(ir, batches, histograms: bool = False) -> dict[str, NodeStats]:
@@ -81,6 +85,7 @@ def collect(ir, batches, histograms: bool = False) -> dict[str, NodeStats]:
 def _record(s: NodeStats, a: np.ndarray, batch_size: int, histograms: bool,
             channels: bool) -> None:
     ok = np.isfinite(a) & (np.abs(a) < 1e30)
+    s.huge = s.huge or not ok.all()
     finite = a[ok]
     if not finite.size:
         return
@@ -134,7 +139,7 @@ def ranges_from(stats: dict[str, NodeStats], method: str = "percentile",
             out[name] = (float(np.min(r.lo)), float(np.max(r.hi)))
     means = {name: s.channel_sum / s.channel_count for name, s in stats.items()
              if s.channel_sum is not None and s.channel_count}
-    return Ranges(out, means)
+    return Ranges(out, means, {name for name, s in stats.items() if s.huge})
 
 
 def calibrate_ranges(ir, batches, percentile: float | None = None,

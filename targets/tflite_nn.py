@@ -138,13 +138,16 @@ def _bind(cx, chain, out):
 def _weights(cx, w: np.ndarray, bias: np.ndarray, x, axis: int, name: str, *, x_node=None,
              float_out: bool = False):
     """(input, weight, bias) tensors: int8 per-channel weights and int32 bias when the input
-    x is quantized, else float.
+    x is quantized; float in a float model.
 
     With the channel means of the input (`cx.means[x_node.name]`, from calibration), the bias
-    absorbs the mean output error of the rounded weights. `float_out` (int8 x): a float layer
-    (its output float) reading x and the int8 weights DEQUANTIZEd, with a float bias."""
+    absorbs the mean output error of the rounded weights. `float_out`: a float layer (its
+    output float) reading x (DEQUANTIZEd if int8) and the int8 weights DEQUANTIZEd, with a
+    float bias. A float x in an int8 model: float weights, or for the linears the plan gives
+    LiteRT's hybrid kernel (`cx.hybrid`) int8 weights, the input quantized per row as it
+    runs."""
     b = cx.b
-    if x.q is None:
+    if not cx.quantized or (x.q is None and not float_out and name not in cx.hybrid):
         return (x, b.const(w.astype(np.float32), f"{name}_w"),
                 b.const(bias.astype(np.float32), f"{name}_b"))
     wq, qp = symmetric_per_channel(w.astype(np.float32), axis)
@@ -155,6 +158,8 @@ def _weights(cx, w: np.ndarray, bias: np.ndarray, x, axis: int, name: str, *, x_
     if float_out:
         return (b.dequantize(x, f"{name}_xf"), b.dequantize(wv, f"{name}_wf"),
                 b.const(bias.astype(np.float32), f"{name}_b"))
+    if x.q is None:
+        return x, wv, b.const(bias.astype(np.float32), f"{name}_b")
     bscale = x.q.scale[0] * np.asarray(qp.scale, np.float64)
     bq = np.round(bias / bscale).astype(np.int64)
     bq = np.clip(bq, -2**31 + 1, 2**31 - 1).astype(np.int32)
@@ -367,8 +372,9 @@ def matmul_2d(cx, node):
     W = np.asarray(cx.concrete(w_arg), np.float64).T  # [out, in]
     bias = np.zeros(out_dim) if bias is None else bias.reshape(out_dim)
     chain, act = absorb_activation(cx, node)
-    x = cx.b.plain(cx.value(x_arg))
-    float_out = x.q is not None and cx.float_output(chain[-1])
+    float_out = cx.int8 and cx.float_output(chain[-1])
+    # a float head reads a float input as it is (no QUANTIZE round trip)
+    x = cx.b.plain(cx.raw(x_arg) if float_out else cx.value(x_arg))
     x, wv, bv = _weights(cx, np.ascontiguousarray(W), bias, x, 0, node.name, x_node=x_arg,
                          float_out=float_out)
     out = cx.out(chain[-1], cx.shape(node), None, q=None if float_out else "node")
@@ -379,14 +385,18 @@ def matmul_2d(cx, node):
 
 
 def _batch_matmul(cx, node, x_arg, y_arg, b_arg=None):
+    if b_arg is None and cx.is_const(y_arg) and not cx.is_const(x_arg):
+        linear = _bmm_as_linear(cx, node, x_arg, y_arg)
+        if linear is not None:
+            return linear
     x, y = cx.value(x_arg), cx.value(y_arg)
     rank = len(y.shape)
     swap = tuple(range(rank - 2)) + (rank - 1, rank - 2)
     adj_y = y.perm == swap and rank >= 2
     x, y = cx.b.plain(x), (y if adj_y else cx.b.plain(y))
-    if x.q is not None:
-        raise cx.fail(node, "int8 matmul of two activations is not supported yet")
-    out = cx.out(node, cx.shape(node), None, q=None if b_arg is None else "node")
+    if x.q is not None and b_arg is not None:
+        raise cx.fail(node, "int8 addmm with a computed weight is not supported")
+    out = cx.out(node, cx.shape(node), None)
     mm = out if b_arg is None else cx.b.tensor(f"{node.name}_mm", out.shape, out.dtype)
     cx.b.op("BATCH_MATMUL", [x, y], [mm], "BatchMatMul", adjY=bool(adj_y))
     if b_arg is not None:
@@ -398,6 +408,44 @@ def _batch_matmul(cx, node, x_arg, y_arg, b_arg=None):
             bv = cx.b.plain(cx.value(b_arg))
             bv = cx.b.reshape(bv, (1,) * (R - len(bv.shape)) + bv.shape, f"{node.name}_b")
         cx.b.op("ADD", [mm, bv], [out], "Add")
+    return out
+
+
+RESHAPES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
+
+
+def _bmm_as_linear(cx, node, x_arg, y_arg):
+    """bmm(x, a weight expanded over the batch) as FULLY_CONNECTED (timm's linears on 3-d
+    inputs), absorbing a following add of a constant [out] bias and a ReLU; None when the
+    constant differs across the batch."""
+    Y = np.asarray(cx.concrete(y_arg), np.float64)
+    if Y.ndim != 3 or not (Y[:1] == Y).all():
+        return None
+    W = np.ascontiguousarray(Y[0].T)  # [out, in]
+    n_out, shape = W.shape[0], cx.shape(node)
+    chain, bias = [node], np.zeros(n_out)
+    u = cx.sole_user(node)
+    while u is not None and u.target in RESHAPES and cx.shape(u) == shape:
+        chain.append(u)
+        u = cx.sole_user(u)
+    if u is not None and u.target is aten.add.Tensor and u.kwargs.get("alpha", 1) == 1 \
+            and chain[-1] in u.args[:2]:
+        c = u.args[1] if u.args[0] is chain[-1] else u.args[0]
+        arr = np.asarray(cx.concrete(c), np.float64) if cx.is_const(c) else None
+        if arr is not None and arr.size == n_out and arr.shape[-1:] == (n_out,) \
+                and cx.shape(u) == shape:
+            bias = arr.reshape(n_out)
+            chain.append(u)
+    more, act = absorb_activation(cx, chain[-1])
+    chain += more[1:]
+    last = chain[-1]
+    float_out = cx.int8 and cx.float_output(last)
+    x = cx.b.plain(cx.raw(x_arg) if float_out else cx.value(x_arg))
+    x, wv, bv = _weights(cx, W, bias, x, 0, node.name, float_out=float_out)
+    out = cx.out(last, shape, None, q=None if float_out else "node")
+    cx.b.op("FULLY_CONNECTED", [x, wv, bv], [out], "FullyConnected",
+            fusedActivationFunction=act, keepNumDims=True)
+    _bind(cx, chain, out)
     return out
 
 

@@ -53,29 +53,37 @@ def cast(cx, v: Value, dtype, name: str) -> Value:
     return out
 
 
-def broadcast(cx, node, args, dtypes) -> tuple[list[Value], tuple[int, ...]]:
+def broadcast(cx, node, args, dtypes, q: QParams | None = None
+              ) -> tuple[list[Value], tuple[int, ...]]:
     """Operands of an elementwise op, each of `dtypes[i]`, in one common layout; returns them
-    with the layout (torch broadcasting: leading 1s for lower ranks)."""
+    with the layout (torch broadcasting: leading 1s for lower ranks). `q`: int8 parameters
+    every float operand is given (constants quantized with, tensors requantized to)."""
     R = len(cx.shape(node))
     vals = [None if cx.is_const(a) else cx.value(a) for a in args]
     perm = next((v.perm for v in vals if v is not None and len(v.shape) == R
                  and v.perm != identity(R)), identity(R))
+    shapes = [np.shape(cx.concrete(a)) for a in args]
     out = []
-    for a, v, dt in zip(args, vals, dtypes):
+    for i, (a, v, dt) in enumerate(zip(args, vals, dtypes)):
+        shared = q if np.dtype(dt).kind == "f" else None
         if v is None:
             arr = np.asarray(cx.concrete(a)).astype(dt)
-            if arr.ndim == 0:
-                out.append(cx.const_tensor(arr, getattr(a, "name", "scalar")))
-                continue
-            arr = arr.reshape((1,) * (R - arr.ndim) + arr.shape).transpose(perm)
-            out.append(cx.const_tensor(np.ascontiguousarray(arr),
-                                       getattr(a, "name", "const"), perm=perm))
+            if arr.size > 1 and (arr == arr.flat[0]).all() and np.broadcast_shapes(
+                    *shapes[:i], *shapes[i + 1:], ()) == cx.shape(node):
+                arr = arr.flat[0].reshape(())  # a filled constant (full_like): one scalar
+            if arr.ndim:
+                arr = np.ascontiguousarray(
+                    arr.reshape((1,) * (R - arr.ndim) + arr.shape).transpose(perm))
+            name, p = getattr(a, "name", "const"), perm if arr.ndim else None
+            out.append(cx.b.const(arr, name, q=shared, perm=p) if shared is not None else
+                       cx.const_tensor(arr, name, perm=p))
             continue
         v = cast(cx, v, dt, f"{node.name}_cast")
         if len(v.shape) < R:
             v = cx.b.plain(v)
             v = cx.b.reshape(v, (1,) * (R - len(v.shape)) + v.shape, f"{node.name}_rank")
-        out.append(cx.b.relayout(v, perm))
+        laid = cx.b.relayout(v, perm)
+        out.append(cx.b.requantize(laid, shared, f"{node.name}_rq") if shared else laid)
     return out, perm
 
 
@@ -99,6 +107,7 @@ BINARY = {
 }
 FUSABLE = {"ADD": "Add", "SUB": "Sub", "MUL": "Mul", "DIV": "Div"}
 COMPARE = {"EQUAL", "NOT_EQUAL", "LESS", "LESS_EQUAL", "GREATER", "GREATER_EQUAL"}
+NEGATED = {"EQUAL": "NOT_EQUAL", "NOT_EQUAL": "EQUAL"}  # exact with NaN too
 
 
 @reg(*BINARY)
@@ -125,6 +134,9 @@ def binary(cx, node):
         ref = a if not cx.is_const(a) else b
         dt = cx.dtype(ref) if isinstance(ref, torch.fx.Node) else out_dt
         dts, chain, act = [dt, dt], [node], 0
+        u = cx.sole_user(node)
+        if name in NEGATED and u is not None and u.target is aten.logical_not.default:
+            name, chain = NEGATED[name], [node, u]  # one op, not two on a large bool tensor
     else:
         dts = [out_dt, out_dt]
         chain, act = absorb_activation(cx, node) if name in FUSABLE else ([node], 0)
@@ -142,8 +154,12 @@ def binary(cx, node):
 @reg(aten.where.self)
 def where(cx, node):
     dt = cx.dtype(node)
-    ops, perm = broadcast(cx, node, list(node.args), [np.bool_, dt, dt])
-    out = cx.out(node, permuted(cx.shape(node), perm), perm)
+    q = cx.qparams(node)
+    if q is not None:  # SELECT_V2 copies int8 values: both sides and the result share q
+        vals = [cx.value(a) for a in node.args[1:3] if not cx.is_const(a)]
+        q = next((v.q for v in vals if v.q is not None), q)
+    ops, perm = broadcast(cx, node, list(node.args), [np.bool_, dt, dt], q)
+    out = cx.out(node, permuted(cx.shape(node), perm), perm, q=q)
     cx.b.op("SELECT_V2", ops, [out])
     return out
 

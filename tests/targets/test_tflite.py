@@ -1,10 +1,14 @@
 """The tflite target: our own flatbuffer emitter, verified in the LiteRT interpreter.
 
 FP32 parity against the IR on a small CNN, resnet18, MobileNetV2 and a small BERT (through
-`layerwise.api.compile`); INT8 top-1 agreement with FP32 on real photos; clear errors.
+`layerwise.api.compile`); INT8 top-1 agreement with FP32 on real photos; INT8 transformers
+(tiny BERT and ViT: float islands for layer norm and masks, hybrid GELU-fed linears, int8
+attention kernels on a full-integer device); clear errors.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -267,6 +271,216 @@ def test_bias_correction_is_the_mean_error_of_rounded_weights(depthwise):
     predicted = rounding_shift(w.numpy(), wq, qp, axis, x.mean((0, 2, 3)).numpy())
     np.testing.assert_allclose(predicted, measured.numpy(), rtol=1e-9, atol=1e-12)
     assert np.abs(predicted).max() > 1e-4  # the rounding error is not negligible here
+
+
+# ---------------------------------------------------------------- int8 transformers
+
+class TinyBert(nn.Module):
+    """A 2-layer BERT (hidden 32, 2 heads) from a transformers config: its last hidden state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import AutoModel, BertConfig
+
+        cfg = BertConfig(vocab_size=500, hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=32)
+        self.bert = AutoModel.from_config(cfg, attn_implementation="eager")
+
+    def forward(self, input_ids, attention_mask):
+        return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def _token_batch(gen: torch.Generator, n: int, seq: int = 16) -> dict[str, torch.Tensor]:
+    """Random token ids, each row padded after a random length (mask 0 there)."""
+    ids = torch.randint(1, 500, (n, seq), generator=gen)
+    lengths = torch.randint(4, seq + 1, (n, 1), generator=gen)
+    mask = (torch.arange(seq)[None] < lengths).long()
+    return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+@pytest.fixture(scope="module")
+def tiny_bert():
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    ir = lift(Source("tiny-bert", TinyBert().eval(), _token_batch(gen, 2), "text"))
+    ranges = calibrate_ranges(ir, [_token_batch(gen, 4) for _ in range(4)],
+                              method="mean_minmax")
+    return ir, ranges
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def _op_inputs(path) -> list[tuple[str, tuple[str, ...]]]:
+    """(op name, the types of its inputs) for every operator of the file."""
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    m = flatbuffer_utils.read_model(str(path))
+    types = {v: k for k, v in vars(fb.TensorType).items() if not k.startswith("_")}
+    sg = m.subgraphs[0]
+    return [(flatbuffer_utils.opcode_to_name(m, o.opcodeIndex),
+             tuple(types[sg.tensors[i].type] for i in o.inputs if i >= 0))
+            for o in sg.operators]
+
+
+def _op_types(path) -> dict[str, set[str]]:
+    """op name -> the types of its first input across the file."""
+    out: dict[str, set[str]] = {}
+    for name, types in _op_inputs(path):
+        out.setdefault(name, set()).add(types[0])
+    return out
+
+
+def test_tiny_bert_int8_close_to_fp32_with_float_islands(tiny_bert, tmp_path):
+    ir, ranges = tiny_bert
+    emit_tflite(ir, tmp_path / "f.tflite")
+    stats = emit_tflite(ir, tmp_path / "q.tflite", precision="int8", ranges=ranges)
+    f32, q8 = open_runner("tflite", tmp_path / "f.tflite"), \
+        open_runner("tflite", tmp_path / "q.tflite")
+    gen = torch.Generator().manual_seed(1)
+    cos = []
+    for _ in range(4):
+        feeds = {k: v.numpy() for k, v in _token_batch(gen, 2).items()}
+        real = feeds["attention_mask"].reshape(-1).astype(bool)
+        cos.append(_cosines(f32.run(feeds)[0], q8.run(feeds)[0])[real])
+    cos = np.concatenate(cos)
+    print(f"\ntiny BERT int8 vs fp32 per-token cosine: mean {cos.mean():.4f} min {cos.min():.4f}")
+    assert cos.mean() >= 0.98 and cos.min() >= 0.9
+    types = _op_types(tmp_path / "q.tflite")
+    # linears in int8 (the FFN down projections, reading GELU, in LiteRT's hybrid kernel:
+    # float input, int8 weights); layer norms, masked softmax, attention matmuls in float
+    assert types["FULLY_CONNECTED"] == {"INT8", "FLOAT32"}
+    assert types["RSQRT"] == types["SOFTMAX"] == types["BATCH_MATMUL"] == {"FLOAT32"}
+    assert stats["ops"]["QUANTIZE"] >= 4 and stats["ops"]["DEQUANTIZE"] >= 4
+    # every weight matrix and the embeddings in int8
+    assert _const_bytes(tmp_path / "q.tflite") < 0.35 * _const_bytes(tmp_path / "f.tflite")
+
+
+@pytest.mark.parametrize("weighted_matmuls_only", [True, False])
+def test_tiny_bert_int8_mask_hides_padding(tiny_bert, tmp_path, weighted_matmuls_only):
+    """The attention mask (finfo.min, which int8 cannot hold) and the softmax reading it stay
+    float, also when the attention matmuls run int8: what the padded positions hold leaves
+    the real tokens' outputs unchanged."""
+    ir, ranges = tiny_bert
+    ir.annotations["quantize"] = {"recipe": {"weighted_matmuls_only": weighted_matmuls_only}}
+    try:
+        emit_tflite(ir, tmp_path / "q.tflite", precision="int8", ranges=ranges)
+    finally:
+        ir.annotations.pop("quantize")
+    assert _op_types(tmp_path / "q.tflite")["BATCH_MATMUL"] == \
+        {"FLOAT32" if weighted_matmuls_only else "INT8"}
+    runner = open_runner("tflite", tmp_path / "q.tflite")
+    gen = torch.Generator().manual_seed(2)
+    feeds = {k: v.numpy() for k, v in _token_batch(gen, 2).items()}
+    feeds["attention_mask"][:, 10:] = 0
+    other = {**feeds, "input_ids": feeds["input_ids"].copy()}
+    other["input_ids"][:, 10:] = 7
+    a, b = runner.run(feeds)[0], runner.run(other)[0]
+    np.testing.assert_array_equal(a[:, :10], b[:, :10])
+    assert not np.array_equal(a[:, 10:], b[:, 10:])
+
+
+def test_full_integer_refuses_layer_norm(tiny_bert, tmp_path):
+    """A full-integer device (Coral: the recipe's float_outputs false) gets no float island:
+    the layer norm is an error naming the op and the layer, and no file is written."""
+    from layerwise.compiler.passes.quantize import quantize
+    from layerwise.devices.loader import quant_recipe
+
+    ir, ranges = tiny_bert
+    quantize(ir, quant_recipe("coral-edgetpu"))
+    try:
+        with pytest.raises(TargetError, match=r"native_layer_norm.*layer "
+                           r"bert\.embeddings\.LayerNorm.*full-integer device"):
+            emit_tflite(ir, tmp_path / "q.tflite", precision="int8", ranges=ranges)
+    finally:
+        ir.annotations.pop("quantize")
+    assert not (tmp_path / "q.tflite").exists()
+
+
+def test_tiny_vit_int8_close_to_fp32(tmp_path):
+    """timm's ViT: linears on 3-d inputs (bmm with an expanded weight) become int8
+    FULLY_CONNECTED, the class token and residual stream pass int8 / float correctly."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+                              num_classes=10).eval()
+    ir = lift(Source("tiny-vit", model, {"x": torch.randn(2, 3, 32, 32)}, "vision"))
+    ranges = calibrate_ranges(ir, [{"x": torch.randn(4, 3, 32, 32)} for _ in range(4)],
+                              method="mean_minmax")
+    r = _parity(ir, tmp_path / "f.tflite")
+    assert r["passed"] and r["rel_err"] <= 1e-4, r
+    stats = emit_tflite(ir, tmp_path / "q.tflite", precision="int8", ranges=ranges)
+    assert stats["ops"]["FULLY_CONNECTED"] == 2 * 4 + 1  # qkv, proj, fc1, fc2; the head
+    assert "LOGICAL_NOT" not in stats["ops"] or stats["ops"]["LOGICAL_NOT"] <= 2
+    x = {"x": torch.randn(2, 3, 32, 32).numpy()}
+    ref = open_runner("tflite", tmp_path / "f.tflite").run(x)[0]
+    out = open_runner("tflite", tmp_path / "q.tflite").run(x)[0]
+    assert _cosines(out, ref).min() >= 0.98
+    assert _const_bytes(tmp_path / "q.tflite") < 0.35 * _const_bytes(tmp_path / "f.tflite")
+
+
+def _const_bytes(path) -> int:
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    m = flatbuffer_utils.read_model(str(path))
+    return sum(len(b.data) for b in m.buffers if b.data is not None)
+
+
+def test_keep_fp32_layers_stay_float(tiny_bert, tmp_path):
+    """--keep-fp32 layers compute in float with float weights inside the int8 model."""
+    from layerwise.compiler.passes.quantize import quantize, recipe_for
+
+    ir, ranges = tiny_bert
+    quantize(ir, recipe_for("tflite"), keep_fp32=["bert.encoder.layer.1"])
+    try:
+        emit_tflite(ir, tmp_path / "q.tflite", precision="int8", ranges=ranges)
+    finally:
+        ir.annotations.pop("quantize")
+    kinds = Counter(t[:2] for op, t in _op_inputs(tmp_path / "q.tflite")
+                    if op == "FULLY_CONNECTED")  # (input, weights)
+    # layer 0: 5 int8 linears and the hybrid FFN down projection; layer 1: 6 float linears
+    assert kinds == {("INT8", "INT8"): 5, ("FLOAT32", "INT8"): 1, ("FLOAT32", "FLOAT32"): 6}
+
+
+class TinyAttention(nn.Module):
+    """Attention without layer norm or mask, then a GELU MLP: int8 kernels end to end."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        att = torch.softmax(q @ k.transpose(1, 2) / 4.0, dim=-1)
+        x = x + self.proj(att @ v)
+        return x + self.fc2(nn.functional.gelu(self.fc1(x)))
+
+
+def test_full_integer_attention_int8_kernels(tmp_path):
+    """Full integer: BATCH_MATMUL, SOFTMAX and GELU run LiteRT's int8 kernels (the GELU-fed
+    linear too), and the result stays close to fp32."""
+    torch.manual_seed(0)
+    ir = lift(Source("tiny-attention", TinyAttention().eval(), {"x": torch.randn(2, 8, 16)},
+                     "sequence"))
+    ranges = calibrate_ranges(ir, [{"x": torch.randn(4, 8, 16)} for _ in range(4)],
+                              method="mean_minmax")
+    path = tmp_path / "q.tflite"
+    emit_tflite(ir, path, precision="int8", ranges=ranges, full_integer=True)
+    types = _op_types(path)
+    for op in ("BATCH_MATMUL", "SOFTMAX", "GELU", "FULLY_CONNECTED", "ADD"):
+        assert types[op] == {"INT8"}, (op, types[op])
+    x = torch.randn(2, 8, 16)
+    out = open_runner("tflite", path).run({"x": x.numpy()})[0]
+    with torch.no_grad():
+        ref = ir.module()(x=x).numpy()
+    cos = _cosines(out, ref)
+    assert cos.mean() >= 0.98, cos
 
 
 # ---------------------------------------------------------------- through the public API
