@@ -7,6 +7,7 @@ Example inputs always have batch 2 so that export can keep the batch dimension d
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -100,13 +101,26 @@ def example_text(tokenizer, seq_len: int, count: int = BATCH) -> dict[str, torch
 # ---------------------------------------------------------------- schemes
 
 
+@contextlib.contextmanager
+def seeded(seed: int = 0):
+    """Random weights that are the same on every load of a SPEC (two compiles of
+    `timm:resnet18`, FP32 and INT8, must quantize the same network), without touching the
+    caller's random state."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def _from_timm(name: str, opts: SourceOptions) -> Source:
     try:
         import timm
     except ImportError as e:
         raise SourceError("timm is not installed: pip install 'layerwise[compile]'") from e
     try:
-        model = timm.create_model(name, pretrained=False)
+        with seeded():
+            model = timm.create_model(name, pretrained=False)
     except RuntimeError as e:
         raise SourceError(f"timm has no model {name!r}: see timm.list_models()") from e
     if opts.weights:
@@ -123,7 +137,8 @@ def _from_torchvision(name: str, opts: SourceOptions) -> Source:
     import torchvision
 
     try:
-        model = torchvision.models.get_model(name, weights=None)
+        with seeded():
+            model = torchvision.models.get_model(name, weights=None)
     except ValueError as e:
         raise SourceError(f"torchvision has no model {name!r}: "
                           "see torchvision.models.list_models()") from e
