@@ -187,6 +187,18 @@ def rounding_shift(w: np.ndarray, wq: np.ndarray, qp: QParams, axis: int,
     return per_out * np.repeat(mean, per_out.size // mean.size)  # depthwise: own channel
 
 
+def _output_q(cx, last, x, wv):
+    """The int8 parameters of a conv / linear output: its calibrated range, its scale raised
+    to input scale x weight scale / 128 where it is finer. XNNPACK fails the whole delegate
+    when a layer's requantization scale reaches 256: a layer whose calibrated output is all
+    zeros (a zero-initialised norm folded into it) would have scale 1e-8."""
+    q = cx.qparams(last)
+    if q is None or x.q is None or wv.q is None:
+        return q
+    need = x.q.scale[0] * max(wv.q.scale) / 128.0
+    return q if q.scale[0] >= need else QParams((need,), q.zero_point)
+
+
 def _pad_mode(size, k, s, p, d):
     """'VALID', 'SAME' when TFLite's SAME equals torch's symmetric padding p, else 'PAD'."""
     eff = d * (k - 1) + 1
@@ -276,7 +288,7 @@ def convolution(cx, node):
     float_out = x.q is not None and cx.float_output(last)
     x, wv, bv = _weights(cx, np.ascontiguousarray(w), bias, x, qaxis, node.name, x_node=x_arg,
                          float_out=float_out)
-    q = None if float_out else cx.qparams(last)
+    q = None if float_out else _output_q(cx, last, x, wv)
     out = cx.b.tensor(f"{last.name}_4d" if one_d else last.name, oshape, np.float32, NHWC, q)
     cx.b.op(opname, [x, wv, bv], [out], "DepthwiseConv2D" if depthwise else "Conv2D",
             padding=pad_code, strideH=stride[0], strideW=stride[1],
@@ -377,7 +389,8 @@ def matmul_2d(cx, node):
     x = cx.b.plain(cx.raw(x_arg) if float_out else cx.value(x_arg))
     x, wv, bv = _weights(cx, np.ascontiguousarray(W), bias, x, 0, node.name, x_node=x_arg,
                          float_out=float_out)
-    out = cx.out(chain[-1], cx.shape(node), None, q=None if float_out else "node")
+    out = cx.out(chain[-1], cx.shape(node), None,
+                 q=None if float_out else _output_q(cx, chain[-1], x, wv))
     cx.b.op("FULLY_CONNECTED", [x, wv, bv], [out], "FullyConnected",
             fusedActivationFunction=act)
     _bind(cx, chain, out)
@@ -442,7 +455,7 @@ def _bmm_as_linear(cx, node, x_arg, y_arg):
     float_out = cx.int8 and cx.float_output(last)
     x = cx.b.plain(cx.raw(x_arg) if float_out else cx.value(x_arg))
     x, wv, bv = _weights(cx, W, bias, x, 0, node.name, float_out=float_out)
-    out = cx.out(last, shape, None, q=None if float_out else "node")
+    out = cx.out(last, shape, None, q=None if float_out else _output_q(cx, last, x, wv))
     cx.b.op("FULLY_CONNECTED", [x, wv, bv], [out], "FullyConnected",
             fusedActivationFunction=act, keepNumDims=True)
     _bind(cx, chain, out)

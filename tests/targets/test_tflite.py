@@ -556,3 +556,31 @@ def test_grouped_conv_error_names_layer(tmp_path):
 def test_int8_needs_ranges(tmp_path):
     with pytest.raises(TargetError, match="calibrate_ranges"):
         emit_tflite(_small_cnn_ir(), tmp_path / "m.tflite", precision="int8")
+
+
+class ZeroBranch(nn.Module):
+    """A residual block whose branch ends in a zero-initialised batch norm (timm's and
+    torchvision's zero_init_last): the branch's calibrated output is all zeros."""
+
+    def __init__(self, gamma: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        nn.init.constant_(self.bn.weight, gamma)
+
+    def forward(self, x):
+        return torch.relu(x + self.bn(self.conv(x)))
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1e-6])
+def test_int8_zero_branch_loads_in_xnnpack(tmp_path, gamma):
+    """A zero range once gave the conv output scale 1e-8, and a branch of 1e-6 an ADD
+    input 1e5 times finer than its output: XNNPACK (LiteRT's default CPU delegate) refused
+    the whole model at load time ('failed to create XNNPACK runtime')."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 16, 16)
+    ir = lift(Source("zero-branch", ZeroBranch(gamma).eval(), {"x": x}, "vision"))
+    path = tmp_path / "m.tflite"
+    emit_tflite(ir, path, "int8", calibrate_ranges(ir, [{"x": x}], method="mean_minmax"))
+    out = open_runner("tflite", path, threads=2).run({"x": x.numpy()})[0]
+    assert compare([out], [torch.relu(x).numpy()], 0.05)["passed"]
