@@ -15,7 +15,11 @@ Conv's output range. The model's outputs stay float (quantizing the logits flips
 top-1 decisions for nothing). Bias correction (as NNCF's FastBiasCorrection, in the ONNX
 graph): every quantized Conv/Gemm is also run on the fp32 model's own input with its int8
 weights, and its bias absorbs the mean output shift the weights' rounding adds (measured on
-MobileNetV2: correcting the weights' shift only beats also folding in the input's).
+MobileNetV2: correcting the weights' shift only beats also folding in the input's; so does
+empirical correction of each layer's whole shift, in order, in the int8 model: KL to fp32
+0.23 against 0.05). Before calibration, the recipe's range equalization
+(targets/onnx_equalize.py) rescales the channels between two convs so one per-tensor scale
+fits them all.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from layerwise.cpp_ext import (
     percentile_range,
 )
 from layerwise.errors import TargetError
+from layerwise.targets.onnx_equalize import equalize
 
 
 def float_tensors(model) -> list[str]:
@@ -299,7 +304,6 @@ def quantize_model(fp32_path: Path, out_path: Path, batches: list[dict[str, np.n
 
     if not batches:
         raise TargetError("INT8 needs calibration data: pass --data with a few hundred inputs")
-    ranges = calibrate(fp32_path, batches, recipe)
     model = onnx.load(str(fp32_path))
     exclude = layer_nodes(model, keep_fp32)
     if recipe.weighted_matmuls_only:
@@ -307,6 +311,26 @@ def quantize_model(fp32_path: Path, out_path: Path, batches: list[dict[str, np.n
     if any(n.op_type == "Softmax" for n in model.graph.node):  # attention: a transformer
         recipe = replace(recipe, op_types=tuple(recipe.transformer_op_types))
         exclude += linears_after(model, set(recipe.float_linears_after))
+    with tempfile.TemporaryDirectory() as tmp:
+        equalized = 0
+        if recipe.per_channel and (recipe.equalize_depthwise or recipe.equalize_pointwise):
+            equalized = equalize(model, stack_batches(batches),
+                                 depthwise=recipe.equalize_depthwise,
+                                 pointwise=recipe.equalize_pointwise,
+                                 max_scale=recipe.equalize_max_scale, exclude=set(exclude))
+            if equalized:  # the rescaled fp32 model is what gets calibrated and quantized
+                fp32_path = Path(tmp) / "equalized.onnx"
+                onnx.save(model, str(fp32_path))
+        info = _quantize_calibrated(fp32_path, out_path, batches, recipe, exclude=exclude,
+                                    model=model)
+    return {**info, "equalized_activations": equalized}
+
+
+def _quantize_calibrated(fp32_path: Path, out_path: Path, batches: list[dict[str, np.ndarray]],
+                         recipe: QuantRecipe, *, exclude: list[str], model) -> dict:
+    import onnx
+
+    ranges = calibrate(fp32_path, batches, recipe)
     _quantize_static(fp32_path, out_path, ranges, recipe, exclude=exclude, model=model)
     corrected = 0
     if recipe.bias_correction:
