@@ -39,7 +39,9 @@ def warn_if_missing() -> None:
 
 
 from layerwise.cpp_ext.calibrate import (  # noqa: E402
+    HISTOGRAM_METHODS,
     ClipRange,
+    clip_range,
     entropy_range,
     kl_divergence,
     mse_range,
@@ -61,11 +63,13 @@ from layerwise.cpp_ext.similarity import (  # noqa: E402
 
 __all__ = [
     "DEFAULT_SATURATION",
+    "HISTOGRAM_METHODS",
     "CKAAccumulator",
     "ClipRange",
     "CosineAccumulator",
     "Histogram",
     "StreamingHistogram",
+    "clip_range",
     "entropy_range",
     "kl_divergence",
     "linear_cka",

@@ -410,3 +410,29 @@ def percentile_range_numpy(hist: Histogram | StreamingHistogram,
                            percentile: float = 99.99) -> ClipRange:
     """NumPy reference of `percentile_range`."""
     return _percentile(hist, percentile, _cumulative_numpy)
+
+
+HISTOGRAM_METHODS = ("minmax", "percentile", "entropy", "mse")
+
+
+def clip_range(hist: Histogram | StreamingHistogram, method: str, percentile: float = 99.99,
+               symmetric: bool = False) -> tuple[float, float]:
+    """One tensor's (lo, hi) clipping range from its histogram by a calibration method of
+    HISTOGRAM_METHODS (per-channel results collapse to their widest); `symmetric`: +-max."""
+    if method == "minmax":
+        lo, hi = float(hist.min), float(hist.max)
+    else:
+        if method == "percentile":
+            r = percentile_range(hist, percentile)
+        elif method == "entropy":
+            r = entropy_range(hist, symmetric=symmetric)
+        elif method == "mse":
+            r = mse_range(hist)
+        else:
+            raise ValueError(f"unknown histogram calibration method {method!r}; use one of "
+                             f"{', '.join(HISTOGRAM_METHODS)}")
+        lo, hi = float(np.min(r.lo)), float(np.max(r.hi))
+    if symmetric:
+        m = max(abs(lo), abs(hi))
+        return -m, m
+    return lo, hi

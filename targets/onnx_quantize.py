@@ -34,12 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from layerwise.compiler.passes.quantize import QuantRecipe
-from layerwise.cpp_ext import (
-    StreamingHistogram,
-    entropy_range,
-    mse_range,
-    percentile_range,
-)
+from layerwise.cpp_ext import HISTOGRAM_METHODS, StreamingHistogram, clip_range
 from layerwise.errors import TargetError
 from layerwise.targets.onnx_equalize import equalize
 
@@ -102,27 +97,11 @@ def _symmetric(lo: float, hi: float, recipe: QuantRecipe) -> tuple[float, float]
 
 
 def _range(hist: StreamingHistogram, recipe: QuantRecipe) -> tuple[float, float]:
-    method = recipe.calibration
-    if method == "minmax":
-        lo, hi = float(hist.min), float(hist.max)
-        if recipe.symmetric_activations:
-            m = max(abs(lo), abs(hi))
-            return -m, m
-        return lo, hi
-    if method == "percentile":
-        r = percentile_range(hist, recipe.percentile)
-    elif method == "entropy":
-        r = entropy_range(hist, symmetric=recipe.symmetric_activations)
-    elif method == "mse":
-        r = mse_range(hist)
-    else:
-        raise TargetError(f"unknown calibration method {method!r}; use minmax, mean_minmax, "
-                          "percentile, entropy or mse")
-    lo, hi = float(np.min(r.lo)), float(np.max(r.hi))
-    if recipe.symmetric_activations:
-        m = max(abs(lo), abs(hi))
-        return -m, m
-    return lo, hi
+    if recipe.calibration not in HISTOGRAM_METHODS:
+        raise TargetError(f"unknown calibration method {recipe.calibration!r}; use minmax, "
+                          "mean_minmax, percentile, entropy or mse")
+    return clip_range(hist, recipe.calibration, recipe.percentile,
+                      recipe.symmetric_activations)
 
 
 def layer_nodes(model, layers: set[str]) -> list[str]:

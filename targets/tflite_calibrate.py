@@ -128,15 +128,10 @@ def ranges_from(stats: dict[str, NodeStats], method: str = "percentile",
         elif s.hist is None:
             raise TargetError(f"calibration {method!r} needs histograms: collect(..., "
                               "histograms=True)")
-        elif method == "percentile":
-            p = percentile / 100.0
-            out[name] = (float(s.hist.quantile(1 - p)), float(s.hist.quantile(p)))
         else:
-            from layerwise.cpp_ext import entropy_range, mse_range
+            from layerwise.cpp_ext import clip_range
 
-            r = entropy_range(s.hist, symmetric=False) if method == "entropy" else \
-                mse_range(s.hist)
-            out[name] = (float(np.min(r.lo)), float(np.max(r.hi)))
+            out[name] = clip_range(s.hist, method, percentile)
     means = {name: s.channel_sum / s.channel_count for name, s in stats.items()
              if s.channel_sum is not None and s.channel_count}
     return Ranges(out, means, {name for name, s in stats.items() if s.huge})
