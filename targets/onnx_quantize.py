@@ -74,19 +74,25 @@ def calibrate(fp32_path: Path, batches: list[dict[str, np.ndarray]],
     hists = {n: StreamingHistogram(recipe.bins, signed=not recipe.symmetric_activations, name=n)
              for n in names}
     extremes: dict[str, list] = {}
+    lowest: dict[str, float] = {}
     for batch in batches:
         feeds = {i.name: batch[i.name] for i in sess.get_inputs()}
         for name, value in zip(outputs, sess.run(None, feeds)):
             if name in hists and value.size:
                 hists[name].update(value)
+                lowest[name] = min(lowest.get(name, np.inf), float(np.nanmin(value)))
                 if recipe.calibration == "mean_minmax":
                     finite = value[np.isfinite(value) & (np.abs(value) < 1e30)]
                     if finite.size:
                         extremes.setdefault(name, []).append((finite.min(), finite.max()))
     if recipe.calibration == "mean_minmax":  # NNCF's activation default: per-input extremes
-        return {n: _symmetric(*np.mean(np.array(v, np.float64), axis=0), recipe)
-                for n, v in extremes.items()}
-    return {n: _range(h, recipe) for n, h in hists.items() if h.total}
+        ranges = {n: _symmetric(*np.mean(np.array(v, np.float64), axis=0), recipe)
+                  for n, v in extremes.items()}
+    else:
+        ranges = {n: _range(h, recipe) for n, h in hists.items() if h.total}
+    if recipe.symmetric_activations and recipe.unsigned_nonnegative:
+        ranges = {n: (0.0, hi) if lowest[n] >= 0 else (lo, hi) for n, (lo, hi) in ranges.items()}
+    return ranges
 
 
 def _symmetric(lo: float, hi: float, recipe: QuantRecipe) -> tuple[float, float]:
@@ -94,6 +100,25 @@ def _symmetric(lo: float, hi: float, recipe: QuantRecipe) -> tuple[float, float]
         m = max(abs(lo), abs(hi))
         return -float(m), float(m)
     return float(lo), float(hi)
+
+
+def unsigned_tensors(ranges: dict[str, tuple[float, float]], recipe: QuantRecipe,
+                     model) -> list[str]:
+    """Tensors that get uint8 zero-point 0 under a symmetric recipe: calibrated lo == 0, and
+    the input of a Relu/Clip it alone consumes (onnxruntime gives that input the activation's
+    output range and folds the activation into it)."""
+    if not (recipe.symmetric_activations and recipe.unsigned_nonnegative):
+        return []
+    out = {n for n, (lo, _) in ranges.items() if lo == 0.0}
+    consumers: dict[str, int] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    for node in model.graph.node:
+        if (node.op_type in ("Relu", "Clip") and node.output[0] in out
+                and consumers.get(node.input[0]) == 1):
+            out.add(node.input[0])
+    return sorted(out)
 
 
 def _range(hist: StreamingHistogram, recipe: QuantRecipe) -> tuple[float, float]:
@@ -289,6 +314,8 @@ def quantize_model(fp32_path: Path, out_path: Path, batches: list[dict[str, np.n
         exclude += activation_matmuls(model)
     if any(n.op_type == "Softmax" for n in model.graph.node):  # attention: a transformer
         recipe = replace(recipe, op_types=tuple(recipe.transformer_op_types))
+        if recipe.transformer_asymmetric:
+            recipe = replace(recipe, symmetric_activations=False)
         exclude += linears_after(model, set(recipe.float_linears_after))
     with tempfile.TemporaryDirectory() as tmp:
         equalized = 0
@@ -339,6 +366,14 @@ def _quantize_static(src: Path, out_path: Path, ranges: dict, recipe: QuantRecip
     act = QuantType.QInt8 if recipe.symmetric_activations else QuantType.QUInt8
     extra = {"ActivationSymmetric": recipe.symmetric_activations, "WeightSymmetric": True,
              "QuantizeBias": recipe.quantize_bias}
+    # asymmetric uint8: over [0, hi] (zero-point 0) for non-negative tensors, over the
+    # calibrated range for the model's inputs when the recipe keeps them asymmetric
+    asym = set(unsigned_tensors(ranges, recipe, model))
+    if recipe.symmetric_activations and recipe.asymmetric_inputs:
+        asym |= {i.name for i in model.graph.input} & set(ranges)
+    if asym:
+        extra["TensorQuantOverrides"] = {
+            n: [{"quant_type": QuantType.QUInt8, "symmetric": False}] for n in sorted(asym)}
     if recipe.float_outputs:
         outputs = {o.name for o in model.graph.output}
         extra["OpTypesToExcludeOutputQuantization"] = sorted(

@@ -34,7 +34,9 @@ def test_profile_reports_both_precisions(bundles):
 
 def test_int8_from_our_qdq_runs_int8_convolutions(bundles, tmp_path):
     """INT8 for OpenVINO: the ONNX target's QDQ model (our calibration) becomes FakeQuantize
-    nodes; the CPU plugin runs the convolutions with u8 activations."""
+    nodes; the CPU plugin runs every convolution in int8 with no zero point to compensate:
+    i8 where the input is signed (the residual stream into the expansion convs), u8 where it
+    is non-negative (ReLU6 outputs) and for the asymmetric image input."""
     from layerwise import api
     from layerwise.images import photo_crops
 
@@ -53,4 +55,24 @@ def test_int8_from_our_qdq_runs_int8_convolutions(bundles, tmp_path):
     runtime = runner.compiled.get_runtime_model()
     convs = [op.get_rt_info()["runtimePrecision"].astype(str) for op in runtime.get_ordered_ops()
              if op.get_rt_info()["layerType"].astype(str) == "Convolution"]
-    assert len(convs) >= 50 and set(convs) == {"u8"}
+    assert len(convs) >= 50 and set(convs) == {"u8", "i8"}
+    # 16 expansion convs and the last 1x1 conv read the signed residual stream (the first
+    # conv reads the asymmetric image, i8 or u8 as the plugin sees its zero point)
+    assert convs[1:].count("i8") == 17
+    model = b.model_path
+    import openvino as ov
+
+    fqs = [op for op in ov.Core().read_model(str(model)).get_ordered_ops()
+           if op.get_type_name() == "FakeQuantize"
+           and op.input_value(0).get_node().get_type_name() != "Constant"]
+    signed = 0
+    for fq in fqs:
+        lo, hi = (float(fq.input_value(i).get_node().get_data().ravel()[0]) for i in (1, 2))
+        if fq.input_value(0).get_node().get_type_name() == "Parameter":
+            assert lo < 0 < hi  # the image: asymmetric uint8
+        elif lo < 0:  # signed: int8 levels -128..127 around zero
+            signed += 1
+            np.testing.assert_allclose(-lo / hi, 128 / 127, rtol=1e-4)
+        else:
+            assert lo == 0.0
+    assert signed >= 17
