@@ -7,7 +7,10 @@ onnxruntime and by OpenVINO, against NNCF's own `nncf.quantize` (default preset)
 OpenVINO, on the same calibration and evaluation photos: top-1 agreement with FP32 on all
 inputs and on those where FP32 is confident (max softmax >= 0.5), and p50 latency at
 batch 1 against FP32 onnxruntime, FP32 OpenVINO and torch eager. Latencies are taken in
-interleaved rounds (every engine a slice per round) so a busy machine slows them alike.
+interleaved rounds (every engine a slice per round, after a short idle gap so the previous
+engine's spinning threads are parked) so a busy machine slows them alike; each
+engine's time against NNCF's is also given paired by round (the median of the per-round
+ratios), which the machine's drift between rounds does not move.
 
 MiniLM (real weights) on real sentences (even ones calibrate, odd ones evaluate): mean
 cosine of each precision's embeddings to FP32, p50 latency at batch 1 (sequence 32) and
@@ -31,6 +34,10 @@ from layerwise.images import photo_crops
 from layerwise.runtime import open_bundle, open_runner
 from layerwise.runtime.profile import stats_ms
 
+# idle time before each engine's slice: onnxruntime's worker threads spin-wait for a while
+# after a run and take a core from whatever runs next (measured: OpenVINO right after an
+# onnxruntime slice 1.56x slower, 1.07x with the order reversed, level with 20 ms between)
+SETTLE_S = 0.02
 MINILM_PRECISIONS = ("fp16", "int8", "int8-dynamic", "int8-weight", "int4-weight")
 
 
@@ -46,20 +53,36 @@ def agreement(ref: np.ndarray, out: np.ndarray) -> dict:
             "confident_n": int(conf.sum()), "n": len(same)}
 
 
-def interleaved_p50(runs_by_name: dict, feeds, runs: int, rounds: int = 5) -> dict[str, float]:
-    """p50 ms per engine, timed in `rounds` interleaved slices of runs/rounds calls each."""
+def interleaved_p50(runs_by_name: dict, feeds, runs: int,
+                    rounds: int = 0) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """p50 ms per engine, and each engine's per-round medians, timed in interleaved rounds
+    (runs/rounds calls each, the order reversed every other round)."""
     times: dict[str, list[float]] = {n: [] for n in runs_by_name}
+    medians: dict[str, list[float]] = {n: [] for n in runs_by_name}
     for run in runs_by_name.values():  # warm-up
         for _ in range(5):
             run(feeds)
+    rounds = rounds or max(5, runs // 10)
     per = max(1, runs // rounds)
-    for _ in range(rounds):
-        for name, run in runs_by_name.items():
+    names = list(runs_by_name)
+    for k in range(rounds):
+        for name in (names if k % 2 == 0 else names[::-1]):
+            time.sleep(SETTLE_S)
+            run, t = runs_by_name[name], []
             for _ in range(per):
                 t0 = time.perf_counter()
                 run(feeds)
-                times[name].append(time.perf_counter() - t0)
-    return {n: stats_ms(t)["p50"] for n, t in times.items()}
+                t.append(time.perf_counter() - t0)
+            times[name] += t
+            medians[name].append(float(np.median(t)))
+    return {n: stats_ms(t)["p50"] for n, t in times.items()}, medians
+
+
+def paired_ratio(medians: dict[str, list[float]], name: str, ref: str) -> dict:
+    """Median over rounds of name's round median / ref's (a machine that speeds up or slows
+    down between rounds moves both), and the share of rounds where name was faster."""
+    a, b = np.array(medians[name]), np.array(medians[ref])
+    return {"median_ratio": float(np.median(a / b)), "faster_rounds": float(np.mean(a < b))}
 
 
 def bundle_run(path: Path):
@@ -123,12 +146,14 @@ def mobilenet_int8(n_eval: int, n_calib: int, runs: int, tmp: Path) -> dict:
         for name, run in runs_by_name.items():
             out = np.concatenate([run({"x": evals[i:i + 32]}) for i in range(0, len(evals), 32)])
             rows[name] = {"agreement": agreement(ref, out)}
-        p50 = interleaved_p50(runs_by_name, {"x": evals[:1]}, runs)
+        p50, medians = interleaved_p50(runs_by_name, {"x": evals[:1]}, runs)
+    nncf_name = "int8 openvino (nncf.quantize)"
     for name, r in rows.items():
         r["p50_ms"] = p50[name]
+        r["time_vs_nncf_paired"] = paired_ratio(medians, name, nncf_name)
         r["speedup_vs_fp32_onnxruntime"] = p50["fp32 onnxruntime"] / p50[name]
         r["speedup_vs_eager"] = p50["fp32 torch eager"] / p50[name]
-        r["speedup_vs_nncf"] = p50["int8 openvino (nncf.quantize)"] / p50[name]
+        r["speedup_vs_nncf"] = p50[nncf_name] / p50[name]
     return {"model": spec, "eval_inputs": n_eval, "calibration_inputs": n_calib,
             "fp32_bytes": fp32["sizes"]["model_bytes"], "int8_bytes": q["sizes"]["model_bytes"],
             "int8_openvino_bytes": qov["sizes"]["model_bytes"], "ours_compile_s": ours_s,
@@ -182,7 +207,7 @@ def minilm_precisions(runs: int, tmp: Path) -> dict:
         rows[name] = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
                       "bytes": sizes.get(name), "compile_s": compile_s.get(name)}
     one = {k: v[:1] for k, v in feeds.items()}
-    p50 = interleaved_p50(runs_by_name, one, runs)
+    p50, _ = interleaved_p50(runs_by_name, one, runs)
     for name, r in rows.items():
         r["p50_ms"] = p50[name]
         r["speedup_vs_fp32"] = p50["fp32"] / p50[name]
@@ -217,12 +242,13 @@ def main() -> None:
           f"{r['int8_bytes'] / 2**20:.1f} MiB; quantize: ours {r['ours_compile_s']:.0f} s "
           f"(whole compile), nncf {r['nncf_quantize_s']:.0f} s")
     print(f"{'engine':<32} {'agree all':>9} {'agree conf':>10} {'p50 ms':>8} {'vs fp32 ORT':>11} "
-          f"{'vs eager':>8} {'vs nncf':>8}")
+          f"{'vs eager':>8} {'vs nncf':>8} {'time/nncf paired':>17}")
     for name, row in r["rows"].items():
-        a = row["agreement"]
+        a, pr = row["agreement"], row["time_vs_nncf_paired"]
         print(f"{name:<32} {a['all']:9.3f} {a['confident']:10.3f} {row['p50_ms']:8.2f} "
               f"{row['speedup_vs_fp32_onnxruntime']:10.2f}× {row['speedup_vs_eager']:7.2f}× "
-              f"{row['speedup_vs_nncf']:7.2f}×")
+              f"{row['speedup_vs_nncf']:7.2f}× {pr['median_ratio']:8.3f} "
+              f"({pr['faster_rounds']:.0%} faster)")
     if "minilm_precisions" in res:
         t = res["minilm_precisions"]
         print(f"\nMiniLM-L6 — {t['held_out_sentences']} held-out sentences, "

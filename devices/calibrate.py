@@ -32,6 +32,7 @@ from layerwise.devices.roofline import (
     DEFAULT_MEMORY,
     Factors,
     Machine,
+    parallel_slowdown,
     streams_dram,
     weights_cached,
 )
@@ -42,7 +43,11 @@ PRIOR_OVERHEAD_US = 10.0
 PRIOR_INVOKE_US = 20.0
 PRIOR_VIEW_US = 0.3
 PRIOR_OVERLAP = 0.3
+PRIOR_GRAIN_US = 20.0
 PRIOR_WEIGHT = 0.2  # pull of the defaults in log space, per factor
+# onnxruntime's worker threads spin-wait after a run and take a core from the next session
+# (an OpenVINO model timed right after an onnxruntime one: 1.56x slower; level after 20 ms)
+SETTLE_S = 0.02
 REQUIRED = {"gemm-peak", "stream-add", "stream-add-cache"}
 
 
@@ -180,6 +185,8 @@ def measure(cases: list[Case], rounds: int = 9, progress=lambda _: None, threads
     for r in range(rounds):
         progress(f"calibration: timing round {r + 1}/{rounds}")
         for i, (_, _, run) in enumerate(built):
+            if threads != 1:  # let the previous case's spinning worker threads park
+                time.sleep(SETTLE_S)
             best[i] = min(best[i], time_runs(run, budget_s=0.05, clock=clock))
     return [{"name": name, "seconds": t, "records": records}
             for (name, records, _), t in zip(built, best)]
@@ -234,15 +241,18 @@ class _Design:
         self.dram = np.array(dram, dtype=bool)
         self.n = len(measured)
         self.peak = m.peak_gops["fp32"] * 1e9
+        self.threads = m.threads
 
     def predict(self, ce: np.ndarray, me: np.ndarray, scalars: tuple) -> np.ndarray:
         """Seconds per case; ce has one more entry than KIND_NAMES (the fused kind);
-        scalars: op, invoke and view overheads (s) and the overlap share."""
-        ov, inv, view, overlap = scalars
+        scalars: op, invoke and view overheads (s), the overlap share and the parallel
+        grain (s)."""
+        ov, inv, view, overlap, grain = scalars
         comp = self.flops / (self.peak * ce[self.kind])
         mem = self.mem / me[self.kind]
-        t = np.where(self.fused, self.flops / (self.peak * ce[-1]),
-                     ov + np.maximum(comp, mem) + overlap * self.dram * np.minimum(comp, mem))
+        r = np.maximum(comp, mem) + overlap * self.dram * np.minimum(comp, mem)
+        r = r * parallel_slowdown(r, self.threads, grain)
+        t = np.where(self.fused, self.flops / (self.peak * ce[-1]), ov + r)
         total = inv + view * self.views
         np.add.at(total, self.case, t)
         return total
@@ -258,28 +268,28 @@ def fit(measured: list[dict], m: Machine) -> tuple[Factors, dict]:
     prior = np.log(np.array([DEFAULT_COMPUTE[k] for k in _CKINDS]
                             + [DEFAULT_MEMORY[k] for k in KIND_NAMES]
                             + [PRIOR_OVERHEAD_US * 1e-6, PRIOR_INVOKE_US * 1e-6,
-                               PRIOR_VIEW_US * 1e-6, PRIOR_OVERLAP]))
+                               PRIOR_VIEW_US * 1e-6, PRIOR_OVERLAP, PRIOR_GRAIN_US * 1e-6]))
 
     def unpack(theta):
         e = np.exp(theta)
-        return e[:nk + 1], e[nk + 1:2 * nk + 1], tuple(e[-4:])
+        return e[:nk + 1], e[nk + 1:2 * nk + 1], tuple(e[-5:])
 
     def residuals(theta):
         return np.concatenate([np.log(design.predict(*unpack(theta))) - y,
                                PRIOR_WEIGHT * (theta - prior)])
 
-    lo = np.log(np.r_[np.full(2 * nk + 1, 1e-3), 1e-7, 1e-7, 1e-9, 1e-3])
-    hi = np.log(np.r_[np.full(2 * nk + 1, 2.0), 1e-3, 1e-2, 1e-4, 1.0])
+    lo = np.log(np.r_[np.full(2 * nk + 1, 1e-3), 1e-7, 1e-7, 1e-9, 1e-3, 1e-8])
+    hi = np.log(np.r_[np.full(2 * nk + 1, 2.0), 1e-3, 1e-2, 1e-4, 1.0, 1e-2])
     sol = least_squares(residuals, np.clip(prior, lo + 1e-9, hi - 1e-9), bounds=(lo, hi),
                         loss="soft_l1", f_scale=0.2)
     ce, me, scalars = unpack(sol.x)
-    ov, inv, view, overlap = scalars
+    ov, inv, view, overlap, grain = scalars
     pred = design.predict(ce, me, scalars)
     err = pred / np.exp(y) - 1.0
     factors = Factors({k: float(v) for k, v in zip(_CKINDS, ce)},
                       {k: float(v) for k, v in zip(KIND_NAMES, me)},
                       float(ov * 1e6), float(inv * 1e6), float(view * 1e6),
-                      float(overlap))
+                      float(overlap), float(grain * 1e6) if m.threads > 1 else 0.0)
     report = {"cases": [{"name": meas["name"], "measured_ms": meas["seconds"] * 1e3,
                          "fitted_ms": float(p * 1e3), "rel_err": float(e)}
                         for meas, p, e in zip(measured, pred, err)],
@@ -325,14 +335,15 @@ def calibrate_host(force: bool = False, *, progress=lambda _: None,
     if not names >= REQUIRED:
         raise LayerwiseError(f"a calibration set needs the cases {sorted(REQUIRED)}")
     peak, dram, cache = _peaks(measured)
-    machine = Machine({"fp32": peak}, dram, Factors(), cache, cache_mb())
+    n_threads = threads or os.cpu_count() or 1  # onnxruntime default: one per core
+    machine = Machine({"fp32": peak}, dram, Factors(), cache, cache_mb(), threads=n_threads)
     progress("fitting efficiency factors")
     factors, report = fit(measured, machine)
     vnni = _has_vnni()
     cal = {
         "format": FORMAT, "device": "host", "fingerprint": fingerprint(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "threads": threads or os.cpu_count() or 1,  # onnxruntime default: one per core
+        "threads": n_threads,
         "clock": clock,
         "peak_gops": {"fp32": peak, "int8": peak * (4.0 if vnni else 2.0)},
         "int8_peak": "estimated: 4x fp32 with AVX-512 VNNI, else 2x (not measured)",

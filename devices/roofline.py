@@ -1,7 +1,8 @@
 """Latency prediction: a roofline per op with per-op-kind efficiency factors.
 
-    t(op) = overhead + max(compute, memory) [+ overlap * min(compute, memory) if it reads DRAM]
+    t(op) = overhead + s(r) * r,  r = max(compute, memory) [+ overlap * min(...) if it reads DRAM]
     compute = flops / (peak * eff_c[kind]),  memory = bytes / (bandwidth * eff_m[kind])
+    s(r) = T / (1 + (T - 1) * r / (r + grain)): T threads, a small op keeps fewer busy
 
 summed over the ops of the exported program (`graph_ops.op_records`); ops fused into a conv or
 matmul add only their FLOPs at the `fused` efficiency, free ops (views, constant folding) add
@@ -56,18 +57,32 @@ class Factors:
     # ops that read DRAM: t = max + overlap * min (0: the ideal roofline; measured on this
     # CPU: weights streamed from DRAM by small-batch GEMMs mostly add to the compute time)
     overlap: float = 0.0
+    # with several threads, an op whose roofline time t is small cannot keep them all busy:
+    # it runs at t * T / (1 + (T - 1) * t / (t + grain)), from one thread's speed (t << grain)
+    # to all T threads' (t >> grain); 0: every op scales to all threads
+    parallel_grain_us: float = 0.0
 
     def to_json(self) -> dict:
         return {"compute": self.compute, "memory": self.memory,
                 "op_overhead_us": self.op_overhead_us,
                 "invoke_overhead_us": self.invoke_overhead_us,
-                "view_overhead_us": self.view_overhead_us, "overlap": self.overlap}
+                "view_overhead_us": self.view_overhead_us, "overlap": self.overlap,
+                "parallel_grain_us": self.parallel_grain_us}
 
     @classmethod
     def from_json(cls, d: dict) -> Factors:
         return cls({**DEFAULT_COMPUTE, **d["compute"]}, {**DEFAULT_MEMORY, **d["memory"]},
                    float(d["op_overhead_us"]), float(d["invoke_overhead_us"]),
-                   float(d.get("view_overhead_us", 0.0)), float(d.get("overlap", 0.0)))
+                   float(d.get("view_overhead_us", 0.0)), float(d.get("overlap", 0.0)),
+                   float(d.get("parallel_grain_us", 0.0)))
+
+
+def parallel_slowdown(t, threads: int, grain_s: float):
+    """How much slower than the all-threads roofline time t an op runs when it is too small
+    to split over `threads` (works on floats and numpy arrays)."""
+    if threads <= 1 or grain_s <= 0:
+        return 1.0
+    return threads / (1.0 + (threads - 1) * t / (t + grain_s))
 
 
 @dataclass(frozen=True)
@@ -82,6 +97,7 @@ class Machine:
     host_link_gbs: float | None = None
     param_cache_mb: float | None = None
     full_integer: bool = False
+    threads: int = 1  # the threads the peaks were measured with (parallel_grain_us)
 
 
 def default_factors(profile: DeviceProfile) -> Factors:
@@ -134,9 +150,12 @@ def predict_records(records: list[OpRecord], m: Machine, precision: str = "fp32"
     for rec in records:
         prec = "fp32" if rec.name in fp32_nodes and "fp32" in m.peak_gops else precision
         ov, comp, mem = op_time_s(rec, m, prec, cached)
-        t = ov + max(comp, mem)
+        t = max(comp, mem)
         if streams_dram(rec, m, cached):
             t += m.factors.overlap * min(comp, mem)
+        if not rec.fused:  # a fused op runs inside its conv's or matmul's parallel region
+            t *= parallel_slowdown(t, m.threads, m.factors.parallel_grain_us * 1e-6)
+        t += ov
         total += t
         row = rows.setdefault(rec.layer or "(outside layers)", {
             "ms": 0.0, "flops": 0.0, "bytes": 0.0, "ops": 0, "_c": 0.0, "_m": 0.0, "_o": 0.0})
@@ -168,7 +187,8 @@ def machine_for(profile: DeviceProfile, calibration: dict | None) -> Machine:
     if calibration is not None:
         return Machine(dict(calibration["peak_gops"]), calibration["bandwidth_gbs"],
                        Factors.from_json(calibration["factors"]),
-                       calibration["cache_bandwidth_gbs"], calibration["cache_mb"])
+                       calibration["cache_bandwidth_gbs"], calibration["cache_mb"],
+                       threads=int(calibration.get("threads", 1)))
     return Machine(dict(profile.peak_gops), profile.bandwidth_gbs, default_factors(profile),
                    host_link_gbs=profile.host_link_gbs, param_cache_mb=profile.param_cache_mb,
                    full_integer=profile.quant.full_integer)

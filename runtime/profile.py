@@ -39,8 +39,17 @@ def stats_ms(times: list[float]) -> dict[str, float]:
             "std": float(a.std()), "min": float(a.min())}
 
 
+# idle time before timing: worker threads of whatever ran before in this process (another
+# onnxruntime session, torch's OpenMP pool) spin-wait for a while after their last task and
+# take a core from the runs timed next (an OpenVINO model right after an onnxruntime one
+# measured 1.56x slower; level after 20 ms)
+SETTLE_S = 0.1
+
+
 def time_calls(fn, runs: int, warmup: int) -> list[float]:
-    """Wall-clock seconds of `runs` calls of fn after `warmup` untimed calls."""
+    """Wall-clock seconds of `runs` calls of fn after an idle pause and `warmup` untimed
+    calls."""
+    time.sleep(SETTLE_S)
     for _ in range(warmup):
         fn()
     times = []

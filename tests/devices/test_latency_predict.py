@@ -18,7 +18,13 @@ from layerwise.devices.calibrate import (
     load_calibration,
 )
 from layerwise.devices.graph_ops import op_records
-from layerwise.devices.roofline import Factors, Machine, predict_records, streams_dram
+from layerwise.devices.roofline import (
+    Factors,
+    Machine,
+    parallel_slowdown,
+    predict_records,
+    streams_dram,
+)
 from layerwise.errors import LayerwiseError
 from layerwise.sources import Source
 
@@ -98,18 +104,32 @@ def test_vectorised_fit_matches_the_roofline(small):
     rng = np.random.default_rng(0)
     f = Factors()
     f = Factors({k: float(rng.uniform(0.05, 1)) for k in f.compute},
-                {k: float(rng.uniform(0.05, 1)) for k in f.memory}, 3.0, 7.0, 0.5, 0.6)
+                {k: float(rng.uniform(0.05, 1)) for k in f.memory}, 3.0, 7.0, 0.5, 0.6, 4.0)
     # a cache so small that the weights and the larger activations stream from DRAM
-    m = Machine({"fp32": 50.0}, 10.0, f, cache_bandwidth_gbs=40.0, cache_mb=0.01)
+    m = Machine({"fp32": 50.0}, 10.0, f, cache_bandwidth_gbs=40.0, cache_mb=0.01, threads=2)
     assert any(streams_dram(r, m, False) for r in recs)
     design = _Design([{"name": "small", "seconds": 1.0, "records": recs}], m)
     kinds = list(f.memory)
     ce = np.array([f.compute[k] for k in [*kinds, "fused"]])
     me = np.array([f.memory[k] for k in kinds])
     scalars = (f.op_overhead_us * 1e-6, f.invoke_overhead_us * 1e-6, f.view_overhead_us * 1e-6,
-               f.overlap)
+               f.overlap, f.parallel_grain_us * 1e-6)
     got = design.predict(ce, me, scalars)[0]
     assert got * 1e3 == pytest.approx(predict_records(recs, m)["total_ms"], rel=1e-9)
+
+
+def test_small_ops_do_not_scale_to_all_threads():
+    """With T threads an op far below the grain runs at one thread's speed (T times its
+    all-threads roofline time), one far above at all threads' speed; one thread: no change."""
+    assert parallel_slowdown(1e-9, 2, 1e-5) == pytest.approx(2.0, rel=1e-3)
+    assert parallel_slowdown(1.0, 2, 1e-5) == pytest.approx(1.0, rel=1e-4)
+    assert parallel_slowdown(1e-5, 4, 1e-5) == pytest.approx(4 / 2.5)
+    assert parallel_slowdown(1e-9, 1, 1e-5) == 1.0 and parallel_slowdown(1e-9, 2, 0.0) == 1.0
+    lin = next(r for r in op_records(lifted().program, None, batch=1)[0] if r.kind == "matmul")
+    one = predict_records([lin], Machine({"fp32": 50.0}, 10.0, Factors(op_overhead_us=0)))
+    two = predict_records([lin], Machine({"fp32": 50.0}, 10.0, Factors(
+        op_overhead_us=0, parallel_grain_us=1e3), threads=2))
+    assert 1.9 < two["total_ms"] / one["total_ms"] <= 2.0
 
 
 def test_gelu_is_a_kernel_of_its_own_and_costs_more_than_relu():
