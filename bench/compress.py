@@ -36,8 +36,9 @@ from layerwise.runtime.profile import stats_ms
 
 # idle time before each engine's slice: onnxruntime's worker threads spin-wait for a while
 # after a run and take a core from whatever runs next (measured: OpenVINO right after an
-# onnxruntime slice 1.56x slower, 1.07x with the order reversed, level with 20 ms between)
-SETTLE_S = 0.02
+# onnxruntime slice 1.56x slower; 1.20x after a 20 ms pause; level after 300 ms, or with
+# onnxruntime's spinning off, which makes onnxruntime itself 15% slower)
+SETTLE_S = 0.3
 MINILM_PRECISIONS = ("fp16", "int8", "int8-dynamic", "int8-weight", "int4-weight")
 
 
@@ -62,7 +63,7 @@ def interleaved_p50(runs_by_name: dict, feeds, runs: int,
     for run in runs_by_name.values():  # warm-up
         for _ in range(5):
             run(feeds)
-    rounds = rounds or max(5, runs // 10)
+    rounds = rounds or max(5, runs // 20)
     per = max(1, runs // rounds)
     names = list(runs_by_name)
     for k in range(rounds):

@@ -46,8 +46,9 @@ PRIOR_OVERLAP = 0.3
 PRIOR_GRAIN_US = 20.0
 PRIOR_WEIGHT = 0.2  # pull of the defaults in log space, per factor
 # onnxruntime's worker threads spin-wait after a run and take a core from the next session
-# (an OpenVINO model timed right after an onnxruntime one: 1.56x slower; level after 20 ms)
-SETTLE_S = 0.02
+# (an OpenVINO model timed right after an onnxruntime one: 1.56x slower, 1.20x after a
+# 20 ms pause, level after 300 ms)
+SETTLE_S = 0.3
 REQUIRED = {"gemm-peak", "stream-add", "stream-add-cache"}
 
 
