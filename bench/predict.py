@@ -23,11 +23,13 @@ import time
 from pathlib import Path
 
 from layerwise import api
+from layerwise.compiler.passes import run_passes
 from layerwise.devices.calibrate import calibrate_host, time_runs
 from layerwise.devices.roofline import predict
 from layerwise.runtime import open_bundle
 from layerwise.runtime.profile import batch_inputs
 from layerwise.runtime.session import open_runner
+from layerwise.targets import onnx as onnx_target
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "models.py"
 MODELS = ["timm:resnet18", "zoo:mobilenet-v2", "zoo:minilm-l6", "timm:vit_tiny_patch16_224",
@@ -44,7 +46,7 @@ def best_round_ms(run, rounds: int, clock: str) -> float:
 
 
 def measure(spec: str, cal: dict, args) -> dict:
-    ir = api.lift(spec)
+    ir = run_passes(api.lift(spec), list(onnx_target.INFO.legalize))  # as the bundle runs
     t0 = time.perf_counter()
     pred = predict(ir, "host", batch=1, calibration=cal)
     predict_s = time.perf_counter() - t0

@@ -559,10 +559,15 @@ def predict(spec: str, device: str = "host", batch: int = 1, precision: str | No
     from layerwise.devices import calibrate_host, load_device
     from layerwise.devices import predict as predict_ir
 
-    load_device(device)  # an unknown name fails before the export
+    from layerwise.compiler.passes import run_passes
+    from layerwise.targets import get_target
+
+    profile = load_device(device)  # an unknown name fails before the export
     if calibrate:
         calibrate_host(force=True, progress=progress)
-    ir = lift(spec, source_options, progress)
+    # the graph the device's target runs: its legalizations (e.g. unguard_softmax) applied
+    ir = run_passes(lift(spec, source_options, progress),
+                    list(get_target(profile.target).INFO.legalize))
     return {"spec": spec, **predict_ir(ir, device, batch=batch, precision=precision,
                                        progress=progress)}
 

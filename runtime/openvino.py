@@ -1,8 +1,16 @@
-"""OpenVINO runner: compile for CPU with an inference-precision hint, run, per-op counters."""
+"""OpenVINO runner: compile for CPU with an inference-precision hint, run, per-op counters.
+
+Shape specialisation: a bundle keeps its batch dimension dynamic, but the CPU plugin runs a
+dynamic-shape model through its shape-agnostic path (shape inference and memory planning on
+every call). As OpenVINO's guide recommends for known shapes, the runner compiles the model
+reshaped to each input shape it is fed (up to MAX_SHAPES of them; later shapes run on the
+dynamic model). Measured on MobileNetV2 INT8 at batch 1, 2 threads: 0.77-0.80x the time of
+the same model compiled dynamic (NNCF's model alike), with identical outputs.
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -19,34 +27,44 @@ POWER_CONFIG: dict[str, dict] = {
                    "SCHEDULING_CORE_TYPE": "ECORE_ONLY", "ENABLE_HYPER_THREADING": False},
 }
 
+MAX_SHAPES = 4  # statically compiled input shapes kept per runner
+
 
 class OpenVinoRunner:
     """One compiled model on the CPU plugin. `hint` is INFERENCE_PRECISION_HINT ("f32",
-    "bf16"), or None for the plugin's default (bf16 on CPUs that have it)."""
+    "bf16"), or None for the plugin's default (bf16 on CPUs that have it); `specialize`
+    compiles a static-shape copy per input shape fed (when the model has dynamic dims)."""
 
     name = "openvino"
 
-    def __init__(self, model: Path, threads: int = 0, per_op: bool = False,
-                 hint: str | None = "f32", power_mode: str | None = None) -> None:
+    def __init__(self, model: Path, threads: int = 0, per_op: bool = False, *,
+                 hint: str | None = "f32", power_mode: str | None = None,
+                 specialize: bool = True) -> None:
         try:
             import openvino as ov
         except ImportError as e:
             raise TargetError("OpenVINO is not installed: pip install 'layerwise[openvino]'") from e
-        core = ov.Core()
+        self._ov, self._core = ov, ov.Core()
         config: dict = {"PERF_COUNT": per_op, **POWER_CONFIG.get(power_mode, {})}
         self.power_mode = power_mode
         if hint:
             config["INFERENCE_PRECISION_HINT"] = hint
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
+        self._config = config
         try:
-            self.compiled = core.compile_model(str(model), "CPU", config)
+            self._model = self._core.read_model(str(model))
+            self.compiled = self._core.compile_model(self._model, "CPU", config)
         except Exception as e:  # noqa: BLE001
             raise BundleError(f"OpenVINO cannot load {model.name}: "
                               f"{str(e).splitlines()[0][:200]}; re-create the bundle") from e
         self.request = self.compiled.create_infer_request()
+        self._dynamic = (self.compiled, self.request)
         self.input_names = [p.get_any_name() for p in self.compiled.inputs]
         self.output_names = [p.get_any_name() for p in self.compiled.outputs]
+        self._shapes = {p.get_any_name(): p.get_partial_shape() for p in self._model.inputs}
+        self.specialize = specialize and any(s.is_dynamic for s in self._shapes.values())
+        self._static: OrderedDict[tuple, tuple] = OrderedDict()
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
         prec = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.precision = prec.get_type_name() if hasattr(prec, "get_type_name") else str(prec)
@@ -54,10 +72,29 @@ class OpenVinoRunner:
         self._per_op = per_op
         self._ops: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
 
+    def _request_for(self, feeds: dict[str, np.ndarray]):
+        """The infer request compiled for these feeds' shapes (the dynamic one if the model
+        is static, specialisation is off, or MAX_SHAPES shapes are compiled already)."""
+        key = tuple(tuple(feeds[n].shape) for n in self.input_names)
+        for name, shape in zip(self.input_names, key):
+            if not self._shapes[name].compatible(self._ov.PartialShape(list(shape))):
+                raise BundleError(f"input {name} has shape {list(shape)}; the model takes "
+                                  f"{self._shapes[name]}")
+        if not self.specialize:
+            return self._dynamic
+        hit = self._static.get(key)
+        if hit is None and len(self._static) < MAX_SHAPES:
+            model = self._model.clone()
+            model.reshape(dict(zip(self.input_names, key)))
+            compiled = self._core.compile_model(model, "CPU", self._config)
+            hit = self._static[key] = (compiled, compiled.create_infer_request())
+        return hit or self._dynamic
+
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise BundleError(f"missing inputs {missing}; the model takes {self.input_names}")
+        self.compiled, self.request = self._request_for(feeds)
         try:
             self.request.infer({n: feeds[n] for n in self.input_names})
         except Exception as e:  # noqa: BLE001

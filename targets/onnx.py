@@ -17,7 +17,8 @@ from layerwise.targets import TargetInfo
 
 INFO = TargetInfo(name="onnx", runtime="onnx",
                   precisions=("fp32", "int8", "int8-dynamic", "int8-weight", "int4-weight",
-                              "fp16"), extra=None, legalize=("legalize_views",))
+                              "fp16"), extra=None,
+                  legalize=("legalize_views", "unguard_softmax"))
 INLINE_LIMIT = int(1.8 * 2**30)
 
 

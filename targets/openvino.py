@@ -20,7 +20,7 @@ from layerwise.errors import TargetError
 from layerwise.targets import TargetInfo
 
 INFO = TargetInfo(name="openvino", runtime="openvino", precisions=("fp32", "bf16", "int8"),
-                  extra="openvino")
+                  extra="openvino", legalize=("unguard_softmax",))
 
 
 def emit(ir, out_dir: Path, opts=None) -> dict:

@@ -18,7 +18,7 @@ from layerwise.targets import TargetInfo
 from layerwise.targets import onnx as onnx_target
 
 INFO = TargetInfo(name="tensorrt", runtime="onnx", precisions=("fp32", "fp16", "int8"),
-                  extra=None, legalize=("legalize_views",))
+                  extra=None, legalize=("legalize_views", "unguard_softmax"))
 TENSORRT_VERSION = "10.x"
 MAX_BATCH = 32
 

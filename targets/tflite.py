@@ -36,7 +36,8 @@ from layerwise.targets import TargetInfo
 from layerwise.targets.tflite_calibrate import calibrate_ranges
 
 INFO = TargetInfo(name="tflite", runtime="tflite", precisions=("fp32", "int8"),
-                  extra="ai-edge-litert")
+                  extra="ai-edge-litert",
+                  legalize=("unguard_softmax",))
 FILE = "model.tflite"
 
 aten = torch.ops.aten

@@ -32,7 +32,8 @@ from layerwise.errors import TargetError
 from layerwise.targets import TargetInfo
 from layerwise.targets.tvm_tune import DB_FILES
 
-INFO = TargetInfo(name="tvm", runtime="tvm", precisions=("fp32",), extra="tvm")
+INFO = TargetInfo(name="tvm", runtime="tvm", precisions=("fp32",), extra="tvm",
+                  legalize=("unguard_softmax",))
 MODEL = "model.so"
 SIDECAR = "model.json"
 TUNING = "tuning"

@@ -11,6 +11,7 @@ from layerwise.errors import LayerwiseError
 
 PASSES: dict[str, str] = {
     "legalize_views": "layerwise.compiler.passes.legalize:legalize_views",
+    "unguard_softmax": "layerwise.compiler.passes.unguard_softmax:unguard_softmax",
     "quantize": "layerwise.compiler.passes.quantize:quantize",
     "drop_layers": "layerwise.compiler.passes.drop_layers:drop_layers",
     "prune": "layerwise.compiler.passes.prune:prune",

@@ -25,6 +25,32 @@ def test_verified_and_dynamic_batch(bundles, spec):
     np.testing.assert_allclose(one[0][0], full[0][0], rtol=1e-4, atol=1e-5)
 
 
+def test_runner_compiles_each_input_shape_statically(bundles):
+    """A dynamic-batch bundle runs on a model reshaped and compiled for each shape it is fed
+    (OpenVINO's static-shape path), up to MAX_SHAPES; the outputs equal the dynamic model's,
+    and a shape the model cannot take is a one-line error."""
+    from layerwise.errors import BundleError
+    from layerwise.runtime import openvino as ov_runtime
+
+    path, _ = bundles("timm:resnet18", "openvino")
+    b = open_bundle(path)
+    x = b.example_inputs()["x"]
+    ours = open_runner(b.target, b.model_path)
+    dynamic = open_runner(b.target, b.model_path, specialize=False)
+    assert ours.specialize and not dynamic.specialize
+    batches = [1, 2, 1, *range(3, 3 + ov_runtime.MAX_SHAPES)]
+    for n in batches:
+        feeds = {"x": np.concatenate([x] * 4)[:n]}
+        np.testing.assert_allclose(ours.run(feeds)[0], dynamic.run(feeds)[0], rtol=1e-5,
+                                   atol=1e-5)
+        if n == 1:
+            assert not ours.compiled.inputs[0].get_partial_shape().is_dynamic
+    assert len(ours._static) == ov_runtime.MAX_SHAPES  # later shapes ran on the dynamic model
+    assert ours.compiled.inputs[0].get_partial_shape().is_dynamic
+    with pytest.raises(BundleError, match=r"input x has shape \[1, 3, 100, 224\]"):
+        ours.run({"x": x[:1, :, :100]})
+
+
 def test_profile_reports_both_precisions(bundles):
     path, _ = bundles(f"{FIXTURES}:lstm_classifier", "openvino")
     r = profile(path, runs=5, warmup=1, per_op=True)
