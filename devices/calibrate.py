@@ -34,16 +34,17 @@ from layerwise.devices.roofline import (
     Machine,
     parallel_slowdown,
     streams_dram,
-    weights_cached,
+    weight_tier,
 )
 from layerwise.errors import LayerwiseError
 
-FORMAT = "layerwise-calibration/1"
+FORMAT = "layerwise-calibration/2"
 PRIOR_OVERHEAD_US = 10.0
 PRIOR_INVOKE_US = 20.0
 PRIOR_VIEW_US = 0.3
 PRIOR_OVERLAP = 0.3
 PRIOR_GRAIN_US = 20.0
+PRIOR_WEIGHT_EFF = 1.0  # llc_weight_eff and dram_weight_eff
 PRIOR_WEIGHT = 0.2  # pull of the defaults in log space, per factor
 # onnxruntime's worker threads spin-wait after a run and take a core from the next session
 # (an OpenVINO model timed right after an onnxruntime one: 1.56x slower, 1.20x after a
@@ -193,15 +194,18 @@ def measure(cases: list[Case], rounds: int = 9, progress=lambda _: None, threads
             for (name, records, _), t in zip(built, best)]
 
 
-def cache_mb() -> float:
-    """Size of the largest CPU cache in MiB (sysfs), 0 when unknown."""
+def cache_mb(level: int | None = None) -> float:
+    """Size in MiB of the largest CPU cache (or of the cache at `level`, e.g. 2 for L2) of
+    core 0 (sysfs), 0 when unknown."""
     sizes = []
-    for p in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
-        text = p.read_text().strip()
-        mult = {"K": 1 / 1024, "M": 1.0, "G": 1024.0}.get(text[-1:], 1 / 2**20)
+    for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
         try:
+            if level is not None and int((d / "level").read_text()) != level:
+                continue
+            text = (d / "size").read_text().strip()
+            mult = {"K": 1 / 1024, "M": 1.0, "G": 1024.0}.get(text[-1:], 1 / 2**20)
             sizes.append(float(text.rstrip("KMG")) * mult)
-        except ValueError:
+        except (OSError, ValueError):
             continue
     return max(sizes, default=0.0)
 
@@ -216,11 +220,12 @@ class _Design:
     peak and bandwidths are fixed (measured) and whose factors are being fitted."""
 
     def __init__(self, measured: list[dict], m: Machine) -> None:
-        case, kind, flops, mem, fused, dram = [], [], [], [], [], []
-        cache = m.cache_bandwidth_gbs or m.bandwidth_gbs
+        case, kind, flops, mem, fused, dram, w_llc, w_dram = [], [], [], [], [], [], [], []
+        cache = (m.cache_bandwidth_gbs or m.bandwidth_gbs) * 1e9
+        bw = m.bandwidth_gbs * 1e9
         self.views = np.zeros(len(measured))
         for i, meas in enumerate(measured):
-            cached = weights_cached(meas["records"], m)
+            tier = weight_tier(meas["records"], m)
             for r in meas["records"]:
                 if r.kind == "view":
                     self.views[i] += 1
@@ -229,15 +234,20 @@ class _Design:
                 case.append(i)
                 kind.append(KIND_NAMES.index(r.kind))
                 flops.append(r.flops)
-                mem.append((r.weight_bytes / (cache if cached else m.bandwidth_gbs)
-                            + acts / (cache if acts <= m.cache_mb * 2**20
-                                      else m.bandwidth_gbs)) / 1e9)
+                # seconds at full bandwidth: activations and hot weights (fixed), weights
+                # re-read from the LLC or DRAM (divided by their fitted efficiencies)
+                mem.append((r.weight_bytes if tier == "hot" else 0) / cache
+                           + acts / (cache if acts <= m.cache_mb * 2**20 else bw))
+                w_llc.append(r.weight_bytes / cache if tier == "llc" else 0.0)
+                w_dram.append(r.weight_bytes / bw if tier == "dram" else 0.0)
                 fused.append(r.fused)
-                dram.append(streams_dram(r, m, cached))
+                dram.append(streams_dram(r, m, tier))
         self.case = np.array(case, dtype=int)
         self.kind = np.array(kind, dtype=int)
         self.flops = np.array(flops, dtype=float)
         self.mem = np.array(mem, dtype=float)
+        self.w_llc = np.array(w_llc, dtype=float)
+        self.w_dram = np.array(w_dram, dtype=float)
         self.fused = np.array(fused, dtype=bool)
         self.dram = np.array(dram, dtype=bool)
         self.n = len(measured)
@@ -246,11 +256,11 @@ class _Design:
 
     def predict(self, ce: np.ndarray, me: np.ndarray, scalars: tuple) -> np.ndarray:
         """Seconds per case; ce has one more entry than KIND_NAMES (the fused kind);
-        scalars: op, invoke and view overheads (s), the overlap share and the parallel
-        grain (s)."""
-        ov, inv, view, overlap, grain = scalars
+        scalars: op, invoke and view overheads (s), the overlap share, the parallel grain
+        (s), and the LLC and DRAM weight-read efficiencies."""
+        ov, inv, view, overlap, grain, llc_eff, dram_eff = scalars
         comp = self.flops / (self.peak * ce[self.kind])
-        mem = self.mem / me[self.kind]
+        mem = (self.mem + self.w_llc / llc_eff + self.w_dram / dram_eff) / me[self.kind]
         r = np.maximum(comp, mem) + overlap * self.dram * np.minimum(comp, mem)
         r = r * parallel_slowdown(r, self.threads, grain)
         t = np.where(self.fused, self.flops / (self.peak * ce[-1]), ov + r)
@@ -269,28 +279,30 @@ def fit(measured: list[dict], m: Machine) -> tuple[Factors, dict]:
     prior = np.log(np.array([DEFAULT_COMPUTE[k] for k in _CKINDS]
                             + [DEFAULT_MEMORY[k] for k in KIND_NAMES]
                             + [PRIOR_OVERHEAD_US * 1e-6, PRIOR_INVOKE_US * 1e-6,
-                               PRIOR_VIEW_US * 1e-6, PRIOR_OVERLAP, PRIOR_GRAIN_US * 1e-6]))
+                               PRIOR_VIEW_US * 1e-6, PRIOR_OVERLAP, PRIOR_GRAIN_US * 1e-6,
+                               PRIOR_WEIGHT_EFF, PRIOR_WEIGHT_EFF]))
 
     def unpack(theta):
         e = np.exp(theta)
-        return e[:nk + 1], e[nk + 1:2 * nk + 1], tuple(e[-5:])
+        return e[:nk + 1], e[nk + 1:2 * nk + 1], tuple(e[-7:])
 
     def residuals(theta):
         return np.concatenate([np.log(design.predict(*unpack(theta))) - y,
                                PRIOR_WEIGHT * (theta - prior)])
 
-    lo = np.log(np.r_[np.full(2 * nk + 1, 1e-3), 1e-7, 1e-7, 1e-9, 1e-3, 1e-8])
-    hi = np.log(np.r_[np.full(2 * nk + 1, 2.0), 1e-3, 1e-2, 1e-4, 1.0, 1e-2])
+    lo = np.log(np.r_[np.full(2 * nk + 1, 1e-3), 1e-7, 1e-7, 1e-9, 1e-3, 1e-8, 0.05, 0.05])
+    hi = np.log(np.r_[np.full(2 * nk + 1, 2.0), 1e-3, 1e-2, 1e-4, 1.0, 1e-2, 3.0, 3.0])
     sol = least_squares(residuals, np.clip(prior, lo + 1e-9, hi - 1e-9), bounds=(lo, hi),
                         loss="soft_l1", f_scale=0.2)
     ce, me, scalars = unpack(sol.x)
-    ov, inv, view, overlap, grain = scalars
+    ov, inv, view, overlap, grain, llc_eff, dram_eff = scalars
     pred = design.predict(ce, me, scalars)
     err = pred / np.exp(y) - 1.0
     factors = Factors({k: float(v) for k, v in zip(_CKINDS, ce)},
                       {k: float(v) for k, v in zip(KIND_NAMES, me)},
                       float(ov * 1e6), float(inv * 1e6), float(view * 1e6),
-                      float(overlap), float(grain * 1e6) if m.threads > 1 else 0.0)
+                      float(overlap), float(grain * 1e6) if m.threads > 1 else 0.0,
+                      float(llc_eff), float(dram_eff))
     report = {"cases": [{"name": meas["name"], "measured_ms": meas["seconds"] * 1e3,
                          "fitted_ms": float(p * 1e3), "rel_err": float(e)}
                         for meas, p, e in zip(measured, pred, err)],
@@ -337,7 +349,8 @@ def calibrate_host(force: bool = False, *, progress=lambda _: None,
         raise LayerwiseError(f"a calibration set needs the cases {sorted(REQUIRED)}")
     peak, dram, cache = _peaks(measured)
     n_threads = threads or os.cpu_count() or 1  # onnxruntime default: one per core
-    machine = Machine({"fp32": peak}, dram, Factors(), cache, cache_mb(), threads=n_threads)
+    machine = Machine({"fp32": peak}, dram, Factors(), cache, cache_mb(), threads=n_threads,
+                      l2_mb=cache_mb(2))
     progress("fitting efficiency factors")
     factors, report = fit(measured, machine)
     vnni = _has_vnni()
@@ -349,6 +362,7 @@ def calibrate_host(force: bool = False, *, progress=lambda _: None,
         "peak_gops": {"fp32": peak, "int8": peak * (4.0 if vnni else 2.0)},
         "int8_peak": "estimated: 4x fp32 with AVX-512 VNNI, else 2x (not measured)",
         "bandwidth_gbs": dram, "cache_bandwidth_gbs": cache, "cache_mb": machine.cache_mb,
+        "l2_mb": machine.l2_mb,
         "factors": factors.to_json(), "fit": report,
     }
     path = calibration_path(threads, clock)

@@ -2,7 +2,8 @@
 
 Single ops pin the peaks and each op kind's efficiency; the blocks (an attention block, a
 post-norm encoder layer, inverted residuals with and without squeeze-excite, a ConvNeXt block,
-a residual basic block, an MLP whose weights exceed the caches, a small GRU) bring what single
+a residual basic block, MLPs and conv stacks whose weights exceed the core's L2 or all the
+caches, a small GRU) bring what single
 ops miss: activations that leave the cache between ops, the per-op costs of long chains, the
 real mix of fused and separate kernels. All are built here with random weights and none is a
 model `bench/predict.py` judges the fit on.
@@ -250,4 +251,12 @@ def block_cases() -> list[Case]:
         Case("block-mlp-dram-8x2048", build(seq(*[lambda: nn.Sequential(
             nn.Linear(2048, 4096), nn.GELU(), nn.Linear(4096, 2048))] * 2), (1, 8, 2048))),
         Case("block-gru-12x24", build(Gru, (1, 12, 24))),
+        # weights past the core's L2 but inside the last-level cache, and past that: a graph
+        # whose weights do not stay in L2 between runs re-reads them at each op, as a model does
+        Case("block-pw-stack-llc-512x7", build(seq(*[lambda: cbn(512, 512, act=nn.ReLU)] * 6),
+                                               (1, 512, 7, 7))),
+        Case("block-linear-stack-llc-32x768", build(seq(*[lambda: nn.Sequential(
+            nn.Linear(768, 768), nn.GELU())] * 6), (1, 32, 768))),
+        Case("block-linear-stack-dram-32x1024", build(seq(*[lambda: nn.Sequential(
+            nn.Linear(1024, 1536), nn.GELU(), nn.Linear(1536, 1024))] * 5), (1, 32, 1024))),
     ]

@@ -6,8 +6,10 @@
 
 summed over the ops of the exported program (`graph_ops.op_records`); ops fused into a conv or
 matmul add only their FLOPs at the `fused` efficiency, free ops (views, constant folding) add
-nothing. Bytes split in two: weights come from DRAM unless all of the model's weights fit in
-the last-level cache, activations from the cache unless one op's activations do not fit.
+nothing. Bytes split in two: activations come from the cache unless one op's activations do
+not fit; weights by where the whole model's weights live between runs (`weight_tier`): in the
+core's L2 ("hot", the cache bandwidth), in the last-level cache ("llc", the cache bandwidth
+times a fitted efficiency: each op re-reads its weights from there) or in DRAM ("dram").
 For `host` the peaks and factors come from a calibration (`calibrate.py`); for other
 devices from their published peaks with the default factors below — uncalibrated.
 """
@@ -61,20 +63,26 @@ class Factors:
     # it runs at t * T / (1 + (T - 1) * t / (t + grain)), from one thread's speed (t << grain)
     # to all T threads' (t >> grain); 0: every op scales to all threads
     parallel_grain_us: float = 0.0
+    # effective share of the cache / DRAM bandwidth at which ops re-read weights that left
+    # the core's L2 (or every cache) since the last run
+    llc_weight_eff: float = 1.0
+    dram_weight_eff: float = 1.0
 
     def to_json(self) -> dict:
         return {"compute": self.compute, "memory": self.memory,
                 "op_overhead_us": self.op_overhead_us,
                 "invoke_overhead_us": self.invoke_overhead_us,
                 "view_overhead_us": self.view_overhead_us, "overlap": self.overlap,
-                "parallel_grain_us": self.parallel_grain_us}
+                "parallel_grain_us": self.parallel_grain_us,
+                "llc_weight_eff": self.llc_weight_eff, "dram_weight_eff": self.dram_weight_eff}
 
     @classmethod
     def from_json(cls, d: dict) -> Factors:
         return cls({**DEFAULT_COMPUTE, **d["compute"]}, {**DEFAULT_MEMORY, **d["memory"]},
                    float(d["op_overhead_us"]), float(d["invoke_overhead_us"]),
                    float(d.get("view_overhead_us", 0.0)), float(d.get("overlap", 0.0)),
-                   float(d.get("parallel_grain_us", 0.0)))
+                   float(d.get("parallel_grain_us", 0.0)),
+                   float(d.get("llc_weight_eff", 1.0)), float(d.get("dram_weight_eff", 1.0)))
 
 
 def parallel_slowdown(t, threads: int, grain_s: float):
@@ -98,6 +106,7 @@ class Machine:
     param_cache_mb: float | None = None
     full_integer: bool = False
     threads: int = 1  # the threads the peaks were measured with (parallel_grain_us)
+    l2_mb: float = 0.0  # per-core L2; 0: unknown (weights within the LLC count as hot)
 
 
 def default_factors(profile: DeviceProfile) -> Factors:
@@ -105,10 +114,18 @@ def default_factors(profile: DeviceProfile) -> Factors:
                    profile.op_overhead_us, profile.invoke_overhead_us)
 
 
+def weight_bandwidths(m: Machine) -> dict[str, float]:
+    """Bytes/s at which an op reads its weights, by weight tier (before the kind's factor)."""
+    cache = (m.cache_bandwidth_gbs or m.bandwidth_gbs or 0.0) * 1e9
+    dram = (m.bandwidth_gbs or 0.0) * 1e9
+    return {"hot": cache, "llc": cache * m.factors.llc_weight_eff,
+            "dram": dram * m.factors.dram_weight_eff}
+
+
 def op_time_s(rec: OpRecord, m: Machine, precision: str,
-              weights_cached: bool = False) -> tuple[float, float, float]:
+              tier: str = "dram") -> tuple[float, float, float]:
     """(overhead, compute, memory) seconds of one op; the op costs overhead + max of the two.
-    `weights_cached`: all the model's weights fit in the last-level cache."""
+    `tier`: where the model's weights live between runs (`weight_tier`)."""
     f = m.factors
     if rec.kind == "view":
         return f.view_overhead_us * 1e-6, 0.0, 0.0
@@ -119,25 +136,28 @@ def op_time_s(rec: OpRecord, m: Machine, precision: str,
     compute = rec.flops / (peak * 1e9 * f.compute.get(rec.kind, 0.1))
     memory = 0.0
     if m.bandwidth_gbs:
-        scale = BYTES_PER.get(low, 4) / 4.0 / (f.memory.get(rec.kind, 0.6) * 1e9)
-        dram, cache = m.bandwidth_gbs, m.cache_bandwidth_gbs or m.bandwidth_gbs
+        scale = BYTES_PER.get(low, 4) / 4.0 / f.memory.get(rec.kind, 0.6)
+        dram, cache = m.bandwidth_gbs * 1e9, (m.cache_bandwidth_gbs or m.bandwidth_gbs) * 1e9
         acts = rec.bytes - rec.weight_bytes
-        memory = scale * (rec.weight_bytes / (cache if weights_cached else dram)
+        memory = scale * (rec.weight_bytes / weight_bandwidths(m)[tier]
                           + acts / (cache if acts <= m.cache_mb * 2**20 else dram))
     return f.op_overhead_us * 1e-6, compute, memory
 
 
-def streams_dram(rec: OpRecord, m: Machine, weights_cached: bool) -> bool:
+def streams_dram(rec: OpRecord, m: Machine, tier: str) -> bool:
     """Whether an op reads from DRAM (its weights, or activations larger than the cache);
     only such ops pay the `overlap` share (cache-resident ops overlap well)."""
     acts = rec.bytes - rec.weight_bytes
-    return bool((rec.weight_bytes and not weights_cached) or acts > m.cache_mb * 2**20)
+    return bool((rec.weight_bytes and tier == "dram") or acts > m.cache_mb * 2**20)
 
 
-def weights_cached(records: list[OpRecord], m: Machine, precision: str = "fp32") -> bool:
-    """Whether all the weights fit in the last-level cache (they stay there between runs)."""
+def weight_tier(records: list[OpRecord], m: Machine, precision: str = "fp32") -> str:
+    """Where all the model's weights stay between runs: "hot" (the core's L2, or the
+    last-level cache when L2 is unknown), "llc" (the last-level cache) or "dram"."""
     weights = sum(r.weight_bytes for r in records) * BYTES_PER.get(precision, 4) / 4.0
-    return weights <= m.cache_mb * 2**20
+    if weights > m.cache_mb * 2**20:
+        return "dram"
+    return "llc" if m.l2_mb and weights > m.l2_mb * 2**20 else "hot"
 
 
 def predict_records(records: list[OpRecord], m: Machine, precision: str = "fp32",
@@ -146,12 +166,12 @@ def predict_records(records: list[OpRecord], m: Machine, precision: str = "fp32"
     rows: dict[str, dict] = {}
     kinds: dict[str, float] = {}
     total = m.factors.invoke_overhead_us * 1e-6
-    cached = weights_cached(records, m, precision)
+    tier = weight_tier(records, m, precision)
     for rec in records:
         prec = "fp32" if rec.name in fp32_nodes and "fp32" in m.peak_gops else precision
-        ov, comp, mem = op_time_s(rec, m, prec, cached)
+        ov, comp, mem = op_time_s(rec, m, prec, tier)
         t = max(comp, mem)
-        if streams_dram(rec, m, cached):
+        if streams_dram(rec, m, tier):
             t += m.factors.overlap * min(comp, mem)
         if not rec.fused:  # a fused op runs inside its conv's or matmul's parallel region
             t *= parallel_slowdown(t, m.threads, m.factors.parallel_grain_us * 1e-6)
@@ -188,7 +208,8 @@ def machine_for(profile: DeviceProfile, calibration: dict | None) -> Machine:
         return Machine(dict(calibration["peak_gops"]), calibration["bandwidth_gbs"],
                        Factors.from_json(calibration["factors"]),
                        calibration["cache_bandwidth_gbs"], calibration["cache_mb"],
-                       threads=int(calibration.get("threads", 1)))
+                       threads=int(calibration.get("threads", 1)),
+                       l2_mb=float(calibration.get("l2_mb", 0.0)))
     return Machine(dict(profile.peak_gops), profile.bandwidth_gbs, default_factors(profile),
                    host_link_gbs=profile.host_link_gbs, param_cache_mb=profile.param_cache_mb,
                    full_integer=profile.quant.full_integer)

@@ -24,6 +24,7 @@ from layerwise.devices.roofline import (
     parallel_slowdown,
     predict_records,
     streams_dram,
+    weight_tier,
 )
 from layerwise.errors import LayerwiseError
 from layerwise.sources import Source
@@ -98,24 +99,36 @@ def test_coral_runs_int8_only(small):
         predict(small, "coral-edgetpu", precision="fp32")
 
 
-def test_vectorised_fit_matches_the_roofline(small):
-    """The calibration fits exactly the model that predict_records evaluates."""
+@pytest.mark.parametrize(("cache_mb", "l2_mb", "tier"), [
+    (0.01, 0.001, "dram"),  # a cache so small that weights and larger activations stream
+    (64.0, 0.001, "llc"),  # weights past L2, inside the last-level cache
+    (64.0, 32.0, "hot"),
+])
+def test_vectorised_fit_matches_the_roofline(small, cache_mb, l2_mb, tier):
+    """The calibration fits exactly the model that predict_records evaluates, for weights
+    kept in L2, in the last-level cache and in DRAM."""
     recs, _ = op_records(small.program, small.layers, batch=1)
     rng = np.random.default_rng(0)
     f = Factors()
     f = Factors({k: float(rng.uniform(0.05, 1)) for k in f.compute},
-                {k: float(rng.uniform(0.05, 1)) for k in f.memory}, 3.0, 7.0, 0.5, 0.6, 4.0)
-    # a cache so small that the weights and the larger activations stream from DRAM
-    m = Machine({"fp32": 50.0}, 10.0, f, cache_bandwidth_gbs=40.0, cache_mb=0.01, threads=2)
-    assert any(streams_dram(r, m, False) for r in recs)
+                {k: float(rng.uniform(0.05, 1)) for k in f.memory}, 3.0, 7.0, 0.5, 0.6, 4.0,
+                0.7, 0.4)
+    m = Machine({"fp32": 50.0}, 10.0, f, cache_bandwidth_gbs=40.0, cache_mb=cache_mb,
+                threads=2, l2_mb=l2_mb)
+    assert weight_tier(recs, m) == tier
+    assert any(streams_dram(r, m, tier) for r in recs) is (tier == "dram")
     design = _Design([{"name": "small", "seconds": 1.0, "records": recs}], m)
     kinds = list(f.memory)
     ce = np.array([f.compute[k] for k in [*kinds, "fused"]])
     me = np.array([f.memory[k] for k in kinds])
     scalars = (f.op_overhead_us * 1e-6, f.invoke_overhead_us * 1e-6, f.view_overhead_us * 1e-6,
-               f.overlap, f.parallel_grain_us * 1e-6)
+               f.overlap, f.parallel_grain_us * 1e-6, f.llc_weight_eff, f.dram_weight_eff)
     got = design.predict(ce, me, scalars)[0]
     assert got * 1e3 == pytest.approx(predict_records(recs, m)["total_ms"], rel=1e-9)
+    hot = predict_records(recs, Machine({"fp32": 50.0}, 10.0, f, cache_bandwidth_gbs=40.0,
+                                        cache_mb=cache_mb, threads=2, l2_mb=64.0))
+    if tier == "llc":  # re-reading the weights from the LLC at 0.7 of its bandwidth costs
+        assert predict_records(recs, m)["total_ms"] > hot["total_ms"]
 
 
 def test_small_ops_do_not_scale_to_all_threads():
