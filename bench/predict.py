@@ -6,12 +6,13 @@ For each model: compile for the onnx target, profile with onnxruntime (batch 1),
 with the host's calibrated roofline (`layerwise.devices.roofline`). The calibration set is
 single ops and small layers only (devices/calibrate.py), never these models.
 
-Besides the profile's p50, each model is timed the way the calibration times its cases:
-interleaved rounds, the best round's median. On a CPU shared with other jobs wall time is
-inflated by however busy the machine is; `--threads 1 --clock cpu` calibrates and measures
-single-threaded onnxruntime by the CPU time of the calling thread, which other processes
-barely disturb (a check of the latency model itself; the default calibration, threads 0 and
-wall clock, is what `layerwise predict --device host` uses).
+Besides the profile's p50, the models are timed the way the calibration times its cases:
+all of them in interleaved rounds, each keeping its best round's median. On a CPU shared
+with other jobs wall time is inflated by however busy the machine is; `--threads 1 --clock
+cpu` calibrates and measures single-threaded onnxruntime by the CPU time of the calling
+thread, which other processes barely disturb (a check of the latency model itself; the
+default calibration, threads 0 and wall clock, is what `layerwise predict --device host`
+uses).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from layerwise import api
 from layerwise.compiler.passes import run_passes
-from layerwise.devices.calibrate import calibrate_host, time_runs
+from layerwise.devices.calibrate import SETTLE_S, calibrate_host, time_runs
 from layerwise.devices.roofline import predict
 from layerwise.runtime import open_bundle
 from layerwise.runtime.profile import batch_inputs
@@ -38,41 +39,47 @@ MODELS = ["timm:resnet18", "zoo:mobilenet-v2", "zoo:minilm-l6", "timm:vit_tiny_p
 GOAL = 0.15
 
 
-def best_round_ms(run, rounds: int, clock: str) -> float:
-    """The best round's median, in ms (as the calibration measures its cases)."""
-    for _ in range(3):
-        run()
-    return min(time_runs(run, 0.3, min_runs=3, clock=clock) for _ in range(rounds)) * 1e3
+def interleaved_best_ms(runs: list, rounds: int, clock: str) -> list[float]:
+    """Each run's best round median, in ms, the runs timed in interleaved rounds (as the
+    calibration times its cases: a slow spell of a shared machine then slows one round of
+    every model, not all rounds of one)."""
+    for run in runs:
+        for _ in range(3):
+            run()
+    best = [float("inf")] * len(runs)
+    for _ in range(rounds):
+        for i, run in enumerate(runs):
+            time.sleep(SETTLE_S)  # the previous session's spinning workers park
+            best[i] = min(best[i], time_runs(run, 0.3, min_runs=3, clock=clock))
+    return [b * 1e3 for b in best]
 
 
-def measure(spec: str, cal: dict, args) -> dict:
+def measure(spec: str, cal: dict, args, tmp: Path) -> tuple[dict, object]:
+    """The prediction and profile of one model, and a call that runs its bundle once."""
     ir = run_passes(api.lift(spec), list(onnx_target.INFO.legalize))  # as the bundle runs
     t0 = time.perf_counter()
     pred = predict(ir, "host", batch=1, calibration=cal)
     predict_s = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "bundle"
-        api.compile(spec, api.CompileOptions(out=str(out), target="onnx", db="none"))
-        prof = api.profile(str(out), api.ProfileOptions(
-            runs=args.runs, warmup=max(5, args.runs // 10), batch=1, threads=args.threads,
-            db="none"))
-        bundle = open_bundle(out)
-        runner = open_runner(bundle.target, bundle.model_path, threads=args.threads)
-        feeds = batch_inputs(bundle, 1)
-        best = best_round_ms(lambda: runner.run(feeds), args.rounds, args.clock)
+    out = tmp / spec.replace("/", "_").replace(":", "_")
+    api.compile(spec, api.CompileOptions(out=str(out), target="onnx", db="none"))
+    prof = api.profile(str(out), api.ProfileOptions(
+        runs=args.runs, warmup=max(5, args.runs // 10), batch=1, threads=args.threads,
+        db="none"))
+    bundle = open_bundle(out)
+    runner = open_runner(bundle.target, bundle.model_path, threads=args.threads)
+    feeds = batch_inputs(bundle, 1)
     lat = prof["latency_ms"]
     top = sorted(pred["layers"], key=lambda r: -r["ms"])[:3]
-    return {
+    row = {
         "spec": spec.replace(str(FIXTURES), "fixtures"),
         "batch": prof["batch"], "threads": prof["threads"],
         "gflop": pred["flops"] / 1e9, "ops": pred["ops"],
         "predicted_ms": pred["total_ms"], "measured_p50_ms": lat["p50"],
-        "measured_best_round_ms": best,
         "rel_err_p50": pred["total_ms"] / lat["p50"] - 1.0,
-        "rel_err_best_round": pred["total_ms"] / best - 1.0,
         "predict_s": predict_s,
         "top_layers": [{"layer": r["layer"], "ms": r["ms"], "bound": r["bound"]} for r in top],
     }
+    return row, lambda: runner.run(feeds)
 
 
 def main() -> None:
@@ -88,7 +95,13 @@ def main() -> None:
     t0 = time.perf_counter()
     cal = calibrate_host(force=args.recalibrate, threads=args.threads, clock=args.clock)
     cal_s = time.perf_counter() - t0
-    rows = [measure(spec, cal, args) for spec in args.models]
+    with tempfile.TemporaryDirectory() as tmp:
+        built = [measure(spec, cal, args, Path(tmp)) for spec in args.models]
+        rows = [row for row, _ in built]
+        best = interleaved_best_ms([run for _, run in built], args.rounds, args.clock)
+    for row, ms in zip(rows, best):
+        row["measured_best_round_ms"] = ms
+        row["rel_err_best_round"] = row["predicted_ms"] / ms - 1.0
     share = {k: sum(abs(r[f"rel_err_{k}"]) <= GOAL for r in rows) / len(rows)
              for k in ("p50", "best_round")}
     summary = {
