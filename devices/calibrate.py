@@ -325,6 +325,30 @@ def _peaks(measured: list[dict]) -> tuple[float, float, float]:
     return peak / 1e9, gbs("stream-add"), gbs("stream-add-cache")
 
 
+def calibration_from(measured: list[dict], threads: int = 0, clock: str = "wall") -> dict:
+    """The host calibration (peaks, bandwidths, fitted factors) of measured cases."""
+    names = {m["name"] for m in measured}
+    if not names >= REQUIRED:
+        raise LayerwiseError(f"a calibration set needs the cases {sorted(REQUIRED)}")
+    peak, dram, cache = _peaks(measured)
+    n_threads = threads or os.cpu_count() or 1  # onnxruntime default: one per core
+    machine = Machine({"fp32": peak}, dram, Factors(), cache, cache_mb(), threads=n_threads,
+                      l2_mb=cache_mb(2))
+    factors, report = fit(measured, machine)
+    vnni = _has_vnni()
+    return {
+        "format": FORMAT, "device": "host", "fingerprint": fingerprint(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "threads": n_threads,
+        "clock": clock,
+        "peak_gops": {"fp32": peak, "int8": peak * (4.0 if vnni else 2.0)},
+        "int8_peak": "estimated: 4x fp32 with AVX-512 VNNI, else 2x (not measured)",
+        "bandwidth_gbs": dram, "cache_bandwidth_gbs": cache, "cache_mb": machine.cache_mb,
+        "l2_mb": machine.l2_mb,
+        "factors": factors.to_json(), "fit": report,
+    }
+
+
 def calibrate_host(force: bool = False, *, progress=lambda _: None,
                    cases: list[Case] | None = None, rounds: int = 9, threads: int = 0,
                    clock: str = "wall") -> dict:
@@ -344,27 +368,8 @@ def calibrate_host(force: bool = False, *, progress=lambda _: None,
         raise LayerwiseError("calibrating the host needs torch and onnxruntime: pip install "
                              "'layerwise[compile]'") from e
     measured = measure(cases or calibration_cases(), rounds, progress, threads, clock)
-    names = {m["name"] for m in measured}
-    if not names >= REQUIRED:
-        raise LayerwiseError(f"a calibration set needs the cases {sorted(REQUIRED)}")
-    peak, dram, cache = _peaks(measured)
-    n_threads = threads or os.cpu_count() or 1  # onnxruntime default: one per core
-    machine = Machine({"fp32": peak}, dram, Factors(), cache, cache_mb(), threads=n_threads,
-                      l2_mb=cache_mb(2))
     progress("fitting efficiency factors")
-    factors, report = fit(measured, machine)
-    vnni = _has_vnni()
-    cal = {
-        "format": FORMAT, "device": "host", "fingerprint": fingerprint(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "threads": n_threads,
-        "clock": clock,
-        "peak_gops": {"fp32": peak, "int8": peak * (4.0 if vnni else 2.0)},
-        "int8_peak": "estimated: 4x fp32 with AVX-512 VNNI, else 2x (not measured)",
-        "bandwidth_gbs": dram, "cache_bandwidth_gbs": cache, "cache_mb": machine.cache_mb,
-        "l2_mb": machine.l2_mb,
-        "factors": factors.to_json(), "fit": report,
-    }
+    cal = calibration_from(measured, threads, clock)
     path = calibration_path(threads, clock)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".calibration-", dir=path.parent)
