@@ -26,7 +26,7 @@ from pathlib import Path
 
 from layerwise import api
 from layerwise.compiler.passes import run_passes
-from layerwise.devices.calibrate import SETTLE_S, calibrate_host, time_runs
+from layerwise.devices.calibrate import best_rounds, calibrate_host
 from layerwise.devices.roofline import predict
 from layerwise.runtime import open_bundle
 from layerwise.runtime.profile import batch_inputs
@@ -38,21 +38,6 @@ MODELS = ["timm:resnet18", "zoo:mobilenet-v2", "zoo:minilm-l6", "timm:vit_tiny_p
           "timm:mobilenetv3_small_100", "timm:convnext_atto", "timm:efficientnet_b0",
           f"{FIXTURES}:residual_mlp", f"{FIXTURES}:lstm_classifier"]
 GOAL = 0.15
-
-
-def interleaved_best_ms(runs: list, rounds: int, clock: str) -> list[float]:
-    """Each run's best round median, in ms, the runs timed in interleaved rounds (as the
-    calibration times its cases: a slow spell of a shared machine then slows one round of
-    every model, not all rounds of one)."""
-    for run in runs:
-        for _ in range(3):
-            run()
-    best = [float("inf")] * len(runs)
-    for _ in range(rounds):
-        for i, run in enumerate(runs):
-            time.sleep(SETTLE_S)  # the previous session's spinning workers park
-            best[i] = min(best[i], time_runs(run, 0.3, min_runs=3, clock=clock))
-    return [b * 1e3 for b in best]
 
 
 def measure(spec: str, cal: dict, args, tmp: Path) -> tuple[dict, object]:
@@ -150,10 +135,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         built = [measure(spec, cal, args, Path(tmp)) for spec in args.models]
         rows = [row for row, _ in built]
-        best = interleaved_best_ms([run for _, run in built], args.rounds, args.clock)
-    for row, ms in zip(rows, best):
-        row["measured_best_round_ms"] = ms
-        row["rel_err_best_round"] = row["predicted_ms"] / ms - 1.0
+        runs = [run for _, run in built]
+        for run in runs:  # warm-up
+            for _ in range(3):
+                run()
+        best = best_rounds(runs, args.rounds, budget_s=0.3, min_runs=3, threads=args.threads,
+                           clock=args.clock)
+    for row, sec in zip(rows, best):
+        row["measured_best_round_ms"] = sec * 1e3
+        row["rel_err_best_round"] = row["predicted_ms"] / (sec * 1e3) - 1.0
     share = {k: sum(abs(r[f"rel_err_{k}"]) <= GOAL for r in rows) / len(rows)
              for k in ("p50", "best_round")}
     summary = {

@@ -183,15 +183,26 @@ def measure(cases: list[Case], rounds: int = 9, progress=lambda _: None, threads
         for _ in range(3):
             sess.run(None, feeds)
         built.append((case.name, records, lambda s=sess, f=feeds: s.run(None, f)))
-    best = [math.inf] * len(built)
-    for r in range(rounds):
-        progress(f"calibration: timing round {r + 1}/{rounds}")
-        for i, (_, _, run) in enumerate(built):
-            if threads != 1:  # let the previous case's spinning worker threads park
-                time.sleep(SETTLE_S)
-            best[i] = min(best[i], time_runs(run, budget_s=0.05, clock=clock))
+    best = best_rounds([run for _, _, run in built], rounds, budget_s=0.05, threads=threads,
+                       clock=clock, progress=progress)
     return [{"name": name, "seconds": t, "records": records}
             for (name, records, _), t in zip(built, best)]
+
+
+def best_rounds(runs: list, rounds: int, *, budget_s: float, min_runs: int = 5,
+                threads: int = 0, clock: str = "wall", progress=lambda _: None) -> list[float]:
+    """Each run's best round median, in seconds, the runs timed in interleaved rounds: a
+    slow spell of a shared CPU slows one round of every run instead of every round of a
+    few. `threads` other than 1 waits SETTLE_S before each run's slice, so the previous
+    onnxruntime session's spinning workers park."""
+    best = [math.inf] * len(runs)
+    for r in range(rounds):
+        progress(f"calibration: timing round {r + 1}/{rounds}")
+        for i, run in enumerate(runs):
+            if threads != 1:
+                time.sleep(SETTLE_S)
+            best[i] = min(best[i], time_runs(run, budget_s, min_runs=min_runs, clock=clock))
+    return best
 
 
 def cache_mb(level: int | None = None) -> float:

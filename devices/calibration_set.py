@@ -3,9 +3,9 @@
 Single ops pin the peaks and each op kind's efficiency; the blocks (an attention block, a
 post-norm encoder layer, inverted residuals with and without squeeze-excite, a ConvNeXt block,
 a residual basic block, MLPs and conv stacks whose weights exceed the core's L2 or all the
-caches, a small GRU) bring what single
-ops miss: activations that leave the cache between ops, the per-op costs of long chains, the
-real mix of fused and separate kernels. All are built here with random weights and none is a
+caches, a small GRU) bring what single ops miss: activations that leave the cache between
+ops, weights re-read from the LLC or DRAM, the per-op costs of long chains, the real mix of
+fused and separate kernels. All are built here with random weights and none is a
 model `bench/predict.py` judges the fit on.
 """
 

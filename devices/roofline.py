@@ -114,14 +114,6 @@ def default_factors(profile: DeviceProfile) -> Factors:
                    profile.op_overhead_us, profile.invoke_overhead_us)
 
 
-def weight_bandwidths(m: Machine) -> dict[str, float]:
-    """Bytes/s at which an op reads its weights, by weight tier (before the kind's factor)."""
-    cache = (m.cache_bandwidth_gbs or m.bandwidth_gbs or 0.0) * 1e9
-    dram = (m.bandwidth_gbs or 0.0) * 1e9
-    return {"hot": cache, "llc": cache * m.factors.llc_weight_eff,
-            "dram": dram * m.factors.dram_weight_eff}
-
-
 def op_time_s(rec: OpRecord, m: Machine, precision: str,
               tier: str = "dram") -> tuple[float, float, float]:
     """(overhead, compute, memory) seconds of one op; the op costs overhead + max of the two.
@@ -138,8 +130,10 @@ def op_time_s(rec: OpRecord, m: Machine, precision: str,
     if m.bandwidth_gbs:
         scale = BYTES_PER.get(low, 4) / 4.0 / f.memory.get(rec.kind, 0.6)
         dram, cache = m.bandwidth_gbs * 1e9, (m.cache_bandwidth_gbs or m.bandwidth_gbs) * 1e9
+        weights = {"hot": cache, "llc": cache * f.llc_weight_eff,
+                   "dram": dram * f.dram_weight_eff}[tier]
         acts = rec.bytes - rec.weight_bytes
-        memory = scale * (rec.weight_bytes / weight_bandwidths(m)[tier]
+        memory = scale * (rec.weight_bytes / weights
                           + acts / (cache if acts <= m.cache_mb * 2**20 else dram))
     return f.op_overhead_us * 1e-6, compute, memory
 

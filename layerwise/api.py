@@ -556,10 +556,9 @@ def predict(spec: str, device: str = "host", batch: int = 1, precision: str | No
             calibrate: bool = False, progress: Progress = _noop, source_options=None) -> dict:
     """Predicted latency of SPEC on `device` (roofline over the exported graph's ops; the
     host is calibrated by timing a calibration set the first time, or with `calibrate`)."""
+    from layerwise.compiler.passes import run_passes
     from layerwise.devices import calibrate_host, load_device
     from layerwise.devices import predict as predict_ir
-
-    from layerwise.compiler.passes import run_passes
     from layerwise.targets import get_target
 
     profile = load_device(device)  # an unknown name fails before the export

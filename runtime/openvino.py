@@ -11,7 +11,7 @@ for ViT-tiny INT8 / fp32; the outputs are identical.
 
 from __future__ import annotations
 
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +65,7 @@ class OpenVinoRunner:
         self.output_names = [p.get_any_name() for p in self.compiled.outputs]
         self._shapes = {p.get_any_name(): p.get_partial_shape() for p in self._model.inputs}
         self.specialize = specialize and any(s.is_dynamic for s in self._shapes.values())
-        self._static: OrderedDict[tuple, tuple] = OrderedDict()
+        self._static: dict[tuple, tuple] = {}  # input shapes -> (compiled, request)
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
         prec = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.precision = prec.get_type_name() if hasattr(prec, "get_type_name") else str(prec)
@@ -75,21 +75,23 @@ class OpenVinoRunner:
 
     def _request_for(self, feeds: dict[str, np.ndarray]):
         """The infer request compiled for these feeds' shapes (the dynamic one if the model
-        is static, specialisation is off, or MAX_SHAPES shapes are compiled already)."""
+        is static, specialisation is off, or MAX_SHAPES shapes are compiled already). Shapes
+        are checked against the model once, when first seen."""
         key = tuple(tuple(feeds[n].shape) for n in self.input_names)
+        hit = self._static.get(key)
+        if hit is not None:
+            return hit
         for name, shape in zip(self.input_names, key):
             if not self._shapes[name].compatible(self._ov.PartialShape(list(shape))):
                 raise BundleError(f"input {name} has shape {list(shape)}; the model takes "
                                   f"{self._shapes[name]}")
-        if not self.specialize:
+        if not self.specialize or len(self._static) >= MAX_SHAPES:
             return self._dynamic
-        hit = self._static.get(key)
-        if hit is None and len(self._static) < MAX_SHAPES:
-            model = self._model.clone()
-            model.reshape(dict(zip(self.input_names, key)))
-            compiled = self._core.compile_model(model, "CPU", self._config)
-            hit = self._static[key] = (compiled, compiled.create_infer_request())
-        return hit or self._dynamic
+        model = self._model.clone()
+        model.reshape(dict(zip(self.input_names, key)))
+        compiled = self._core.compile_model(model, "CPU", self._config)
+        self._static[key] = (compiled, compiled.create_infer_request())
+        return self._static[key]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         missing = [n for n in self.input_names if n not in feeds]

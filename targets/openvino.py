@@ -72,7 +72,8 @@ def _convert(ir, plan, ov):
     from layerwise.compiler.passes import run_passes
     from layerwise.targets import onnx as onnx_target
 
-    ir = run_passes(ir, list(onnx_target.INFO.legalize))  # what the ONNX exporter needs
+    # what the ONNX exporter needs beyond this target's own legalizations (already run)
+    ir = run_passes(ir, [p for p in onnx_target.INFO.legalize if p not in INFO.legalize])
     with tempfile.TemporaryDirectory() as tmp:
         entry = onnx_target.emit(ir, Path(tmp))
         model = ov.convert_model(str(Path(tmp) / entry["file"]))
