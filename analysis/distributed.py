@@ -70,6 +70,13 @@ def init_from_env() -> tuple[int, int]:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     _RANK = rank
     if world > 1:
+        # torch.distributed.nn.functional binds `group=group.WORLD` as default arguments when
+        # first imported, and torch.export imports it. Imported after the group exists, those
+        # defaults keep the group alive past destroy_process_group, so its gloo worker threads
+        # outlive it and one still releasing the last collective's tensors when the
+        # interpreter shuts down aborts the process. Imported first, the defaults are None.
+        import torch.distributed.nn.functional  # noqa: F401
+
         dist.init_process_group("gloo", rank=rank, world_size=world)
         _OWNED = True
     return rank, world

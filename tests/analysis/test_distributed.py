@@ -116,3 +116,18 @@ def test_shard_and_merge_keep_batch_order():
     assert merged["y"] == [0, 1, 2] and merged["m"]["a"].value == 3.0
     with pytest.raises(Exception, match="at least 3 batches"):
         Shard.of([8, 8], 0, 3)
+
+
+def test_leaving_the_group_stops_its_threads():
+    """destroy_process_group must free the gloo group even after torch.export ran; a group kept
+    alive keeps worker threads that abort the process at exit (seen: SIGABRT in 1 run of 5)."""
+    script = ROOT / "tests" / "fixtures" / "distributed_teardown.py"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(script)], capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=300,
+        check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = [ln.split()[-2:] for ln in proc.stdout.splitlines() if ln.startswith("rank ")]
+    assert len(counts) == 2, proc.stdout
+    for before, after in counts:
+        assert after == before, proc.stdout
