@@ -54,9 +54,19 @@ def connect(path: str | Path | None = None) -> sqlite3.Connection:
     p.parent.mkdir(parents=True, exist_ok=True)
     try:
         con = sqlite3.connect(p, timeout=30.0, isolation_level=None)
-        con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA busy_timeout=30000")
-        con.executescript(SCHEMA)
+        # switching a new file to WAL, and creating its tables, race other processes opening
+        # it at the same moment; SQLite then answers "locked" at once, without waiting out the
+        # busy timeout (it would deadlock), so those two steps are retried
+        for attempt in range(40):
+            try:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.executescript(SCHEMA)
+                break
+            except sqlite3.OperationalError as e:
+                if ("locked" not in str(e) and "busy" not in str(e)) or attempt == 39:
+                    raise
+                time.sleep(0.05 * (1 + attempt % 8))
     except sqlite3.DatabaseError as e:
         raise LayerwiseError(f"results database {p} is unusable ({e}); pass --db NEWFILE") from e
     con.row_factory = sqlite3.Row
