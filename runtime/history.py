@@ -53,20 +53,12 @@ def connect(path: str | Path | None = None) -> sqlite3.Connection:
     p = Path(path) if path else default_db()
     p.parent.mkdir(parents=True, exist_ok=True)
     try:
-        con = sqlite3.connect(p, timeout=30.0, isolation_level=None)
-        con.execute("PRAGMA busy_timeout=30000")
+        con = sqlite3.connect(p, timeout=30.0, isolation_level=None)  # 30 s busy timeout
         # switching a new file to WAL, and creating its tables, race other processes opening
         # it at the same moment; SQLite then answers "locked" at once, without waiting out the
-        # busy timeout (it would deadlock), so those two steps are retried
-        for attempt in range(40):
-            try:
-                con.execute("PRAGMA journal_mode=WAL")
-                con.executescript(SCHEMA)
-                break
-            except sqlite3.OperationalError as e:
-                if ("locked" not in str(e) and "busy" not in str(e)) or attempt == 39:
-                    raise
-                time.sleep(0.05 * (1 + attempt % 8))
+        # busy timeout (it would deadlock), so those steps are retried like a write
+        _retry_locked(con, lambda: (con.execute("PRAGMA journal_mode=WAL"),
+                                    con.executescript(SCHEMA)))
     except sqlite3.DatabaseError as e:
         raise LayerwiseError(f"results database {p} is unusable ({e}); pass --db NEWFILE") from e
     con.row_factory = sqlite3.Row
@@ -104,22 +96,35 @@ def record(kind: str, payload: dict[str, Any], db: str | Path | None = None) -> 
     cols = ", ".join(row)
     marks = ", ".join("?" for _ in row)
     con = connect(db)
+
+    def insert() -> int:
+        con.execute("BEGIN IMMEDIATE")
+        cur = con.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", list(row.values()))
+        con.execute("COMMIT")
+        return int(cur.lastrowid)
+
     try:
-        for attempt in range(20):
-            try:
-                con.execute("BEGIN IMMEDIATE")
-                cur = con.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", list(row.values()))
-                con.execute("COMMIT")
-                return int(cur.lastrowid)
-            except sqlite3.OperationalError as e:
-                if con.in_transaction:
-                    con.execute("ROLLBACK")
-                if "locked" not in str(e) and "busy" not in str(e):
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-        raise LayerwiseError(f"results database {db or default_db()} stayed locked; retry")
+        return _retry_locked(con, insert)
+    except sqlite3.OperationalError as e:
+        if "locked" not in str(e) and "busy" not in str(e):
+            raise
+        raise LayerwiseError(f"results database {db or default_db()} stayed locked; retry") from e
     finally:
         con.close()
+
+
+def _retry_locked(con: sqlite3.Connection, step, attempts: int = 20):
+    """step() retried while SQLite answers "locked" or "busy" (rolling back what it left
+    open), with a growing pause; re-raises the last error after `attempts` tries."""
+    for attempt in range(attempts):
+        try:
+            return step()
+        except sqlite3.OperationalError as e:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            if ("locked" not in str(e) and "busy" not in str(e)) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def query(db: str | Path | None = None, kind: str | None = None, model: str | None = None,
