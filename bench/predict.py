@@ -77,16 +77,15 @@ def same_rounds(args) -> dict:
     from layerwise.devices.calibrate import measure as measure_cases
     from layerwise.devices.calibration_set import Case, calibration_cases
     from layerwise.devices.roofline import machine_for, predict_records
-    from layerwise.sources import load_source
 
-    def build(spec):
-        def make():
-            src = load_source(spec)
-            return src.module.eval(), tuple(v[:1] for v in src.inputs.values())
+    def lifted(spec):
+        def make():  # as the bundle runs it: lifted and legalized for the onnx target
+            ir = run_passes(api.lift(spec), list(onnx_target.INFO.legalize))
+            return ir.program, tuple(v[:1] for v in ir.example_inputs.values())
         return make
 
     cases = calibration_cases()
-    models = [Case(spec, build(spec)) for spec in args.models]
+    models = [Case(spec, exported=lifted(spec)) for spec in args.models]
     measured = measure_cases(cases + models, rounds=args.rounds, threads=args.threads,
                              clock=args.clock)
     cal = calibration_from(measured[:len(cases)], args.threads, args.clock)

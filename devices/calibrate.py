@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from layerwise.devices.calibration_set import Case, calibration_cases
-from layerwise.devices.graph_ops import COMPUTE, KIND_NAMES, OpRecord, op_records
+from layerwise.devices.graph_ops import COMPUTE, KIND_NAMES, ROW_FLOPS, OpRecord, op_records
 from layerwise.devices.roofline import (
     DEFAULT_COMPUTE,
     DEFAULT_MEMORY,
@@ -38,7 +38,7 @@ from layerwise.devices.roofline import (
 )
 from layerwise.errors import LayerwiseError
 
-FORMAT = "layerwise-calibration/2"
+FORMAT = "layerwise-calibration/3"
 PRIOR_OVERHEAD_US = 10.0
 PRIOR_INVOKE_US = 20.0
 PRIOR_VIEW_US = 0.3
@@ -114,8 +114,22 @@ def exported(module, inputs):
                                strict=False).run_decompositions()
 
 
+def nchwc_block() -> int:
+    """Channels per block of onnxruntime's NCHWc convolutions on this CPU (MLAS: 16 with
+    AVX-512F, 8 with AVX2); 0 where it has no NCHWc kernels (no layout reorders)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return 0
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")),
+                         [])
+    except OSError:
+        return 0
+    return 16 if "avx512f" in flags else 8 if "avx2" in flags else 0
+
+
 def _records(program) -> list[OpRecord]:
-    records, _ = op_records(program, None, batch=1)
+    records, _ = op_records(program, None, batch=1, nchwc_block=nchwc_block())
     return records
 
 
@@ -175,9 +189,12 @@ def measure(cases: list[Case], rounds: int = 9, progress=lambda _: None, threads
     torch.manual_seed(0)
     for i, case in enumerate(cases):
         progress(f"calibration {i + 1}/{len(cases)}: exporting {case.name}")
-        module, inputs = case.build()
         with torch.no_grad():
-            program = exported(module, inputs)
+            if case.exported is not None:
+                program, inputs = case.exported()
+            else:
+                module, inputs = case.build()
+                program = exported(module, inputs)
             records = _records(program)
             sess, feeds = ort_session(program, inputs, threads)
         for _ in range(3):
@@ -223,7 +240,7 @@ def cache_mb(level: int | None = None) -> float:
 
 # ---------------------------------------------------------------- fitting
 
-_CKINDS = (*KIND_NAMES, "fused")
+_CKINDS = (*KIND_NAMES, "fused", "epilogue", "row")
 
 
 class _Design:
@@ -231,7 +248,7 @@ class _Design:
     peak and bandwidths are fixed (measured) and whose factors are being fitted."""
 
     def __init__(self, measured: list[dict], m: Machine) -> None:
-        case, kind, flops, mem, fused, dram, w_llc, w_dram = [], [], [], [], [], [], [], []
+        case, kind, flops, mem, fused, dram, w_llc, w_dram, outs, rows = ([] for _ in range(10))
         cache = (m.cache_bandwidth_gbs or m.bandwidth_gbs) * 1e9
         bw = m.bandwidth_gbs * 1e9
         self.views = np.zeros(len(measured))
@@ -245,6 +262,8 @@ class _Design:
                 case.append(i)
                 kind.append(KIND_NAMES.index(r.kind))
                 flops.append(r.flops)
+                outs.append(r.outputs)
+                rows.append(r.rows * ROW_FLOPS)
                 # seconds at full bandwidth: activations and hot weights (fixed), weights
                 # re-read from the LLC or DRAM (divided by their fitted efficiencies)
                 mem.append((r.weight_bytes if tier == "hot" else 0) / cache
@@ -256,6 +275,8 @@ class _Design:
         self.case = np.array(case, dtype=int)
         self.kind = np.array(kind, dtype=int)
         self.flops = np.array(flops, dtype=float)
+        self.outs = np.array(outs, dtype=float)
+        self.rows = np.array(rows, dtype=float)
         self.mem = np.array(mem, dtype=float)
         self.w_llc = np.array(w_llc, dtype=float)
         self.w_dram = np.array(w_dram, dtype=float)
@@ -266,15 +287,18 @@ class _Design:
         self.threads = m.threads
 
     def predict(self, ce: np.ndarray, me: np.ndarray, scalars: tuple) -> np.ndarray:
-        """Seconds per case; ce has one more entry than KIND_NAMES (the fused kind);
+        """Seconds per case; ce has three more entries than KIND_NAMES (fused, epilogue,
+        row);
         scalars: op, invoke and view overheads (s), the overlap share, the parallel grain
         (s), and the LLC and DRAM weight-read efficiencies."""
         ov, inv, view, overlap, grain, llc_eff, dram_eff = scalars
-        comp = self.flops / (self.peak * ce[self.kind])
+        nk = len(KIND_NAMES)
+        comp = (self.flops / ce[self.kind] + self.outs / ce[nk + 1]
+                + self.rows / ce[nk + 2]) / self.peak
         mem = (self.mem + self.w_llc / llc_eff + self.w_dram / dram_eff) / me[self.kind]
         r = np.maximum(comp, mem) + overlap * self.dram * np.minimum(comp, mem)
         r = r * parallel_slowdown(r, self.threads, grain)
-        t = np.where(self.fused, self.flops / (self.peak * ce[-1]), ov + r)
+        t = np.where(self.fused, self.flops / (self.peak * ce[nk]), ov + r)
         total = inv + view * self.views
         np.add.at(total, self.case, t)
         return total
@@ -295,14 +319,14 @@ def fit(measured: list[dict], m: Machine) -> tuple[Factors, dict]:
 
     def unpack(theta):
         e = np.exp(theta)
-        return e[:nk + 1], e[nk + 1:2 * nk + 1], tuple(e[-7:])
+        return e[:nk + 3], e[nk + 3:2 * nk + 3], tuple(e[-7:])
 
     def residuals(theta):
         return np.concatenate([np.log(design.predict(*unpack(theta))) - y,
                                PRIOR_WEIGHT * (theta - prior)])
 
-    lo = np.log(np.r_[np.full(2 * nk + 1, 1e-3), 1e-7, 1e-7, 1e-9, 1e-3, 1e-8, 0.05, 0.05])
-    hi = np.log(np.r_[np.full(2 * nk + 1, 2.0), 1e-3, 1e-2, 1e-4, 1.0, 1e-2, 3.0, 3.0])
+    lo = np.log(np.r_[np.full(2 * nk + 3, 1e-3), 1e-7, 1e-7, 1e-9, 1e-3, 1e-8, 0.05, 0.05])
+    hi = np.log(np.r_[np.full(2 * nk + 3, 2.0), 1e-3, 1e-2, 1e-4, 1.0, 1e-2, 3.0, 3.0])
     sol = least_squares(residuals, np.clip(prior, lo + 1e-9, hi - 1e-9), bounds=(lo, hi),
                         loss="soft_l1", f_scale=0.2)
     ce, me, scalars = unpack(sol.x)
@@ -355,7 +379,7 @@ def calibration_from(measured: list[dict], threads: int = 0, clock: str = "wall"
         "peak_gops": {"fp32": peak, "int8": peak * (4.0 if vnni else 2.0)},
         "int8_peak": "estimated: 4x fp32 with AVX-512 VNNI, else 2x (not measured)",
         "bandwidth_gbs": dram, "cache_bandwidth_gbs": cache, "cache_mb": machine.cache_mb,
-        "l2_mb": machine.l2_mb,
+        "l2_mb": machine.l2_mb, "nchwc_block": nchwc_block(),
         "factors": factors.to_json(), "fit": report,
     }
 

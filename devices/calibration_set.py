@@ -17,10 +17,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Case:
-    """One calibration model: a name and a builder returning (module, example inputs)."""
+    """One calibration model: a name and a builder returning (module, example inputs), or
+    (`exported`) one returning an exported program with a dynamic batch and its inputs at
+    batch 1, for a program that a pass has already rewritten."""
 
     name: str
-    build: Callable[[], tuple]
+    build: Callable[[], tuple] | None = None
+    exported: Callable[[], tuple] | None = None
 
 
 def calibration_cases() -> list[Case]:
@@ -99,6 +102,8 @@ def calibration_cases() -> list[Case]:
         Case("layernorm-32x384", module(lambda: nn.LayerNorm(384), (1, 32, 384))),
         Case("layernorm-197x192", module(lambda: nn.LayerNorm(192), (1, 197, 192))),
         Case("layernorm-197x768", module(lambda: nn.LayerNorm(768), (1, 197, 768))),
+        # narrow rows: the per-row cost (graph_ops.ROW_FLOPS) against the per-element one
+        Case("layernorm-3136x32", module(lambda: nn.LayerNorm(32), (1, 3136, 32))),
         Case("add-64x56", fn(torch.add, (1, 64, 56, 56), (1, 64, 56, 56))),
         Case("add-256x14", fn(torch.add, (1, 256, 14, 14), (1, 256, 14, 14))),
         Case("add-32x384", fn(torch.add, (1, 32, 384), (1, 32, 384))),
@@ -118,6 +123,9 @@ def calibration_cases() -> list[Case]:
         Case("tiny-add", fn(lambda x: x + 1.0, (1, 64))),
         Case("tiny-chain-32", fn(_chain, (1, 64))),
         Case("tiny-chain-96", fn(lambda x: _chain(_chain(_chain(x))), (1, 64))),
+        # a chain of tiny GEMMs: a matmul kernel's own launch cost
+        Case("tiny-linear-chain-12", module(lambda: nn.Sequential(*[
+            nn.Sequential(nn.Linear(48, 48), nn.ReLU()) for _ in range(12)]), (1, 48))),
         Case("tanh-96x28", fn(torch.tanh, (1, 96, 28, 28))),
         Case("hardswish-96x28", fn(nn.functional.hardswish, (1, 96, 28, 28))),
         Case("silu-96x28", fn(nn.functional.silu, (1, 96, 28, 28))),
@@ -176,6 +184,16 @@ def block_cases() -> list[Case]:
             a = (s.softmax(-1) @ split(self.v(x))).permute(0, 2, 1, 3).reshape(b, n, c)
             x = self.n1(x + self.o(a))
             return self.n2(x + self.fc2(F.gelu(self.fc1(x))))
+
+    class EncoderStack(nn.Module):
+        def __init__(self, *layers):
+            super().__init__()
+            self.layers = nn.ModuleList(layers)
+
+        def forward(self, x, mask):
+            for layer in self.layers:
+                x = layer(x, mask)
+            return x
 
     def cbn(cin, cout, k=1, *, stride=1, groups=1, act=None):
         layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
@@ -244,6 +262,9 @@ def block_cases() -> list[Case]:
                                            mask=True)),
         Case("block-inverted-2x24x28", build(seq(lambda: Inverted(24, 144),
                                                  lambda: Inverted(24, 144)), (1, 24, 28, 28))),
+        # a deeper stack at a high resolution: activations that leave the core's L2
+        Case("block-inverted-3x32x56", build(seq(*[lambda: Inverted(32, 128)] * 3),
+                                             (1, 32, 56, 56))),
         Case("block-inverted-se-40x14", build(lambda: Inverted(40, 240, 5, nn.Hardswish, True),
                                               (1, 40, 14, 14))),
         Case("block-convnext-64x28", build(lambda: ConvNeXt(64), (1, 64, 28, 28))),
@@ -251,6 +272,10 @@ def block_cases() -> list[Case]:
         Case("block-mlp-dram-8x2048", build(seq(*[lambda: nn.Sequential(
             nn.Linear(2048, 4096), nn.GELU(), nn.Linear(4096, 2048))] * 2), (1, 8, 2048))),
         Case("block-gru-12x24", build(Gru, (1, 12, 24))),
+        # a stack of encoder layers whose weights (39 MiB) stream from DRAM on every run
+        Case("block-encoder-stack-dram-8x24x320", build(
+            lambda: EncoderStack(*(Encoder(320, 5, 1280) for _ in range(8))), (1, 24, 320),
+            mask=True)),
         # weights past the core's L2 but inside the last-level cache, and past that: a graph
         # whose weights do not stay in L2 between runs re-reads them at each op, as a model does
         Case("block-pw-stack-llc-512x7", build(seq(*[lambda: cbn(512, 512, act=nn.ReLU)] * 6),

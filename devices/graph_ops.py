@@ -61,6 +61,11 @@ ELEMENT_COST = {"gelu": 20.0, "erf": 14.0, "tanh": 8.0, "exp": 6.0, "sigmoid": 5
                 "silu": 6.0, "log": 6.0, "sqrt": 2.0, "rsqrt": 2.0, "pow": 8.0, "elu": 6.0,
                 "mish": 24.0, "softplus": 12.0, "log1p": 8.0, "expm1": 8.0, "sin": 10.0,
                 "cos": 10.0, "hardswish": 3.0, "hardsigmoid": 2.0}
+# a normalized row's fixed cost (its mean and variance reduced across vector lanes, the
+# reciprocal square root) in FLOPs at the "row" efficiency: onnxruntime's LayerNormalization
+# measured here at 0.17 ns per element and 27 ns per row on 2 threads (0.38 and 16 ns on
+# one), so rows of 16-40 channels cost 2-4x a wide row's per element
+ROW_FLOPS = 500.0
 KIND_NAMES = ("conv", "dwconv", "matmul", "elementwise", "transcendental", "norm", "softmax",
               "pool", "reduce", "copy")
 
@@ -78,6 +83,8 @@ class OpRecord:
     weight_bytes: float
     layer: str  # row of the breakdown (block or depth-1 layer), '' when outside any layer
     fused: bool = False
+    outputs: float = 0.0  # elements a conv or matmul writes (its epilogue: bias, activation)
+    rows: float = 0.0  # rows a layer / RMS norm normalizes (each costs ROW_FLOPS)
 
 
 def op_name(target) -> str:
@@ -182,6 +189,16 @@ def _flops(node, name: str, kind: str, shapes: _Shapes) -> float:
     return float(out) * ELEMENT_COST.get(name, 1.0)
 
 
+def _rows(node, name: str, kind: str, shapes: _Shapes) -> float:
+    """Rows a layer / RMS norm normalizes (numel over the normalized shape); 0 for others."""
+    if kind != "norm" or not ("layer_norm" in name or "rms_norm" in name):
+        return 0.0
+    dims = node.args[1] if len(node.args) > 1 else ()
+    if not isinstance(dims, (list, tuple)) or not dims:
+        return 0.0
+    return shapes.numel(node) / max(1, math.prod(shapes.dim(d) for d in dims))
+
+
 def _layer_rows(layers) -> dict[str, str]:
     """node name -> breakdown row: the block holding it, else its shallowest layer (depth 1
     unless the parent is a container that is never called, like a ModuleList)."""
@@ -193,10 +210,13 @@ def _layer_rows(layers) -> dict[str, str]:
     return rows
 
 
-def op_records(program, layers=None, batch: int | None = 1) -> tuple[list[OpRecord], dict]:
+def op_records(program, layers=None, batch: int | None = 1,
+               nchwc_block: int = 0) -> tuple[list[OpRecord], dict]:
     """Records for every call_function node of `program` (a torch.export ExportedProgram) at
     `batch` (None: the example batch). Returns (records, info) where info says whether the
-    batch could be set (`batch_fixed` is the exported batch when it is static)."""
+    batch could be set (`batch_fixed` is the exported batch when it is static).
+    `nchwc_block` > 0 adds the layout reorders onnxruntime's CPU provider inserts around its
+    blocked convolutions (`reorders.py`; 0: none, for runtimes without them)."""
     graph = program.graph_module.graph
     sig = program.graph_signature
     user_inputs = set(sig.user_inputs)
@@ -234,11 +254,21 @@ def op_records(program, layers=None, batch: int | None = 1) -> tuple[list[OpReco
             w_bytes = sum(shapes.nbytes(a) for a in real_inputs if a.name in constant)
             a_bytes = sum(shapes.nbytes(a) for a in real_inputs if a.name not in constant)
             nbytes = w_bytes + a_bytes + shapes.nbytes(node)
-        into = _fused_into(name, kind, real_inputs, producer_kind, free_src)
-        records[node.name] = OpRecord(node.name, name, kind, _flops(node, name, kind, shapes),
-                                      nbytes, w_bytes, rows.get(node.name, ""),
-                                      fused=into is not None)
+        into = _fused_into(name, kind, real_inputs, producer_kind, free_src,
+                           is_constant=lambda a: a.name in constant, shapes=shapes)
+        flops = _flops(node, name, kind, shapes)
+        if into is not None and "batch_norm" in name:
+            flops = 0.0  # folded into the conv's weights when the session is built
+        records[node.name] = OpRecord(node.name, name, kind, flops, nbytes, w_bytes,
+                                      rows.get(node.name, ""), fused=into is not None,
+                                      outputs=float(shapes.numel(node)) if kind in COMPUTE
+                                      else 0.0, rows=_rows(node, name, kind, shapes))
         producer_kind[node.name] = kind if into is None else producer_kind[into.name]
+    if nchwc_block > 0:
+        from layerwise.devices.reorders import reorder_records
+
+        records.update(reorder_records(graph, records, free_src, constant, shapes=shapes, rows=rows,
+                                       block=nchwc_block))
     info = {"batch": batch if shapes.subs else shapes.batch_fixed,
             "batch_fixed": shapes.batch_fixed if not shapes.subs else None}
     return list(records.values()), info
@@ -255,15 +285,28 @@ def _users(node, free_src) -> int:
     return count
 
 
-def _fused_into(name, kind, real_inputs, producer_kind, free_src):
+def _fused_into(name, kind, real_inputs, producer_kind, free_src, *, is_constant, shapes):
     """The input whose producer an op runs inside, or None: elementwise ops and batch norm
     that read the single-use output of a conv / matmul (or of an op already fused into one),
-    and the activations a conv fuses (CONV_ACTIVATIONS)."""
+    the activations a conv fuses (CONV_ACTIVATIONS), and the mul of x * sigmoid(x) (SiLU).
+    Of the ops with a second activation input only a same-shape add (a residual) fuses,
+    and only into a conv (NCHWc Sum); after a Gemm it runs as its own Add, and a
+    squeeze-excite scale x * s as its own Mul."""
+    if name == "mul" and len(real_inputs) == 2:
+        for s_, x in (real_inputs, real_inputs[::-1]):
+            if (getattr(s_, "target", None) is not None and op_name(s_.target) == "sigmoid"
+                    and free_src.get(s_.args[0].name, s_.args[0]) is x
+                    and _users(s_, free_src) == 1):
+                return s_  # x * sigmoid(x): onnxruntime's QuickGelu, one kernel
     conv_only = name in CONV_ACTIVATIONS
     if kind not in FUSABLE and "batch_norm" not in name and not conv_only:
         return None
     into = ("conv", "dwconv") if conv_only else COMPUTE
     for a in real_inputs:
         if producer_kind.get(a.name) in into and _users(a, free_src) == 1:
+            others = [b for b in real_inputs if b is not a and not is_constant(b)]
+            if others and (name != "add" or producer_kind[a.name] == "matmul"
+                           or any(shapes.numel(b) != shapes.numel(a) for b in others)):
+                continue
             return a
     return None

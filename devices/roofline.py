@@ -1,7 +1,10 @@
 """Latency prediction: a roofline per op with per-op-kind efficiency factors.
 
     t(op) = overhead + s(r) * r,  r = max(compute, memory) [+ overlap * min(...) if it reads DRAM]
-    compute = flops / (peak * eff_c[kind]),  memory = bytes / (bandwidth * eff_m[kind])
+    compute = flops / (peak * eff_c[kind]) [+ outputs / (peak * eff_c["epilogue"]) for convs
+              and matmuls: the bias, activation and store of each output element]
+              [+ rows * ROW_FLOPS / (peak * eff_c["row"]) for layer norms]
+    memory = bytes / (bandwidth * eff_m[kind])
     s(r) = T / (1 + (T - 1) * r / (r + grain)): T threads, a small op keeps fewer busy
 
 summed over the ops of the exported program (`graph_ops.op_records`); ops fused into a conv or
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from layerwise.devices.graph_ops import COMPUTE, KIND_NAMES, OpRecord, op_records
+from layerwise.devices.graph_ops import COMPUTE, KIND_NAMES, ROW_FLOPS, OpRecord, op_records
 from layerwise.devices.loader import DeviceProfile, load_device
 from layerwise.errors import LayerwiseError
 
@@ -26,7 +29,7 @@ from layerwise.errors import LayerwiseError
 # kinds barely use the ALUs, so their figure only matters when they are compute bound
 DEFAULT_COMPUTE = {"conv": 0.5, "dwconv": 0.15, "matmul": 0.6, "elementwise": 0.1,
                    "transcendental": 0.05, "norm": 0.1, "softmax": 0.05, "pool": 0.1,
-                   "reduce": 0.1, "copy": 1.0, "fused": 0.3}
+                   "reduce": 0.1, "copy": 1.0, "fused": 0.3, "epilogue": 0.1, "row": 0.1}
 DEFAULT_MEMORY = dict.fromkeys(KIND_NAMES, 0.6)
 BYTES_PER = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 # LiteRT builtin each Core ATen op becomes, to check a device's op limits (norms decompose
@@ -107,6 +110,7 @@ class Machine:
     full_integer: bool = False
     threads: int = 1  # the threads the peaks were measured with (parallel_grain_us)
     l2_mb: float = 0.0  # per-core L2; 0: unknown (weights within the LLC count as hot)
+    nchwc_block: int = 0  # onnxruntime's NCHWc channel block (reorders.py); 0: no reorders
 
 
 def default_factors(profile: DeviceProfile) -> Factors:
@@ -126,6 +130,10 @@ def op_time_s(rec: OpRecord, m: Machine, precision: str,
     if rec.fused:
         return 0.0, rec.flops / (peak * 1e9 * f.compute["fused"]), 0.0
     compute = rec.flops / (peak * 1e9 * f.compute.get(rec.kind, 0.1))
+    if rec.outputs:  # a conv's or matmul's epilogue: one "epilogue" FLOP per output
+        compute += rec.outputs / (peak * 1e9 * f.compute["epilogue"])
+    if rec.rows:  # a norm's per-row reductions
+        compute += rec.rows * ROW_FLOPS / (peak * 1e9 * f.compute["row"])
     memory = 0.0
     if m.bandwidth_gbs:
         scale = BYTES_PER.get(low, 4) / 4.0 / f.memory.get(rec.kind, 0.6)
@@ -203,7 +211,8 @@ def machine_for(profile: DeviceProfile, calibration: dict | None) -> Machine:
                        Factors.from_json(calibration["factors"]),
                        calibration["cache_bandwidth_gbs"], calibration["cache_mb"],
                        threads=int(calibration.get("threads", 1)),
-                       l2_mb=float(calibration.get("l2_mb", 0.0)))
+                       l2_mb=float(calibration.get("l2_mb", 0.0)),
+                       nchwc_block=int(calibration.get("nchwc_block", 0)))
     return Machine(dict(profile.peak_gops), profile.bandwidth_gbs, default_factors(profile),
                    host_link_gbs=profile.host_link_gbs, param_cache_mb=profile.param_cache_mb,
                    full_integer=profile.quant.full_integer)
@@ -243,7 +252,7 @@ def predict(spec_or_ir, device: str | DeviceProfile = "host", batch: int = 1,
     if prec not in m.peak_gops:
         raise LayerwiseError(f"device {profile.name} has no {prec} peak; use one of "
                              f"{', '.join(sorted(m.peak_gops))}")
-    records, info = op_records(ir.program, ir.layers, batch)
+    records, info = op_records(ir.program, ir.layers, batch, nchwc_block=m.nchwc_block)
     fp32_nodes = frozenset(n for path in (quant or {}).get("keep_fp32", [])
                            for n in ir.layer(path).nodes)
     io = _io_bytes(ir, info["batch"] or batch, prec)

@@ -60,6 +60,12 @@ def small():
     return lifted()
 
 
+def normed():
+    torch.manual_seed(0)
+    return lift(Source("test:normed", nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32)).eval(),
+                       {"input": torch.randn(2, 5, 16)}, "tabular"))
+
+
 def test_records_count_conv_flops_and_fuse_bn_relu(small):
     recs, info = op_records(small.program, small.layers, batch=1)
     assert info == {"batch": 1, "batch_fixed": None}
@@ -107,7 +113,9 @@ def test_coral_runs_int8_only(small):
 def test_vectorised_fit_matches_the_roofline(small, cache_mb, l2_mb, tier):
     """The calibration fits exactly the model that predict_records evaluates, for weights
     kept in L2, in the last-level cache and in DRAM."""
-    recs, _ = op_records(small.program, small.layers, batch=1)
+    recs, _ = op_records(small.program, small.layers, batch=1, nchwc_block=16)
+    recs += op_records(normed().program, None, batch=1)[0]  # layer norms: the row term
+    assert any(r.op == "reorder" for r in recs) and any(r.rows for r in recs)
     rng = np.random.default_rng(0)
     f = Factors()
     f = Factors({k: float(rng.uniform(0.05, 1)) for k in f.compute},
@@ -119,7 +127,7 @@ def test_vectorised_fit_matches_the_roofline(small, cache_mb, l2_mb, tier):
     assert any(streams_dram(r, m, tier) for r in recs) is (tier == "dram")
     design = _Design([{"name": "small", "seconds": 1.0, "records": recs}], m)
     kinds = list(f.memory)
-    ce = np.array([f.compute[k] for k in [*kinds, "fused"]])
+    ce = np.array([f.compute[k] for k in [*kinds, "fused", "epilogue", "row"]])
     me = np.array([f.memory[k] for k in kinds])
     scalars = (f.op_overhead_us * 1e-6, f.invoke_overhead_us * 1e-6, f.view_overhead_us * 1e-6,
                f.overlap, f.parallel_grain_us * 1e-6, f.llc_weight_eff, f.dram_weight_eff)
