@@ -67,7 +67,7 @@ ELEMENT_COST = {"gelu": 20.0, "erf": 14.0, "tanh": 8.0, "exp": 6.0, "sigmoid": 5
 # one), so rows of 16-40 channels cost 2-4x a wide row's per element
 ROW_FLOPS = 500.0
 KIND_NAMES = ("conv", "dwconv", "matmul", "elementwise", "transcendental", "norm", "softmax",
-              "pool", "reduce", "copy")
+              "pool", "reduce", "copy", "reorder")
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,11 @@ decomposition and a Mul by a constant or a broadcast tensor are not among them).
 other consumer needs the tensor back in NCHW, through one ReorderOutput per tensor; a conv
 fed from outside the layout needs a ReorderInput. A Transpose to or from channels-last next to
 the layout becomes the reorder itself (no extra copy). Ops fused into a conv (its bias,
-activation, batch norm, a scale) share the conv's layout. Each reorder reads and writes the
-tensor once and is recorded as a "copy" op. An NCHWc conv computes whole channel blocks, so its
-FLOPs count the padded channels.
+activation, batch norm, a scale) share the conv's layout; a residual add fuses only when
+its other tensor is NCHWc as well (else it is an NCHW Add between reorders). Each reorder
+reads and writes the tensor once; it and the Transposes it replaces are recorded with kind
+"reorder" (their own efficiency: onnxruntime's reorder kernels are not its Transpose). An
+NCHWc conv computes whole channel blocks, so its FLOPs count the padded channels.
 """
 
 from __future__ import annotations
@@ -48,18 +50,13 @@ def _conv_layout(node, shapes, block: int) -> tuple[bool, bool]:
     return False, False
 
 
-def reorder_records(graph, records: dict[str, OpRecord], free_src: dict, constant: set[str], *,
-                    shapes, rows: dict[str, str], block: int) -> dict[str, OpRecord]:
-    """The ReorderInput / ReorderOutput copies of a graph whose op records are `records`,
-    and the records of its NCHWc convs with their FLOPs over the channels padded to whole
-    blocks (24 channels compute as 32 with a block of 16); update `records` with both."""
-
-    def src(a):
-        return free_src.get(a.name, a)
-
+def _layouts(graph, records: dict[str, OpRecord], src, constant: set[str], *, shapes,
+             block: int) -> tuple[dict[str, bool], set[str], dict[str, OpRecord]]:
+    """(node -> runs in NCHWc, convs that read NCHWc, records changed: padded convs and the
+    residual adds that cannot fuse), walking the graph in order."""
     nchwc: dict[str, bool] = {}
-    reads_nchwc: set[str] = set()  # convs whose input must be NCHWc
-    padded: dict[str, OpRecord] = {}
+    reads_nchwc: set[str] = set()
+    changed: dict[str, OpRecord] = {}
     for node in graph.nodes:
         if node.op != "call_function" or node.name not in records:
             continue
@@ -74,8 +71,14 @@ def reorder_records(graph, records: dict[str, OpRecord], free_src: dict, constan
                 w = shapes.shape(node.args[1])
                 pad_out = _padded(w[0], block) / w[0]
                 pad_in = _padded(w[1], block) / w[1] if reads and w[1] > 1 else 1.0
-                padded[node.name] = replace(rec, flops=rec.flops * pad_out * pad_in,
-                                            outputs=rec.outputs * pad_out)
+                changed[node.name] = replace(rec, flops=rec.flops * pad_out * pad_in,
+                                             outputs=rec.outputs * pad_out)
+        elif (rec.fused and rec.op == "add" and len(acts) == 2
+              and not all(nchwc.get(a.name) for a in acts)):
+            # a residual add fuses into the conv (as its Sum input) only when the other
+            # tensor is NCHWc too; else it runs as an NCHW Add between two reorders
+            changed[node.name] = replace(rec, fused=False)
+            nchwc[node.name] = False
         elif rec.fused:
             nchwc[node.name] = any(nchwc.get(a.name, False) for a in acts)
         elif rec.op in _FOLLOW:
@@ -85,13 +88,27 @@ def reorder_records(graph, records: dict[str, OpRecord], free_src: dict, constan
             nchwc[node.name] = (len(operands) == 2 and len(acts) == 2
                                 and len({shapes.shape(a) for a in acts}) == 1
                                 and all(nchwc.get(a.name, False) for a in acts))
-    out: dict[str, OpRecord] = padded
+    return nchwc, reads_nchwc, changed
+
+
+def reorder_records(graph, records: dict[str, OpRecord], free_src: dict, constant: set[str], *,
+                    shapes, rows: dict[str, str], block: int) -> dict[str, OpRecord]:
+    """The ReorderInput / ReorderOutput copies of a graph whose op records are `records`,
+    and the records of its NCHWc convs with their FLOPs over the channels padded to whole
+    blocks (24 channels compute as 32 with a block of 16), residual adds that cannot fuse
+    into their conv as separate ops, and Transposes that become reorders; update `records`
+    with all of them."""
+
+    def src(a):
+        return free_src.get(a.name, a)
+
+    nchwc, reads_nchwc, out = _layouts(graph, records, src, constant, shapes=shapes, block=block)
 
     def add(node, direction: str) -> None:
         name = f"{node.name}.reorder_{direction}"
         if name not in out:
-            out[name] = OpRecord(name, "reorder", "copy", 0.0, 2.0 * shapes.nbytes(node), 0.0,
-                                 rows.get(node.name, ""))
+            out[name] = OpRecord(name, "reorder", "reorder", 0.0, 2.0 * shapes.nbytes(node),
+                                 0.0, rows.get(node.name, ""))
 
     for node in graph.nodes:
         if node.op == "output":
@@ -99,17 +116,20 @@ def reorder_records(graph, records: dict[str, OpRecord], free_src: dict, constan
                 if nchwc.get(src(a).name):
                     add(src(a), "out")
             continue
-        rec = records.get(node.name) if node.op == "call_function" else None
+        rec = (out.get(node.name) or records.get(node.name)) if node.op == "call_function" else None
         if rec is None:  # free ops alias their input (src() looks through them)
             continue
         inside = nchwc.get(node.name, False) and rec.op != "convolution"
         for a in map(src, node.all_input_nodes):
             if a.name in constant:
                 continue
-            if (nchwc.get(a.name) and not inside and node.name not in reads_nchwc
-                    and rec.op != "permute"):
+            if nchwc.get(a.name) and rec.op == "permute":  # ReorderOutput to channels-last
+                out[node.name] = replace(rec, kind="reorder")
+            elif nchwc.get(a.name) and not inside and node.name not in reads_nchwc:
                 add(a, "out")  # an NCHWc tensor read by an NCHW op
-            if (node.name in reads_nchwc and not nchwc.get(a.name)
-                    and not (a.op == "call_function" and op_name(a.target) == "permute")):
-                add(a, "in")
+            if node.name in reads_nchwc and not nchwc.get(a.name):
+                if a.op == "call_function" and op_name(a.target) == "permute":
+                    out[a.name] = replace(records[a.name], kind="reorder")  # channels-last in
+                else:
+                    add(a, "in")
     return out

@@ -29,7 +29,8 @@ from layerwise.errors import LayerwiseError
 # kinds barely use the ALUs, so their figure only matters when they are compute bound
 DEFAULT_COMPUTE = {"conv": 0.5, "dwconv": 0.15, "matmul": 0.6, "elementwise": 0.1,
                    "transcendental": 0.05, "norm": 0.1, "softmax": 0.05, "pool": 0.1,
-                   "reduce": 0.1, "copy": 1.0, "fused": 0.3, "epilogue": 0.1, "row": 0.1}
+                   "reduce": 0.1, "copy": 1.0, "fused": 0.3, "epilogue": 0.1, "row": 0.1,
+                   "reorder": 1.0}
 DEFAULT_MEMORY = dict.fromkeys(KIND_NAMES, 0.6)
 BYTES_PER = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 # LiteRT builtin each Core ATen op becomes, to check a device's op limits (norms decompose

@@ -37,7 +37,22 @@ class Between(nn.Module):
         return self.b(self.f(h))
 
 
+class Residual(nn.Module):
+    """x + conv(conv(x)) on the graph's (NCHW) input, or after a stem conv (NCHWc)."""
+
+    def __init__(self, stem: bool) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1) if stem else nn.Identity()
+        self.a, self.b = nn.Conv2d(32, 32, 1), nn.Conv2d(32, 32, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return x + self.b(torch.relu(self.a(x)))
+
+
 CASES = {
+    "residual-on-input": (lambda: Residual(stem=False), 32),
+    "residual-after-stem": (lambda: Residual(stem=True), 3),
     "relu": (lambda: Between(torch.relu), 32),
     "gelu": (lambda: Between(F.gelu), 32),
     "silu": (lambda: Between(F.silu), 32),
@@ -48,9 +63,9 @@ CASES = {
 }
 
 
-def _ort_reorders(program, tmp_path) -> int:
-    """Reorder nodes in the model onnxruntime optimizes from the exporter's ONNX (the
-    exporter that the calibration and the onnx target use)."""
+def _ort_nodes(program, tmp_path) -> tuple[int, int]:
+    """Reorder and Add nodes in the model onnxruntime optimizes from the exporter's ONNX
+    (the exporter that the calibration and the onnx target use)."""
     path, opt = tmp_path / "m.onnx", tmp_path / "opt.onnx"
     with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()),
           contextlib.redirect_stderr(io.StringIO())):
@@ -61,20 +76,22 @@ def _ort_reorders(program, tmp_path) -> int:
     opts.log_severity_level = 3
     ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     nodes = onnx.load(str(opt)).graph.node
-    return sum(n.op_type in ("ReorderInput", "ReorderOutput") for n in nodes)
+    return (sum(n.op_type in ("ReorderInput", "ReorderOutput") for n in nodes),
+            sum(n.op_type == "Add" for n in nodes))
 
 
 @pytest.mark.skipif(BLOCK == 0, reason="this CPU has no NCHWc kernels in onnxruntime")
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_reorders_match_onnxruntime(case, tmp_path):
+def test_reorders_and_adds_match_onnxruntime(case, tmp_path):
     build, cin = CASES[case]
     torch.manual_seed(0)
     x = torch.randn(1, cin, 8, 8)
     with torch.no_grad():
         program = exported(build().eval(), (x,))
     records, _ = op_records(program, None, batch=1, nchwc_block=BLOCK)
-    ours = sum(r.op == "reorder" for r in records)
-    assert ours == _ort_reorders(program, tmp_path)
+    ours = (sum(r.op == "reorder" for r in records),
+            sum(r.op == "add" and not r.fused for r in records))
+    assert ours == _ort_nodes(program, tmp_path)
     assert not any(r.op == "reorder" for r in op_records(program, None, batch=1)[0])
 
 
