@@ -293,11 +293,11 @@ def _fused_into(name, kind, real_inputs, producer_kind, free_src, *, is_constant
     and only into a conv (NCHWc Sum); after a Gemm it runs as its own Add, and a
     squeeze-excite scale x * s as its own Mul."""
     if name == "mul" and len(real_inputs) == 2:
-        for s_, x in (real_inputs, real_inputs[::-1]):
-            if (getattr(s_, "target", None) is not None and op_name(s_.target) == "sigmoid"
-                    and free_src.get(s_.args[0].name, s_.args[0]) is x
-                    and _users(s_, free_src) == 1):
-                return s_  # x * sigmoid(x): onnxruntime's QuickGelu, one kernel
+        for gate, x in (real_inputs, real_inputs[::-1]):
+            if (gate.op == "call_function" and op_name(gate.target) == "sigmoid"
+                    and free_src.get(gate.args[0].name, gate.args[0]) is x
+                    and _users(gate, free_src) == 1):
+                return gate  # x * sigmoid(x): onnxruntime's QuickGelu, one kernel
     conv_only = name in CONV_ACTIVATIONS
     if kind not in FUSABLE and "batch_norm" not in name and not conv_only:
         return None
