@@ -40,9 +40,14 @@ MODELS = ["timm:resnet18", "zoo:mobilenet-v2", "zoo:minilm-l6", "timm:vit_tiny_p
 GOAL = 0.15
 
 
+def legalized(spec: str):
+    """The model's IR as its onnx bundle runs it: lifted, then the target's legalizations."""
+    return run_passes(api.lift(spec), list(onnx_target.INFO.legalize))
+
+
 def measure(spec: str, cal: dict, args, tmp: Path) -> tuple[dict, object]:
     """The prediction and profile of one model, and a call that runs its bundle once."""
-    ir = run_passes(api.lift(spec), list(onnx_target.INFO.legalize))  # as the bundle runs
+    ir = legalized(spec)
     t0 = time.perf_counter()
     pred = predict(ir, "host", batch=1, calibration=cal)
     predict_s = time.perf_counter() - t0
@@ -79,8 +84,8 @@ def same_rounds(args) -> dict:
     from layerwise.devices.roofline import machine_for, predict_records
 
     def lifted(spec):
-        def make():  # as the bundle runs it: lifted and legalized for the onnx target
-            ir = run_passes(api.lift(spec), list(onnx_target.INFO.legalize))
+        def make():
+            ir = legalized(spec)
             return ir.program, tuple(v[:1] for v in ir.example_inputs.values())
         return make
 

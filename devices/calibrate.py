@@ -12,6 +12,7 @@ $LAYERWISE_HOME (default ~/.layerwise) and reused while the CPU and onnxruntime 
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import io
 import json
@@ -114,17 +115,23 @@ def exported(module, inputs):
                                strict=False).run_decompositions()
 
 
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (/proc/cpuinfo, read once); empty where unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return frozenset(next((ln.split(":", 1)[1].split() for ln in f
+                                   if ln.startswith("flags")), []))
+    except OSError:
+        return frozenset()
+
+
 def nchwc_block() -> int:
     """Channels per block of onnxruntime's NCHWc convolutions on this CPU (MLAS: 16 with
     AVX-512F, 8 with AVX2); 0 where it has no NCHWc kernels (no layout reorders)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return 0
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")),
-                         [])
-    except OSError:
-        return 0
+    flags = _cpu_flags()
     return 16 if "avx512f" in flags else 8 if "avx2" in flags else 0
 
 
@@ -133,22 +140,28 @@ def _records(program) -> list[OpRecord]:
     return records
 
 
+def export_onnx(program, path: Path) -> None:
+    """Write an exported program as ONNX with the exporter the onnx target uses (torch.onnx
+    dynamo, optimized), its console chatter swallowed."""
+    import torch
+
+    log = io.StringIO()
+    with (warnings.catch_warnings(), contextlib.redirect_stdout(log),
+          contextlib.redirect_stderr(log)):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(program, (), f=str(path), dynamo=True, optimize=True, verbose=False)
+
+
 def ort_session(program, inputs, threads: int = 0):
     """An onnxruntime CPU session of an exported program and its feeds. The ONNX comes from
     the exporter the onnx target uses (torch.onnx dynamo, optimized), so the calibration
     times the same kernels a bundle runs (the legacy exporter, for one, keeps an nn.GRU as a
     single ONNX GRU where the bundle has its unrolled cells)."""
     import onnxruntime as ort
-    import torch
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "case.onnx"
-        log = io.StringIO()
-        with (warnings.catch_warnings(), contextlib.redirect_stdout(log),
-              contextlib.redirect_stderr(log)):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(program, (), f=str(path), dynamo=True, optimize=True,
-                              verbose=False)
+        export_onnx(program, path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads  # 0: onnxruntime's default, as profiles run
         opts.log_severity_level = 3
@@ -415,9 +428,4 @@ def calibrate_host(force: bool = False, *, progress=lambda _: None,
 
 
 def _has_vnni() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any("avx512_vnni" in ln or "avx_vnni" in ln for ln in f
-                       if ln.startswith("flags"))
-    except OSError:
-        return False
+    return bool(_cpu_flags() & {"avx512_vnni", "avx_vnni"})

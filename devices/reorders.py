@@ -1,7 +1,8 @@
 """The layout copies onnxruntime's CPU provider adds around its blocked (NCHWc) kernels.
 
-At its layout optimization level onnxruntime runs a convolution whose channels divide by the
-CPU's block (16 floats with AVX-512, 8 with AVX2) in NCHWc, and carries that layout through
+At its layout optimization level onnxruntime runs convolutions in NCHWc, channels in blocks
+of the CPU's vector (16 floats with AVX-512, 8 with AVX2; `_conv_layout` says which convs), and
+carries that layout through
 the ops that have an NCHWc kernel: pools, and, when every input already is NCHWc, Add / Sum
 (same shapes), Mul (same shapes), Concat, Relu, Sigmoid, Tanh, Gelu, QuickGelu (x * sigmoid(x))
 and BatchNormalization (onnxruntime 1.32, checked op by op: Clip, Exp, HardSwish's
@@ -84,10 +85,10 @@ def _layouts(graph, records: dict[str, OpRecord], src, constant: set[str], *, sh
         elif rec.op in _FOLLOW:
             nchwc[node.name] = bool(acts) and all(nchwc.get(a.name, False) for a in acts)
         elif rec.op in _BINARY:  # two NCHWc tensors of one shape (no scalar, no weight)
-            operands = [a for a in node.args[:2] if hasattr(a, "name")]
-            nchwc[node.name] = (len(operands) == 2 and len(acts) == 2
-                                and len({shapes.shape(a) for a in acts}) == 1
-                                and all(nchwc.get(a.name, False) for a in acts))
+            operands = [src(a) for a in node.args[:2] if hasattr(a, "name")]
+            nchwc[node.name] = (len(operands) == 2
+                                and len({shapes.shape(a) for a in operands}) == 1
+                                and all(nchwc.get(a.name, False) for a in operands))
     return nchwc, reads_nchwc, changed
 
 

@@ -5,10 +5,6 @@ batch norm, a squeeze-excite scale that is not fused, a Gemm's residual add)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
-
 import onnx
 import onnxruntime as ort
 import pytest
@@ -16,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layerwise.devices.calibrate import exported, nchwc_block
+from layerwise.devices.calibrate import export_onnx, exported, nchwc_block
 from layerwise.devices.graph_ops import op_records
 
 BLOCK = nchwc_block()
@@ -67,10 +63,7 @@ def _ort_nodes(program, tmp_path) -> tuple[int, int]:
     """Reorder and Add nodes in the model onnxruntime optimizes from the exporter's ONNX
     (the exporter that the calibration and the onnx target use)."""
     path, opt = tmp_path / "m.onnx", tmp_path / "opt.onnx"
-    with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()),
-          contextlib.redirect_stderr(io.StringIO())):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(program, (), f=str(path), dynamo=True, optimize=True, verbose=False)
+    export_onnx(program, path)
     opts = ort.SessionOptions()
     opts.optimized_model_filepath = str(opt)
     opts.log_severity_level = 3
