@@ -118,16 +118,16 @@ def test_shard_and_merge_keep_batch_order():
         Shard.of([8, 8], 0, 3)
 
 
-def test_leaving_the_group_stops_its_threads():
+def test_leaving_the_group_stops_its_threads(tmp_path):
     """destroy_process_group must free the gloo group even after torch.export ran; a group kept
     alive keeps worker threads that abort the process at exit (seen: SIGABRT in 5 of 28 runs)."""
     script = ROOT / "tests" / "fixtures" / "distributed_teardown.py"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         str(script)], capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=300,
-        check=False)
+         str(script), str(tmp_path)], capture_output=True, text=True, cwd=ROOT, env=_env(),
+        timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    counts = [ln.split()[-2:] for ln in proc.stdout.splitlines() if ln.startswith("rank ")]
-    assert len(counts) == 2, proc.stdout
-    for before, after in counts:
-        assert after == before, proc.stdout
+    counts = {f.name: f.read_text().split() for f in sorted(tmp_path.glob("rank*.txt"))}
+    assert sorted(counts) == ["rank0.txt", "rank1.txt"], proc.stdout
+    for before, after in counts.values():
+        assert after == before, counts
