@@ -1,7 +1,7 @@
 """Every target on the same models, FP32 and INT8, against torch eager in the same run.
 
     python bench/targets.py [--json] [--models ...] [--targets ...] [--runs 50]
-                            [--tune-trials 0]
+                            [--tune-trials 0] [--int8-device D]
 
 For each model (timm resnet18, zoo:mobilenet-v2, zoo:minilm-l6, timm vit_tiny_patch16_224)
 and target (onnx, openvino, tflite, tvm; tensorrt is emitted and checked, and timed only
@@ -11,6 +11,8 @@ agreement with the FP32 artifact on held-out real inputs (top-1 on all inputs an
 where FP32 is confident, max softmax >= 0.5, for the classifiers; mean cosine for MiniLM),
 ONNX Runtime-style p50 at batch 1 with the target's own runtime, and its ratio to torch
 eager. A target that cannot map a model says so in the row (the one-line error).
+`--int8-device D` compiles the INT8 rows with device D's quantization recipe (e.g.
+`--targets tflite --int8-device coral-edgetpu`: full-integer models, no float islands).
 """
 
 from __future__ import annotations
@@ -92,10 +94,11 @@ def agreement(fp32: np.ndarray, int8: np.ndarray, classify: bool) -> dict:
 
 
 def one(spec: str, target: str, precision: str, data: Path, tmp: Path, runs: int,
-        trials: int) -> dict:
+        trials: int, device: str | None = None) -> dict:
     out = tmp / f"{target}-{precision}"
     opts = CompileOptions(out=str(out), target=target, precision=precision, data=str(data),
-                          db="none", force=True, tune_trials=trials if target == "tvm" else 0)
+                          db="none", force=True, tune_trials=trials if target == "tvm" else 0,
+                          device=device)
     try:
         m = layerwise.compile(spec, opts)
     except LayerwiseError as e:
@@ -124,6 +127,8 @@ def main() -> None:
     p.add_argument("--calibration", type=int, default=64)
     p.add_argument("--held-out", type=int, default=200)
     p.add_argument("--tune-trials", type=int, default=0)
+    p.add_argument("--int8-device", default=None,
+                   help="compile the INT8 rows with this device's quantization recipe")
     args = p.parse_args()
     report = []
     for spec in args.models:
@@ -140,7 +145,8 @@ def main() -> None:
             for target in args.targets:
                 rows = {}
                 for precision in ("fp32", "int8"):
-                    r = one(spec, target, precision, data, tmp, args.runs, args.tune_trials)
+                    r = one(spec, target, precision, data, tmp, args.runs, args.tune_trials,
+                            args.int8_device if precision == "int8" else None)
                     if r.get("p50_ms"):
                         r["speedup_vs_eager"] = eager_ms / r["p50_ms"]
                     rows[precision] = r
@@ -157,7 +163,8 @@ def main() -> None:
                 _print(entry)
     if args.json:
         print(json.dumps({"held_out_inputs": args.held_out, "runs": args.runs,
-                          "results": report}, indent=2, default=str))
+                          "int8_device": args.int8_device, "results": report}, indent=2,
+                         default=str))
 
 
 def _print(entry: dict) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from layerwise.errors import LayerwiseError, VerificationError
+from layerwise.manifest import artifact_batch, build_manifest
 from layerwise.options import opt
 
 Progress = Callable[[str], None]
@@ -411,11 +411,15 @@ def _build(spec, ir, target, opts, precision, keep, calibration, out: Path, forc
         timings = {**timings, "emit_s": time.perf_counter() - t0}
         progress(f"verifying with {target.INFO.runtime} runtime")
         t0 = time.perf_counter()
-        feeds = {k: v.numpy() for k, v in ir.example_inputs.items()}
+        rows = artifact_batch(model_entry)  # a static artifact at a smaller batch
+        def cut(ts):
+            return [(t if rows is None else t[:rows]).numpy() for t in ts]
+
+        feeds = dict(zip(ir.example_inputs, cut(ir.example_inputs.values())))
         runner = open_runner(target.INFO.runtime, writer.dir / model_entry["file"])
         outputs = runner.run(feeds)
-        parity = compare(outputs, [t.numpy() for t in ir.run()], tolerance)
-        fidelity = compare(outputs, [t.numpy() for t in ir.reference], tolerance)
+        parity = compare(outputs, cut(ir.run()), tolerance)
+        fidelity = compare(outputs, cut(ir.reference), tolerance)
         timings["verify_s"] = time.perf_counter() - t0
         if not parity["passed"]:
             raise VerificationError(
@@ -423,7 +427,7 @@ def _build(spec, ir, target, opts, precision, keep, calibration, out: Path, forc
                 f"> tolerance {tolerance} ({parity.get('reason', 'numeric mismatch')}); "
                 "nothing written. Raise --tolerance or try another target")
         writer.save_arrays("inputs.npz", feeds)
-        manifest = _manifest(spec, opts, ir, model_entry, runner, parity, fidelity, timings,
+        manifest = build_manifest(spec, opts, ir, model_entry, runner, parity, fidelity, timings,
                              writer.dir)
         if search is not None:
             manifest["search"] = search
@@ -493,63 +497,6 @@ def _plan_int8(ir, batches: list, target: str, calibration: str | None,
     if calibration:
         recipe = dataclasses.replace(recipe, calibration=calibration)
     quantize(ir, recipe, keep, precision)
-
-
-def _manifest(spec, opts, ir, model_entry, runner, parity, fidelity, timings, tmp: Path) -> dict:
-    from layerwise.compiler.layers import blocks
-
-    model_bytes = sum((tmp / f).stat().st_size for f in model_entry["files"])
-    return {
-        "spec": spec,
-        "target": opts.target,
-        "device": opts.device or "host",
-        "modality": ir.meta["modality"],
-        "task": ir.meta["task"],
-        "notes": ir.meta["notes"],
-        "model": model_entry,
-        "inputs": _fix_batch(ir.input_specs(), model_entry, ir),
-        "outputs": _fix_batch(ir.output_specs(), model_entry, ir),
-        "example_inputs": "inputs.npz",
-        "verification": {**parity, "against": "lifted IR", "runtime": runner.name},
-        "fidelity": {**fidelity, "against": "original model (eager)"},
-        "precision": opts.precision,
-        "plan": {"passes": ir.annotations.get("passes", []),
-                 "quantize": ir.annotations.get("quantize")},
-        "layers": {
-            "count": len(ir.layers),
-            "blocks": [{"path": b.path, "params": b.params, "flops": b.flops}
-                       for b in blocks(ir.layers)],
-        },
-        "sizes": {"model_bytes": model_bytes, "params": ir.params,
-                  "flops": sum(layer.flops for layer in ir.layers if layer.depth == 1)},
-        "timings": timings,
-        "tool_versions": _versions(runner),
-    }
-
-
-def _fix_batch(specs: list[dict], model_entry: dict, ir) -> list[dict]:
-    """Shapes as the artifact takes them: a target that could not keep the batch dynamic
-    (model entry `dynamic_batch: false`) has the example batch fixed."""
-    if model_entry.get("dynamic_batch", True):
-        return specs
-    batch = next(iter(ir.example_inputs.values())).shape[0]
-    return [{**s, "shape": [batch if d == "batch" else d for d in s["shape"]]} for s in specs]
-
-
-def _versions(runner) -> dict:
-    import torch
-
-    import layerwise
-
-    out = {"layerwise": layerwise.__version__, "torch": torch.__version__,
-           "python": platform.python_version(), runner.name: runner.version}
-    try:
-        import onnx
-
-        out["onnx"] = onnx.__version__
-    except ImportError:
-        pass
-    return out
 
 
 def predict(spec: str, device: str = "host", batch: int = 1, precision: str | None = None,

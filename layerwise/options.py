@@ -13,19 +13,20 @@ def opt(default: Any, help: str, **argparse_kwargs: Any) -> Any:
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """Add one --flag per field of dataclass `cls` (bools become store_true)."""
+    """Add one --flag per field of dataclass `cls` (bools become store_true); a % in the help
+    is shown as written (argparse would read it as a format)."""
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         meta = dict(f.metadata)
         flag = "--" + f.name.replace("_", "-")
-        help_text = meta.pop("help", "")
+        help_text = meta.pop("help", "").replace("%", "%%")
         if f.type in (bool, "bool"):
             parser.add_argument(flag, action="store_true", default=f.default, help=help_text)
             continue
         kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(
             str(f.type), meta.pop("type", str))
-        shown = "" if f.default is None else f" (default: {f.default})"
+        shown = "" if f.default is None else f" (default: {f.default})".replace("%", "%%")
         parser.add_argument(flag, type=kind, default=f.default, help=help_text + shown, **meta)
 
 

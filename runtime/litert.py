@@ -1,7 +1,9 @@
 """LiteRT runner: load a .tflite file with ai-edge-litert's Interpreter, run named numpy inputs.
 
 A feed whose shape differs from the model's input (another batch) resizes the input and
-re-allocates; that works for models whose graph does not bake the batch into constants.
+re-allocates; that works for models whose graph does not bake the batch into constants. A
+static model (no -1 in its inputs' signatures, e.g. a transformer fixed at batch 1) given a
+multiple of its batch runs it in slices of its batch, the outputs concatenated.
 The Python Interpreter has no per-op profiler: `op_profile()` times every op alone in a
 one-op model cut from this one (runtime/litert_ops.py).
 """
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from layerwise.errors import BundleError, TargetError
+from layerwise.runtime.batching import run_in_slices, slice_step
 
 
 class LiteRTRunner:
@@ -48,6 +51,11 @@ class LiteRTRunner:
             raise BundleError(f"missing inputs {missing}; the model takes {self.input_names}")
         if self._per_op:
             self._last_feeds = feeds
+        static = not any(-1 in d.get("shape_signature", d["shape"]) for d in self._inputs)
+        step = slice_step(feeds, {d["name"]: tuple(int(n) for n in d["shape"])
+                                  for d in self._inputs}) if static else None
+        if step:
+            return run_in_slices(self.run, feeds, step)
         try:
             resized = False
             for d in self._inputs:

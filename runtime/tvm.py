@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from layerwise.errors import BundleError, TargetError
+from layerwise.runtime.batching import run_in_slices, slice_step
 
 
 class TvmRunner:
@@ -71,6 +72,9 @@ class TvmRunner:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise BundleError(f"missing inputs {missing}; the model takes {self.input_names}")
+        step = slice_step(feeds, {s["name"]: tuple(s["shape"]) for s in self._inputs})
+        if step:
+            return run_in_slices(self.run, feeds, step)
         args = []
         for spec in self._inputs:
             a = np.ascontiguousarray(feeds[spec["name"]], dtype=spec["dtype"])

@@ -10,7 +10,9 @@ The batch is the example inputs' batch (2): shape-only nodes (sizes, `arange`, `
 masks built from them) are folded to constants on it. Dynamic inputs carry shape signature -1
 and reshapes write -1 on the batch axis, so CNNs also run at another batch after
 `resize_tensor_input`; models that fold batch-sized constants (ViT's class token, BERT's token
-types) do not. The model entry says which (`dynamic_batch`).
+types) do not, and `emit` writes those again as a static model at batch 1 (the example
+inputs' first row), the batch an edge device runs; compile verifies it on that row. The
+model entry says which (`dynamic_batch`, `batch`).
 
 precision "fp32" (default) or "int8": int8 with float inputs and outputs (QUANTIZE /
 DEQUANTIZE at the edges), per-tensor asymmetric activations from calibrated ranges
@@ -62,8 +64,13 @@ def emit(ir, out_dir: Path, opts=None) -> dict:
         ranges = ir.annotations.get("quant_ranges") or _plan_ranges(ir)
     path = Path(out_dir) / FILE
     stats = emit_tflite(ir, path, precision=precision, ranges=ranges)
+    dynamic = _runs_batch_one(ir, path)
+    if not dynamic and ir.meta.get("dynamic_inputs") and stats["batch"] > 1:
+        # the graph bakes the batch into constants (a class token, token types): fix it at
+        # batch 1, as an edge device runs it, rather than at the example batch
+        stats = emit_tflite(ir, path, precision=precision, ranges=ranges, batch=1)
     return {"file": FILE, "files": [FILE], "format": "tflite", "precision": precision,
-            "batch": stats["batch"], "dynamic_batch": _runs_batch_one(ir, path),
+            "batch": stats["batch"], "dynamic_batch": dynamic,
             "ops": stats["ops"]}
 
 
@@ -84,7 +91,7 @@ def _runs_batch_one(ir, path: Path) -> bool:
 def emit_tflite(ir, path: Path, precision: str = "fp32",
                 ranges: dict[str, tuple[float, float]] | None = None, *,
                 float_outputs: bool | None = None, bias_correction: bool | None = None,
-                full_integer: bool | None = None) -> dict:
+                full_integer: bool | None = None, batch: int | None = None) -> dict:
     """Lower the IR to `path`; returns {"batch", "ops": {op: count}}.
 
     int8 only: `float_outputs` (default: the quantize recipe's, else True) computes the
@@ -92,7 +99,9 @@ def emit_tflite(ir, path: Path, precision: str = "fp32",
     (False: all int8, as full-integer devices need); `bias_correction` (same default) shifts
     each int8 layer's bias by the mean error of its rounded weights (needs `ranges.means`
     from calibrate_ranges); `full_integer` (default: the recipe's, else not float_outputs)
-    refuses float islands (layer norm, masks) with an error naming the op and layer."""
+    refuses float islands with an error naming the op and layer. `batch`: emit a static model
+    at this batch (the example inputs' first rows; needs a graph with a dynamic batch) instead
+    of the example batch."""
     _require_litert()
     from layerwise.targets.tflite_graph import write_model
 
@@ -107,7 +116,7 @@ def emit_tflite(ir, path: Path, precision: str = "fp32",
     low = Lowering(ir, int8=precision == "int8", ranges=ranges or {},
                    float_outputs=float_outputs, full_integer=full_integer, recipe=recipe,
                    bias_correction=recipe.get("bias_correction", True)
-                   if bias_correction is None else bias_correction)
+                   if bias_correction is None else bias_correction, batch=batch)
     model = low.run()
     write_model(model, path)
     counts: dict[str, int] = {}
@@ -115,7 +124,8 @@ def emit_tflite(ir, path: Path, precision: str = "fp32",
     for o in low.b.operators:
         name = names[low.b.opcode_list[o.opcodeIndex].builtinCode]
         counts[name] = counts.get(name, 0) + 1
-    batch = next(iter(ir.example_inputs.values())).shape[0] if ir.example_inputs else 1
+    batch = batch or (next(iter(ir.example_inputs.values())).shape[0] if ir.example_inputs
+                      else 1)
     return {"batch": int(batch), "ops": counts}
 
 
@@ -146,12 +156,14 @@ class Lowering:
 
     def __init__(self, ir, int8: bool, ranges: dict, *, float_outputs: bool = True,
                  bias_correction: bool = True, full_integer: bool = False,
-                 recipe: dict | None = None) -> None:
+                 recipe: dict | None = None, batch: int | None = None) -> None:
+        from layerwise.targets.tflite_calibrate import Ranges
         from layerwise.targets.tflite_graph import ModelBuilder
-        from layerwise.targets.tflite_mixed import hybrid_linears, plan_float
+        from layerwise.targets.tflite_mixed import hybrid_linears, mask_ranges, plan_float
 
         self.ir = ir
         self.gm = ir.module()
+        self.batch = batch  # a static model at this batch (None: the example inputs')
         self.quantized = int8  # an int8 model
         self.int8 = int8  # the node being converted computes in int8 (not a float island)
         self.ranges = ranges
@@ -165,6 +177,10 @@ class Lowering:
         self.values = self._record()
         self.const = self._constants()
         self._cast: dict = {}  # (tensor index, q) -> the QUANTIZEd / DEQUANTIZEd tensor
+        if int8 and full_integer:  # masks in int8, clamped to the bottom of the range
+            self.ranges = Ranges(ranges, ranges.means, ranges.huge) if isinstance(
+                ranges, Ranges) else dict(ranges)
+            self.ranges.update(mask_ranges(self, ranges, getattr(ranges, "huge", ())))
         # float islands: node -> why it computes in float (none on a full-integer device)
         plan = ir.annotations.get("quantize") or {}
         recipe = recipe if recipe is not None else plan.get("recipe", {})
@@ -197,7 +213,7 @@ class Lowering:
 
         names = [n.target for n in self.gm.graph.nodes if n.op == "placeholder"]
         with torch.no_grad():
-            Rec(self.gm).run(*[self.ir.example_inputs[k] for k in names])
+            Rec(self.gm).run(*[self.ir.example_inputs[k][:self.batch] for k in names])
         return vals
 
     def _constants(self) -> set:
@@ -332,7 +348,7 @@ class Lowering:
         b = self.b
         live = self._live()
         inputs = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
-        dynamic = set(self.ir.meta.get("dynamic_inputs", []))
+        dynamic = set(self.ir.meta.get("dynamic_inputs", [])) if self.batch is None else set()
         b.dynamic_batch = bool(dynamic)
         for n in inputs:
             t = self.tensor_of(n)

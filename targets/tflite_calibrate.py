@@ -8,6 +8,8 @@ shift that rounding a layer's weights adds is E[x] . (W - W_int8) per output cha
 
 The lowering reads a node's range where TFLite puts its int8 tensor: a convolution with a
 folded batch norm and a fused ReLU6 takes the range of the ReLU6 node (after the activation).
+A layer norm, which full-integer int8 runs as LiteRT's int8 MEAN, SUB, L2_NORMALIZATION, MUL
+and ADD, also records the tensors between them, as `<node>.<step>` (LN_STEPS).
 """
 
 from __future__ import annotations
@@ -23,6 +25,22 @@ aten = torch.ops.aten
 METHODS = ("minmax", "mean_minmax", "percentile", "entropy", "mse")
 # weighted ops -> index of their activation input (bias correction needs its channel means)
 WEIGHTED = {aten.convolution.default: 0, aten.addmm.default: 1, aten.mm.default: 0}
+LN_STEPS = ("mean", "centered", "norm", "scaled", "out")
+
+
+def layer_norm_steps(x: torch.Tensor, shape, w, b, eps: float) -> dict[str, torch.Tensor]:
+    """The tensors between the int8 kernels a layer norm of x over its last len(shape) axes
+    runs as (LN_STEPS; `scaled` only with a weight; `out` is the layer norm's output)."""
+    axes = tuple(range(x.ndim - len(shape), x.ndim))
+    mean = x.mean(axes, keepdim=True)
+    d = x - mean
+    norm = d * torch.rsqrt((d * d).mean(axes, keepdim=True) + eps)
+    steps = {"mean": mean, "centered": d, "norm": norm}
+    y = norm
+    if w is not None:
+        y = steps["scaled"] = y * w
+    steps["out"] = y + b if b is not None else y
+    return steps
 
 
 class Ranges(dict):
@@ -65,13 +83,19 @@ def collect(ir, batches, histograms: bool = False) -> dict[str, NodeStats]:
     names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
     batch_size = 0
 
+    def record(name: str, t: torch.Tensor, channels: bool = False) -> None:
+        s = stats.setdefault(name, NodeStats(output=name in outputs))
+        _record(s, t.detach().float().numpy(), batch_size, histograms, channels)
+
     class Rec(torch.fx.Interpreter):
         def run_node(self, n):
             out = super().run_node(n)
             if isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel():
-                s = stats.setdefault(n.name, NodeStats(output=n.name in outputs))
-                _record(s, out.detach().float().numpy(),
-                        batch_size, histograms, n.name in feeds_weighted)
+                record(n.name, out, n.name in feeds_weighted)
+            elif n.target is aten.native_layer_norm.default:
+                x, shape, w, b, eps = self.fetch_args_kwargs_from_env(n)[0][:5]
+                for step, t in layer_norm_steps(x, shape, w, b, float(eps)).items():
+                    record(f"{n.name}.{step}", t)
             return out
 
     with torch.no_grad():

@@ -13,7 +13,7 @@ import operator
 import numpy as np
 import torch
 
-from layerwise.targets.tflite_graph import QParams, Value, identity
+from layerwise.targets.tflite_graph import TYPES, QParams, Value, identity
 
 aten = torch.ops.aten
 OPS: dict = {}
@@ -46,8 +46,6 @@ def cast(cx, v: Value, dtype, name: str) -> Value:
     dtype = np.dtype(dtype)
     if v.dtype == dtype:
         return v
-    from layerwise.targets.tflite_graph import TYPES
-
     out = cx.b.tensor(name, v.shape, dtype, v.perm)
     cx.b.op("CAST", [v], [out], "Cast", inDataType=TYPES[v.dtype], outDataType=TYPES[dtype])
     return out
@@ -242,6 +240,15 @@ def to_copy(cx, node):
     dt = cx.dtype(node)
     if dt.kind == "f" and x.dtype.kind == "f":
         return x
+    if cx.int8 and dt.kind == "f" and x.q is None and x.dtype.kind in "iub":
+        lo, hi = cx.ranges.get(node.name, (np.inf, -np.inf))
+        if not -128 <= lo <= hi <= 127:
+            raise cx.fail(node, f"a cast into float of values in [{lo}, {hi}] does not fit "
+                          "int8 (scale 1)")
+        out = cx.b.tensor(node.name, x.shape, dt, x.perm, QParams((1.0,), (0,)))
+        cx.b.op("CAST", [x], [out], "Cast", inDataType=TYPES[x.dtype],
+                outDataType=TYPES[np.dtype(np.int8)])
+        return out
     if cx.int8 and (dt.kind == "f" or x.q is not None):
         raise cx.fail(node, "casts to or from float are not supported in int8")
     return cast(cx, x, dt, node.name)

@@ -9,7 +9,9 @@ named by `tune_db` (a database folder or a bundle) or, failing that, the one in 
 already at --out, and adds its own trials to it.
 
 Batch: dynamic when untuned (the VM takes any batch); MetaSchedule tunes static shapes, so a
-tuned model has the example batch fixed (model entry `dynamic_batch: false`).
+tuned model is fixed at batch 1, the batch an edge device runs and the one its kernels are
+tuned for (model entry `dynamic_batch: false`, `batch: 1`; compile verifies it on the first
+example row). A model exported with a static batch keeps it.
 
 Cross-compiling (`tvm_cross="aarch64"` or "aarch64:cortex-a72") adds model-aarch64.so built
 with Debian's aarch64-linux-gnu-g++/gcc, or model-aarch64.tar (objects to link on the device)
@@ -68,12 +70,15 @@ def emit(ir, out_dir: Path, opts=None) -> dict:
     mod = _import(ir)
     reuse = _find_database(opts)
     tuned = trials > 0 or reuse is not None
+    rows = 1 if tuned and ir.meta.get("dynamic_inputs") else None  # the static batch
     if tuned:
-        mod = relax.transform.BindSymbolicVars(_static_shapes(mod, ir))(mod)
+        mod = relax.transform.BindSymbolicVars(_static_shapes(mod, ir, rows))(mod)
     mod = relax.transform.CanonicalizeBindings()(relax.transform.DecomposeOpsForInference()(mod))
     target = tvm.target.Target(host_target(tvm))
     entry: dict = {"format": "tvm-relax-vm", "tvm": tvm.__version__, "target": host_target(tvm),
                    "dynamic_batch": not tuned and bool(ir.meta.get("dynamic_inputs"))}
+    if rows:
+        entry["batch"] = rows
     t0 = time.perf_counter()
     untuned = _compile(tvm, mod, target)
     entry["compile_s"] = time.perf_counter() - t0
@@ -96,7 +101,7 @@ def emit(ir, out_dir: Path, opts=None) -> dict:
                            "seconds": time.perf_counter() - t0}
         shutil.rmtree(db_dir / "logs", ignore_errors=True)
     ex.export_library(str(out_dir / MODEL))
-    feeds = {k: v.numpy() for k, v in ir.example_inputs.items()}
+    feeds = {k: v[:rows].numpy() for k, v in ir.example_inputs.items()}
     entry["latency_ms"] = {"untuned": _latency(tvm, untuned, feeds)}
     if tuned:
         entry["latency_ms"]["tuned"] = _latency(tvm, ex, feeds)
@@ -144,16 +149,19 @@ def _import(ir):
                           "--target onnx or openvino") from e
 
 
-def _static_shapes(mod, ir) -> dict[str, int]:
-    """Symbolic dims of main's inputs -> the example inputs' sizes (MetaSchedule tunes static
-    shapes)."""
+def _static_shapes(mod, ir, batch: int | None = None) -> dict[str, int]:
+    """Symbolic dims of main's inputs -> sizes (MetaSchedule tunes static shapes): the batch
+    axis of the IR's dynamic inputs -> `batch` (None: the example batch), others -> the
+    example inputs' sizes."""
     import tvm
 
+    dynamic = set(ir.meta.get("dynamic_inputs") or ())
     binds: dict[str, int] = {}
-    for var, t in zip(mod["main"].params, ir.example_inputs.values()):
-        for d, n in zip(var.ty.shape, t.shape):
+    for var, (name, t) in zip(mod["main"].params, ir.example_inputs.items()):
+        for i, (d, n) in enumerate(zip(var.ty.shape, t.shape)):
             if isinstance(d, tvm.tirx.Var):
-                binds[d.name] = int(n)
+                binds.setdefault(d.name, batch if batch and i == 0 and name in dynamic
+                                 else int(n))
     return binds
 
 

@@ -2,8 +2,8 @@
 
 FP32 parity against the IR on a small CNN, resnet18, MobileNetV2 and a small BERT (through
 `layerwise.api.compile`); INT8 top-1 agreement with FP32 on real photos; INT8 transformers
-(tiny BERT and ViT: float islands for layer norm and masks, hybrid GELU-fed linears, int8
-attention kernels on a full-integer device); clear errors.
+(tiny BERT and ViT: float islands for layer norm and masks, hybrid GELU-fed linears); clear
+errors. Full-integer transformers: test_tflite_full_integer.py.
 """
 
 from __future__ import annotations
@@ -322,6 +322,19 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+def token_cosines(fp32_path, int8_path) -> np.ndarray:
+    """Per-token cosine of the int8 file's outputs to the fp32 file's, over the real (not
+    padded) tokens of 4 random batches of 2."""
+    f32, q8 = open_runner("tflite", fp32_path), open_runner("tflite", int8_path)
+    gen = torch.Generator().manual_seed(1)
+    cos = []
+    for _ in range(4):
+        feeds = {k: v.numpy() for k, v in _token_batch(gen, 2).items()}
+        real = feeds["attention_mask"].reshape(-1).astype(bool)
+        cos.append(_cosines(f32.run(feeds)[0], q8.run(feeds)[0])[real])
+    return np.concatenate(cos)
+
+
 def _op_inputs(path) -> list[tuple[str, tuple[str, ...]]]:
     """(op name, the types of its inputs) for every operator of the file."""
     from ai_edge_litert import schema_py_generated as fb
@@ -347,15 +360,7 @@ def test_tiny_bert_int8_close_to_fp32_with_float_islands(tiny_bert, tmp_path):
     ir, ranges = tiny_bert
     emit_tflite(ir, tmp_path / "f.tflite")
     stats = emit_tflite(ir, tmp_path / "q.tflite", precision="int8", ranges=ranges)
-    f32, q8 = open_runner("tflite", tmp_path / "f.tflite"), \
-        open_runner("tflite", tmp_path / "q.tflite")
-    gen = torch.Generator().manual_seed(1)
-    cos = []
-    for _ in range(4):
-        feeds = {k: v.numpy() for k, v in _token_batch(gen, 2).items()}
-        real = feeds["attention_mask"].reshape(-1).astype(bool)
-        cos.append(_cosines(f32.run(feeds)[0], q8.run(feeds)[0])[real])
-    cos = np.concatenate(cos)
+    cos = token_cosines(tmp_path / "f.tflite", tmp_path / "q.tflite")
     print(f"\ntiny BERT int8 vs fp32 per-token cosine: mean {cos.mean():.4f} min {cos.min():.4f}")
     assert cos.mean() >= 0.98 and cos.min() >= 0.9
     types = _op_types(tmp_path / "q.tflite")
@@ -381,7 +386,12 @@ def test_tiny_bert_int8_mask_hides_padding(tiny_bert, tmp_path, weighted_matmuls
         ir.annotations.pop("quantize")
     assert _op_types(tmp_path / "q.tflite")["BATCH_MATMUL"] == \
         {"FLOAT32" if weighted_matmuls_only else "INT8"}
-    runner = open_runner("tflite", tmp_path / "q.tflite")
+    assert_padding_hidden(tmp_path / "q.tflite")
+
+
+def assert_padding_hidden(path) -> None:
+    """Tokens past 10, masked out, change their own outputs and not the real tokens'."""
+    runner = open_runner("tflite", path)
     gen = torch.Generator().manual_seed(2)
     feeds = {k: v.numpy() for k, v in _token_batch(gen, 2).items()}
     feeds["attention_mask"][:, 10:] = 0
@@ -390,23 +400,6 @@ def test_tiny_bert_int8_mask_hides_padding(tiny_bert, tmp_path, weighted_matmuls
     a, b = runner.run(feeds)[0], runner.run(other)[0]
     np.testing.assert_array_equal(a[:, :10], b[:, :10])
     assert not np.array_equal(a[:, 10:], b[:, 10:])
-
-
-def test_full_integer_refuses_layer_norm(tiny_bert, tmp_path):
-    """A full-integer device (Coral: the recipe's float_outputs false) gets no float island:
-    the layer norm is an error naming the op and the layer, and no file is written."""
-    from layerwise.compiler.passes.quantize import quantize
-    from layerwise.devices.loader import quant_recipe
-
-    ir, ranges = tiny_bert
-    quantize(ir, quant_recipe("coral-edgetpu"))
-    try:
-        with pytest.raises(TargetError, match=r"native_layer_norm.*layer "
-                           r"bert\.embeddings\.LayerNorm.*full-integer device"):
-            emit_tflite(ir, tmp_path / "q.tflite", precision="int8", ranges=ranges)
-    finally:
-        ir.annotations.pop("quantize")
-    assert not (tmp_path / "q.tflite").exists()
 
 
 def test_tiny_vit_int8_close_to_fp32(tmp_path):
@@ -455,42 +448,6 @@ def test_keep_fp32_layers_stay_float(tiny_bert, tmp_path):
     assert kinds == {("INT8", "INT8"): 5, ("FLOAT32", "INT8"): 1, ("FLOAT32", "FLOAT32"): 6}
 
 
-class TinyAttention(nn.Module):
-    """Attention without layer norm or mask, then a GELU MLP: int8 kernels end to end."""
-
-    def __init__(self, dim: int = 16) -> None:
-        super().__init__()
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
-
-    def forward(self, x):
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        att = torch.softmax(q @ k.transpose(1, 2) / 4.0, dim=-1)
-        x = x + self.proj(att @ v)
-        return x + self.fc2(nn.functional.gelu(self.fc1(x)))
-
-
-def test_full_integer_attention_int8_kernels(tmp_path):
-    """Full integer: BATCH_MATMUL, SOFTMAX and GELU run LiteRT's int8 kernels (the GELU-fed
-    linear too), and the result stays close to fp32."""
-    torch.manual_seed(0)
-    ir = lift(Source("tiny-attention", TinyAttention().eval(), {"x": torch.randn(2, 8, 16)},
-                     "sequence"))
-    ranges = calibrate_ranges(ir, [{"x": torch.randn(4, 8, 16)} for _ in range(4)],
-                              method="mean_minmax")
-    path = tmp_path / "q.tflite"
-    emit_tflite(ir, path, precision="int8", ranges=ranges, full_integer=True)
-    types = _op_types(path)
-    for op in ("BATCH_MATMUL", "SOFTMAX", "GELU", "FULLY_CONNECTED", "ADD"):
-        assert types[op] == {"INT8"}, (op, types[op])
-    x = torch.randn(2, 8, 16)
-    out = open_runner("tflite", path).run({"x": x.numpy()})[0]
-    with torch.no_grad():
-        ref = ir.module()(x=x).numpy()
-    cos = _cosines(out, ref)
-    assert cos.mean() >= 0.98, cos
-
-
 # ---------------------------------------------------------------- through the public API
 
 def test_compile_bert_small(tmp_path):
@@ -507,9 +464,23 @@ def test_compile_bert_small(tmp_path):
     assert m["verification"]["passed"] and m["verification"]["rel_err"] <= 1e-4
     assert m["model"]["format"] == "tflite" and m["verification"]["runtime"] == "litert"
     assert {"BATCH_MATMUL", "SOFTMAX", "GELU", "GATHER"} <= set(m["model"]["ops"])
+    # token types and the mask's batch indices fold to constants: a static model, at the
+    # batch an edge device runs (1), verified on the first example row
+    assert m["model"]["batch"] == 1 and not m["model"]["dynamic_batch"]
+    assert [s["shape"] for s in m["inputs"]] == [[1, 32], [1, 32]]
     b = open_bundle(out)
     runner = open_runner(b.target, b.model_path)
     assert runner.input_names == ["input_ids", "attention_mask"]
+    feeds = b.example_inputs()
+    assert feeds["input_ids"].shape == (1, 32)
+    # three rows run as three batch-1 invocations (as the plan search feeds held-out batches)
+    other = {k: np.concatenate([v, v[:, ::-1], v]) for k, v in feeds.items()}
+    three, one = runner.run(other)[0], runner.run(feeds)[0]
+    assert three.shape[0] == 3 and np.array_equal(three[0], one[0])
+    assert np.array_equal(three[2], one[0]) and not np.array_equal(three[1], one[0])
+    from layerwise.runtime.profile import profile
+
+    assert profile(out, runs=2, warmup=0)["batch"] == 1
 
 
 def test_compile_mobilenetv3_runs_other_batch(tmp_path):

@@ -73,7 +73,14 @@ def test_tuning_database_kept_and_reused(tmp_path):
     assert tuning["records"] > 0 and tuning["reused"] is None
     names = {f["name"] for f in m["files"]}
     assert {"tuning/database_workload.json", "tuning/database_tuning_record.json"} <= names
-    assert not m["model"]["dynamic_batch"] and m["inputs"][0]["shape"] == [2, 16]
+    # tuned for batch 1, as an edge device runs it, and verified on the first example row
+    assert not m["model"]["dynamic_batch"] and m["inputs"][0]["shape"] == [1, 16]
+    assert m["model"]["batch"] == 1
+    b = open_bundle(out)
+    runner = open_runner("tvm", b.model_path)
+    one = b.example_inputs()
+    two = {k: np.concatenate([v, -v]) for k, v in one.items()}  # runs as two batch-1 calls
+    np.testing.assert_array_equal(runner.run(two)[0][:1], runner.run(one)[0])
     assert m["verification"]["rel_err"] <= 1e-4
     assert set(m["model"]["latency_ms"]) == {"untuned", "tuned"}
     # the next compile at the same --out starts from that database (no new trials here)
