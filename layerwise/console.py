@@ -49,6 +49,12 @@ def compile_summary(m: dict, out: str) -> None:
                f"vs original model rel_err {f['rel_err']:.2e}")
     ins = ", ".join(f"{i['name']}{i['shape']}" for i in m["inputs"])
     _out.print(f"  inputs: {ins}")
+    d = m.get("device_ops")
+    if d and d["outside_op_limits"]:
+        _out.print(f"  [yellow]{d['device']}: {', '.join(d['outside_op_limits'])} outside its "
+                   "op limits: they run on its host CPU, not the accelerator[/yellow]")
+    elif d:
+        _out.print(f"  {d['device']}: every op within its op limits")
 
 
 def profile_table(r: dict) -> None:

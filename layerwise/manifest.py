@@ -37,7 +37,28 @@ def build_manifest(spec: str, opts, ir, model_entry: dict, runner, parity: dict,
                   "flops": sum(layer.flops for layer in ir.layers if layer.depth == 1)},
         "timings": timings,
         "tool_versions": tool_versions(runner),
+        **device_ops(opts.device, model_entry),
     }
+
+
+# a full-integer model's input and output conversions run on the host by design
+BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}
+
+
+def device_ops(device: str | None, model_entry: dict) -> dict:
+    """{"device_ops": ...} when the device declares op limits and the artifact lists its ops
+    (tflite): the ops outside them, which the device's compiler or delegate leaves to its
+    host CPU (the Edge TPU compiler: that op and everything after it); else {}."""
+    if not device or not model_entry.get("ops"):
+        return {}
+    from layerwise.devices import load_device
+
+    limits = set(load_device(device).supported_ops)
+    if not limits:
+        return {}
+    outside = sorted(set(model_entry["ops"]) - limits - BOUNDARY_OPS)
+    return {"device_ops": {"device": device, "outside_op_limits": outside,
+                           "counts": {op: model_entry["ops"][op] for op in outside}}}
 
 
 def artifact_batch(model_entry: dict) -> int | None:

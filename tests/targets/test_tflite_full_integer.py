@@ -17,6 +17,8 @@ from layerwise.errors import TargetError
 from layerwise.runtime import open_runner
 from layerwise.sources import Source
 from layerwise.targets.tflite import calibrate_ranges, emit_tflite
+from tests.conftest import FIXTURES
+from tests.fixtures.models import TinyAttention
 from tests.targets.test_tflite import (
     TinyBert,
     _cosines,
@@ -123,21 +125,6 @@ def test_full_integer_refuses_an_op_without_int8_kernel(tmp_path):
     assert not (tmp_path / "q.tflite").exists()
 
 
-class TinyAttention(nn.Module):
-    """Attention without layer norm or mask, then a GELU MLP: int8 kernels end to end."""
-
-    def __init__(self, dim: int = 16) -> None:
-        super().__init__()
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
-
-    def forward(self, x):
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        att = torch.softmax(q @ k.transpose(1, 2) / 4.0, dim=-1)
-        x = x + self.proj(att @ v)
-        return x + self.fc2(nn.functional.gelu(self.fc1(x)))
-
-
 def test_full_integer_attention_int8_kernels(tmp_path):
     """Full integer: BATCH_MATMUL, SOFTMAX and GELU run LiteRT's int8 kernels (the GELU-fed
     linear too), and the result stays close to fp32."""
@@ -157,3 +144,19 @@ def test_full_integer_attention_int8_kernels(tmp_path):
         ref = ir.module()(x=x).numpy()
     cos = _cosines(out, ref)
     assert cos.mean() >= 0.98, cos
+
+
+def test_compile_for_coral_names_the_ops_outside_its_limits(tmp_path):
+    """The Edge TPU compiler leaves ops outside its list (and what follows them) to the host
+    CPU: the manifest names them, before anyone runs edgetpu_compiler."""
+    from layerwise import api
+
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=np.random.default_rng(0).standard_normal((16, 8, 16), np.float32))
+    m = api.compile(f"{FIXTURES}:tiny_attention", api.CompileOptions(
+        device="coral-edgetpu", precision="int8", data=str(data), out=str(tmp_path / "b"),
+        db="none"))
+    d = m["device_ops"]
+    assert d["device"] == "coral-edgetpu" and d["outside_op_limits"] == ["BATCH_MATMUL", "GELU"]
+    assert d["counts"] == {"BATCH_MATMUL": 2, "GELU": 1}
+    assert m["model"]["ops"]["FULLY_CONNECTED"] == 4  # within the limits: not listed
