@@ -34,7 +34,9 @@ TARGETS = ["onnx", "openvino", "tflite", "tvm", "tensorrt"]
 
 
 def data_for(spec: str, tmp: Path, n_calib: int, n_held: int) -> tuple[Path, list[dict]]:
-    """(calibration data path, held-out feed dicts) of real inputs for `spec`."""
+    """(calibration data path, held-out feed dicts) of real inputs for `spec`: the first
+    n_held inputs are held out, the next n_calib calibrate (the held-out set stays the same
+    whatever the calibration size)."""
     if "minilm" in spec:
         import sys
 
@@ -45,19 +47,19 @@ def data_for(spec: str, tmp: Path, n_calib: int, n_held: int) -> tuple[Path, lis
 
         sents = english_sentences(n_calib + n_held)
         path = tmp / "calib.txt"
-        path.write_text("\n".join(sents[:n_calib]))
+        path.write_text("\n".join(sents[n_held:]))
         tok = load_source(spec).tokenizer
-        enc = tok(sents[n_calib:], padding="max_length", truncation=True, max_length=32,
+        enc = tok(sents[:n_held], padding="max_length", truncation=True, max_length=32,
                   return_tensors="np")
         held = [{k: enc[k][i:i + 1].astype(np.int64) for k in ("input_ids", "attention_mask")}
-                for i in range(len(sents) - n_calib)]
+                for i in range(min(n_held, len(sents)))]
         return path, held
     from layerwise.images import photo_crops
 
     x = photo_crops(n_calib + n_held, seed=1)
     path = tmp / "calib.npz"
-    np.savez(path, x=x[:n_calib])
-    return path, [{"x": x[i:i + 1]} for i in range(n_calib, len(x))]
+    np.savez(path, x=x[n_held:])
+    return path, [{"x": x[i:i + 1]} for i in range(n_held)]
 
 
 def outputs(bundle: Path, held: list[dict]) -> np.ndarray:

@@ -59,9 +59,10 @@ def emit(ir, out_dir: Path, opts=None) -> dict:
     precision = getattr(opts, "precision", "fp32") or "fp32"
     if precision not in INFO.precisions:
         raise TargetError(f"tflite emits {', '.join(INFO.precisions)}, not {precision!r}")
-    ranges = None
+    ranges, equalized = None, 0
     if precision == "int8":
-        ranges = ir.annotations.get("quant_ranges") or _plan_ranges(ir)
+        ir, equalized = _equalized(ir)
+        ranges = _plan_ranges(ir)
     path = Path(out_dir) / FILE
     stats = emit_tflite(ir, path, precision=precision, ranges=ranges)
     dynamic = _runs_batch_one(ir, path)
@@ -70,8 +71,8 @@ def emit(ir, out_dir: Path, opts=None) -> dict:
         # batch 1, as an edge device runs it, rather than at the example batch
         stats = emit_tflite(ir, path, precision=precision, ranges=ranges, batch=1)
     return {"file": FILE, "files": [FILE], "format": "tflite", "precision": precision,
-            "batch": stats["batch"], "dynamic_batch": dynamic,
-            "ops": stats["ops"]}
+            "batch": stats["batch"], "dynamic_batch": dynamic, "ops": stats["ops"],
+            **({"equalized_activations": equalized} if equalized else {})}
 
 
 def _runs_batch_one(ir, path: Path) -> bool:
@@ -127,6 +128,19 @@ def emit_tflite(ir, path: Path, precision: str = "fp32",
     batch = batch or (next(iter(ir.example_inputs.values())).shape[0] if ir.example_inputs
                       else 1)
     return {"batch": int(batch), "ops": counts}
+
+
+def _equalized(ir):
+    """(the IR with the recipe's cross-layer range equalization, activations equalized)."""
+    recipe = (ir.annotations.get("quantize") or {}).get("recipe", {})
+    dw, pw = recipe.get("equalize_depthwise", 0.0), recipe.get("equalize_pointwise", 0.0)
+    if not (dw or pw) or not recipe.get("per_channel", True):
+        return ir, 0
+    from layerwise.targets.tflite_equalize import equalize_ir
+
+    batches = [{k: torch.from_numpy(v) for k, v in b.items()} for b in ir.calibration]
+    return equalize_ir(ir, batches or [ir.example_inputs], depthwise=dw, pointwise=pw,
+                       max_scale=recipe.get("equalize_max_scale", 16.0))
 
 
 def _plan_ranges(ir) -> dict[str, tuple[float, float]]:
