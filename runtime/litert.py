@@ -42,6 +42,10 @@ class LiteRTRunner:
         self._inputs = self.interp.get_input_details()
         self._outputs = self.interp.get_output_details()
         self.input_names = [d["name"] for d in self._inputs]
+        # a static model's input shapes (none has -1 in its signature), else None
+        self._static = None if any(-1 in d.get("shape_signature", d["shape"])
+                                   for d in self._inputs) else \
+            {d["name"]: tuple(int(n) for n in d["shape"]) for d in self._inputs}
         self.output_names = [d["name"] for d in self._outputs]
         self.version = getattr(ai_edge_litert, "__version__", None) or _dist_version()
 
@@ -51,9 +55,7 @@ class LiteRTRunner:
             raise BundleError(f"missing inputs {missing}; the model takes {self.input_names}")
         if self._per_op:
             self._last_feeds = feeds
-        static = not any(-1 in d.get("shape_signature", d["shape"]) for d in self._inputs)
-        step = slice_step(feeds, {d["name"]: tuple(int(n) for n in d["shape"])
-                                  for d in self._inputs}) if static else None
+        step = slice_step(feeds, self._static) if self._static else None
         if step:
             return run_in_slices(self.run, feeds, step)
         try:

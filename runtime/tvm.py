@@ -51,6 +51,7 @@ class TvmRunner:
         self._fn_name = spec.get("function", "main")
         self._fn = self.vm[self._fn_name]
         self._inputs = spec["inputs"]
+        self._shapes = {s["name"]: tuple(s["shape"]) for s in self._inputs}
         self.input_names = [s["name"] for s in self._inputs]
         self.output_names = [s["name"] for s in spec["outputs"]]
         self.threads = threads or int(os.environ.get("TVM_NUM_THREADS") or 0) or os.cpu_count() or 1
@@ -72,7 +73,7 @@ class TvmRunner:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise BundleError(f"missing inputs {missing}; the model takes {self.input_names}")
-        step = slice_step(feeds, {s["name"]: tuple(s["shape"]) for s in self._inputs})
+        step = slice_step(feeds, self._shapes)
         if step:
             return run_in_slices(self.run, feeds, step)
         args = []

@@ -138,16 +138,20 @@ def _equalized(ir):
         return ir, 0
     from layerwise.targets.tflite_equalize import equalize_ir
 
-    batches = [{k: torch.from_numpy(v) for k, v in b.items()} for b in ir.calibration]
-    return equalize_ir(ir, batches or [ir.example_inputs], depthwise=dw, pointwise=pw,
+    return equalize_ir(ir, _calibration_batches(ir), depthwise=dw, pointwise=pw,
                        max_scale=recipe.get("equalize_max_scale", 16.0))
+
+
+def _calibration_batches(ir) -> list[dict]:
+    """ir.calibration as torch tensors (else the example inputs)."""
+    return [{k: torch.from_numpy(v) for k, v in b.items()} for b in ir.calibration] or \
+        [ir.example_inputs]
 
 
 def _plan_ranges(ir) -> dict[str, tuple[float, float]]:
     """Ranges per the `quantize` pass's recipe over ir.calibration (else the example inputs)."""
     recipe = (ir.annotations.get("quantize") or {}).get("recipe", {})
-    batches = [{k: torch.from_numpy(v) for k, v in b.items()} for b in ir.calibration]
-    return calibrate_ranges(ir, batches or [ir.example_inputs],
+    return calibrate_ranges(ir, _calibration_batches(ir),
                             recipe.get("percentile", 99.99),
                             method=recipe.get("calibration", "mean_minmax"))
 

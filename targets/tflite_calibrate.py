@@ -9,7 +9,8 @@ shift that rounding a layer's weights adds is E[x] . (W - W_int8) per output cha
 The lowering reads a node's range where TFLite puts its int8 tensor: a convolution with a
 folded batch norm and a fused ReLU6 takes the range of the ReLU6 node (after the activation).
 A layer norm, which full-integer int8 runs as LiteRT's int8 MEAN, SUB, L2_NORMALIZATION, MUL
-and ADD, also records the tensors between them, as `<node>.<step>` (LN_STEPS).
+and ADD, also records the tensors between them, as `<node>.<step>` (layer_norm_steps; its
+output is the getitem node's).
 """
 
 from __future__ import annotations
@@ -25,21 +26,19 @@ aten = torch.ops.aten
 METHODS = ("minmax", "mean_minmax", "percentile", "entropy", "mse")
 # weighted ops -> index of their activation input (bias correction needs its channel means)
 WEIGHTED = {aten.convolution.default: 0, aten.addmm.default: 1, aten.mm.default: 0}
-LN_STEPS = ("mean", "centered", "norm", "scaled", "out")
 
 
 def layer_norm_steps(x: torch.Tensor, shape, w, b, eps: float) -> dict[str, torch.Tensor]:
     """The tensors between the int8 kernels a layer norm of x over its last len(shape) axes
-    runs as (LN_STEPS; `scaled` only with a weight; `out` is the layer norm's output)."""
+    runs as: mean, centered, norm, and scaled (by the weight, when there is one and a bias
+    follows it); the layer norm's own output is not among them."""
     axes = tuple(range(x.ndim - len(shape), x.ndim))
     mean = x.mean(axes, keepdim=True)
     d = x - mean
-    norm = d * torch.rsqrt((d * d).mean(axes, keepdim=True) + eps)
-    steps = {"mean": mean, "centered": d, "norm": norm}
-    y = norm
-    if w is not None:
-        y = steps["scaled"] = y * w
-    steps["out"] = y + b if b is not None else y
+    steps = {"mean": mean, "centered": d,
+             "norm": d * torch.rsqrt((d * d).mean(axes, keepdim=True) + eps)}
+    if w is not None and b is not None:
+        steps["scaled"] = steps["norm"] * w
     return steps
 
 

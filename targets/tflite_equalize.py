@@ -117,16 +117,19 @@ def equalize_ir(ir, batches: list[dict], *, depthwise: float, pointwise: float,
                            "depthwise": depthwise, "pointwise": pointwise}), done
 
 
-def _attr(gm, target: str) -> torch.Tensor:
+def _owner(gm, target: str) -> tuple[torch.nn.Module, str]:
     owner, _, name = target.rpartition(".")
-    return getattr(gm.get_submodule(owner) if owner else gm, name)
+    return (gm.get_submodule(owner) if owner else gm), name
+
+
+def _attr(gm, target: str) -> torch.Tensor:
+    return getattr(*_owner(gm, target))
 
 
 def _scale(gm, target: str, s: np.ndarray, axis: int) -> None:
     """Replace the constant `target` with a copy scaled by s along `axis` (the original
     tensor, shared with the IR's program, is left as it is)."""
-    owner, _, name = target.rpartition(".")
-    mod = gm.get_submodule(owner) if owner else gm
+    mod, name = _owner(gm, target)
     old = getattr(mod, name)
     shape = [1] * old.ndim
     shape[axis] = -1

@@ -11,6 +11,8 @@ measured the input's channel means.
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import torch
 
@@ -506,7 +508,8 @@ def layer_norm(cx, node):
 
 def _layer_norm_int8(cx, node, x):
     """A layer norm as LiteRT's int8 kernels, each step's int8 range the one calibration
-    recorded for it (tflite_calibrate.LN_STEPS): in torch's layout (normalized axes last,
+    recorded for it (tflite_calibrate.layer_norm_steps; the output's, its getitem's): in
+    torch's layout (normalized axes last,
     flattened to one), MEAN and SUB centre each row, L2_NORMALIZATION divides it by its norm,
     a MUL by sqrt(C) * weight and an ADD of the bias finish it. L2_NORMALIZATION sums the
     squares in int32; per-tensor int8 squares (SQUARED_DIFFERENCE, MEAN, RSQRT, as TFLite's
@@ -517,8 +520,10 @@ def _layer_norm_int8(cx, node, x):
 
     _, shape, w, b = node.args[:4]
 
+    out_node = next(u for u in node.users if u.target is operator.getitem and u.args[1] == 0)
+
     def t(step, shp):
-        key = f"{node.name}.{step}"
+        key = out_node.name if step == "out" else f"{node.name}.{step}"
         if key not in cx.ranges:
             raise cx.fail(node, f"has no calibrated range for its int8 {step} (calibrate with "
                           "tflite_calibrate.calibrate_ranges, which records a layer norm's steps)")
