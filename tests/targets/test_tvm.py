@@ -115,3 +115,29 @@ def test_wrong_results_fail_verification(tmp_path):
 def test_bad_tune_db_is_refused(tmp_path):
     with pytest.raises(TargetError, match="no MetaSchedule database"):
         api.compile(MLP, options(out=str(tmp_path / "x"), tune_db=str(tmp_path)))
+
+
+def conv_bn_model():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8),
+                              torch.nn.ReLU6(), torch.nn.Conv2d(8, 8, 3, groups=8, bias=False),
+                              torch.nn.BatchNorm2d(8))
+    for m in net:
+        if isinstance(m, torch.nn.BatchNorm2d):  # non-trivial statistics, so folding matters
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 2)
+            m.bias.data.uniform_(-1, 1)
+    return net.eval(), {"input": torch.rand(2, 3, 8, 8)}, "image"
+
+
+def test_batch_norms_fold_into_convs(tmp_path):
+    from layerwise.targets import tvm as tvm_target
+
+    ir = api.lift(f"{__file__}:conv_bn_model")
+    mod = tvm_target._import(ir)
+    assert mod.script().count("R.nn.batch_norm") == 2
+    folded = tvm_target._fold_batch_norms(mod).script()
+    assert "batch_norm" not in folded and folded.count("R.nn.conv2d") == 2
+    m = api.compile(f"{__file__}:conv_bn_model", options(out=str(tmp_path / "b")))
+    assert m["verification"]["rel_err"] < 1e-5
