@@ -171,7 +171,8 @@ def _fold_batch_norms(mod):
     conv-BN block; a conv with its own bias keeps its norm) into the conv's weights and a
     bias add (Relax's FoldBatchnormToConv2D, then FoldConstant). Unfolded, each norm stays a
     subtract, divide, multiply and add fused into the conv's kernel, which every tuned
-    candidate pays for; MobileNetV2 at 200 trials: 12.9 ms folded against 16.4 ms."""
+    candidate pays for; MobileNetV2 at 200 trials: 12.9 ms folded against 16.4 ms
+    unfolded (two runs on different days of a host whose speed drifts)."""
     from tvm import relax
 
     return relax.transform.FoldConstant()(relax.transform.FoldBatchnormToConv2D()(mod))

@@ -119,9 +119,10 @@ def test_bad_tune_db_is_refused(tmp_path):
 
 def conv_bn_model():
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8),
-                              torch.nn.ReLU6(), torch.nn.Conv2d(8, 8, 3, groups=8, bias=False),
-                              torch.nn.BatchNorm2d(8))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU6(), torch.nn.Conv2d(8, 8, 3, groups=8, bias=False),
+        torch.nn.BatchNorm2d(8))
     for m in net:
         if isinstance(m, torch.nn.BatchNorm2d):  # non-trivial statistics, so folding matters
             m.running_mean.uniform_(-1, 1)
