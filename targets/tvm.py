@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from layerwise.errors import TargetError
+from layerwise.runtime.tvm import allow_threads, host_cores
 from layerwise.targets import TargetInfo
 from layerwise.targets.tvm_tune import DB_FILES
 
@@ -43,6 +44,7 @@ CROSS = {"aarch64": ("aarch64-linux-gnu", ("aarch64-linux-gnu-g++", "aarch64-lin
 
 
 def _tvm():
+    allow_threads()  # before TVM makes its thread pool, or it keeps one thread here
     try:
         import tvm
         from tvm import relax  # noqa: F401
@@ -54,7 +56,7 @@ def _tvm():
 def host_target(tvm) -> dict:
     """The llvm target for this CPU, as a dict (TVM 0.27 refuses target strings)."""
     return {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
-            "num-cores": os.cpu_count() or 1}
+            "num-cores": host_cores()}
 
 
 def emit(ir, out_dir: Path, opts=None) -> dict:
@@ -206,7 +208,10 @@ def _run_tuning(tvm, mod, target, db_dir: Path, trials: int) -> None:
             proc = subprocess.run(
                 [sys.executable, "-m", "layerwise.targets.tvm_tune", str(mod_json),
                  str(tgt_json), str(db_dir), str(trials)],
-                stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                stdout=f, stderr=subprocess.STDOUT,
+                # candidates are measured on as many threads as the bundle will run on
+                env={**os.environ, "PYTHONUNBUFFERED": "1",
+                     "TVM_NUM_THREADS": str(target.attrs["num-cores"])},
                 check=False)
         if proc.returncode != 0:
             lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]

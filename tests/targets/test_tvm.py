@@ -3,7 +3,10 @@ aarch64 cross-compile; unmappable ops refused in one line."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -64,6 +67,36 @@ def test_aarch64_cross_compile_is_an_aarch64_elf(untuned):
     assert head[:4] == b"\x7fELF" and head[4] == 2  # 64-bit
     assert int.from_bytes(head[18:20], "little") == EM_AARCH64
     assert cross["file"] in {f["name"] for f in m["files"]}
+
+
+THREADS = """
+import sys, tvm
+from layerwise.runtime import open_bundle, open_runner
+from layerwise.runtime.tvm import host_cores
+b = open_bundle(sys.argv[1])
+r = open_runner("tvm", b.model_path)
+r.run(b.example_inputs())
+pool = tvm.get_global_func("runtime.NumThreads")
+print(host_cores(), r.threads, pool())
+one = open_runner("tvm", b.model_path, threads=1)
+one.run(b.example_inputs())
+print(one.threads, pool())
+"""
+
+
+def test_runner_uses_every_core_by_default(untuned):
+    """Without TVM_NUM_THREADS, TVM would size its pool at half the cores (one on two vCPUs);
+    the runner raises that to every core, as ONNX Runtime and OpenVINO use, and threads=1
+    still pins one."""
+    out, _ = untuned
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    proc = subprocess.run([sys.executable, "-c", THREADS, str(out)], capture_output=True,
+                          text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first, second = proc.stdout.split("\n")[-3:-1]
+    cores, threads, pool = map(int, first.split())
+    assert threads == pool == cores
+    assert second.split() == ["1", "1"]
 
 
 def test_tuning_database_kept_and_reused(tmp_path):
