@@ -351,8 +351,30 @@ def _quantize_calibrated(fp32_path: Path, out_path: Path, batches: list[dict[str
     q = onnx.load(str(out_path))
     qdq = sum(1 for n in q.graph.node if n.op_type == "QuantizeLinear")
     return {"calibrated_tensors": len(ranges), "calibration_batches": len(batches),
+            "weight_bits": 7 if _reduce_range(recipe) else 8,
             "excluded_nodes": len(exclude), "quantize_linear_nodes": qdq,
             "bias_corrected_layers": corrected}
+
+
+def _reduce_range(recipe: QuantRecipe) -> bool:
+    return recipe.reduce_range_without_vnni and u8s8_saturates()
+
+
+def u8s8_saturates() -> bool:
+    """True on an x86 CPU without VNNI (AVX512-VNNI or AVX-VNNI), read from /proc/cpuinfo:
+    there onnxruntime's u8s8 kernels add pairs of u8 x s8 products in int16 (vpmaddubsw),
+    which saturates with full 8-bit weights; onnxruntime's advice is 7-bit weights
+    (reduce_range). False where the flags cannot be read or the CPU is not x86."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), None)
+    return line is not None and not {"avx512_vnni", "avx_vnni"} & set(line.split())
 
 
 def _quantize_static(src: Path, out_path: Path, ranges: dict, recipe: QuantRecipe, *,
@@ -390,6 +412,7 @@ def _quantize_static(src: Path, out_path: Path, ranges: dict, recipe: QuantRecip
                     per_channel=recipe.per_channel, activation_type=act,
                     weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                     calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache),
+                    reduce_range=_reduce_range(recipe),
                     extra_options=extra)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises many types
             raise TargetError(f"onnxruntime could not quantize the model: "

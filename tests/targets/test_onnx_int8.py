@@ -158,12 +158,15 @@ def test_equalize_is_exact_through_relu_and_evens_channel_ranges():
 
 def test_range_equalization_lowers_mobilenet_int8_error(bundles, tmp_path):
     """On MobileNetV2 (ReLU6 channels ranges a hundredfold apart) the equalized int8 model's
-    logits are closer to fp32 than those of the same recipe without equalization (measured:
-    relative error 0.11 against 0.14 with 32 calibration photos)."""
+    logits are closer to fp32 than those of the same recipe without equalization (measured,
+    32 calibration photos: relative error 0.104 against 0.132 with 8-bit weights on a VNNI
+    CPU; 0.133 against 0.147 with the 7-bit weights of an x86 CPU without VNNI, where 8-bit
+    weights saturate onnxruntime's fused kernels: 0.337). The fused int8 kernels stay near
+    the unfused Q/DQ graph (7-bit here: 0.043 apart)."""
     from dataclasses import replace
 
     from layerwise.compiler.passes.quantize import RECIPES
-    from layerwise.targets.onnx_quantize import _session, quantize_model
+    from layerwise.targets.onnx_quantize import _session, quantize_model, u8s8_saturates
 
     fp32_path, _ = bundles("zoo:mobilenet-v2")
     src = fp32_path / "model.onnx"
@@ -176,6 +179,10 @@ def test_range_equalization_lowers_mobilenet_int8_error(bundles, tmp_path):
             RECIPES["onnx"], equalize_depthwise=0.0, equalize_pointwise=0.0))):
         info = quantize_model(src, tmp_path / f"{name}.onnx", batches, recipe, set())
         assert (info["equalized_activations"] > 0) == (name == "on")
-        out = _session(str(tmp_path / f"{name}.onnx"), optimize=True).run(None, {"x": x})[0]
+        assert info["weight_bits"] == (7 if u8s8_saturates() else 8)
+        path = str(tmp_path / f"{name}.onnx")
+        out = _session(path, optimize=True).run(None, {"x": x})[0]
         err[name] = np.linalg.norm(out - ref) / np.linalg.norm(ref)
-    assert err["on"] < 0.9 * err["off"]
+        unfused = _session(path).run(None, {"x": x})[0]
+        assert np.linalg.norm(out - unfused) / np.linalg.norm(ref) < 0.5 * err[name]
+    assert err["on"] < 0.95 * err["off"]
