@@ -12,7 +12,6 @@ $LAYERWISE_HOME (default ~/.layerwise) and reused while the CPU and onnxruntime 
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import io
 import json
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from layerwise.devices.calibration_set import Case, calibration_cases
+from layerwise.devices.cpu import cpu_flags, has_vnni, is_x86
 from layerwise.devices.graph_ops import COMPUTE, KIND_NAMES, ROW_FLOPS, OpRecord, op_records
 from layerwise.devices.roofline import (
     DEFAULT_COMPUTE,
@@ -115,23 +115,12 @@ def exported(module, inputs):
                                strict=False).run_decompositions()
 
 
-@functools.cache
-def _cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (/proc/cpuinfo, read once); empty where unknown."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return frozenset(next((ln.split(":", 1)[1].split() for ln in f
-                                   if ln.startswith("flags")), []))
-    except OSError:
-        return frozenset()
-
-
 def nchwc_block() -> int:
     """Channels per block of onnxruntime's NCHWc convolutions on this CPU (MLAS: 16 with
     AVX-512F, 8 with AVX2); 0 where it has no NCHWc kernels (no layout reorders)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    if not is_x86():
         return 0
-    flags = _cpu_flags()
+    flags = cpu_flags()
     return 16 if "avx512f" in flags else 8 if "avx2" in flags else 0
 
 
@@ -383,7 +372,7 @@ def calibration_from(measured: list[dict], threads: int = 0, clock: str = "wall"
     machine = Machine({"fp32": peak}, dram, Factors(), cache, cache_mb(), threads=n_threads,
                       l2_mb=cache_mb(2))
     factors, report = fit(measured, machine)
-    vnni = _has_vnni()
+    vnni = has_vnni()
     return {
         "format": FORMAT, "device": "host", "fingerprint": fingerprint(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -425,7 +414,3 @@ def calibrate_host(force: bool = False, *, progress=lambda _: None,
         json.dump(cal, f, indent=1)
     os.replace(tmp, path)
     return {**cal, "reused": False, "path": str(path)}
-
-
-def _has_vnni() -> bool:
-    return bool(_cpu_flags() & {"avx512_vnni", "avx_vnni"})

@@ -35,6 +35,7 @@ import numpy as np
 
 from layerwise.compiler.passes.quantize import QuantRecipe
 from layerwise.cpp_ext import HISTOGRAM_METHODS, StreamingHistogram, clip_range
+from layerwise.devices.cpu import cpu_flags, has_vnni, is_x86
 from layerwise.errors import TargetError
 from layerwise.targets.onnx_equalize import equalize
 
@@ -361,20 +362,10 @@ def _reduce_range(recipe: QuantRecipe) -> bool:
 
 
 def u8s8_saturates() -> bool:
-    """True on an x86 CPU without VNNI (AVX512-VNNI or AVX-VNNI), read from /proc/cpuinfo:
-    there onnxruntime's u8s8 kernels add pairs of u8 x s8 products in int16 (vpmaddubsw),
-    which saturates with full 8-bit weights; onnxruntime's advice is 7-bit weights
-    (reduce_range). False where the flags cannot be read or the CPU is not x86."""
-    import platform
-
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
-        return False
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), None)
-    return line is not None and not {"avx512_vnni", "avx_vnni"} & set(line.split())
+    """True on an x86 CPU without VNNI: there onnxruntime's u8s8 kernels add pairs of u8 x s8
+    products in int16 (vpmaddubsw), which saturates with full 8-bit weights; onnxruntime's
+    advice is 7-bit weights (reduce_range). False where the CPU's flags cannot be read."""
+    return is_x86() and bool(cpu_flags()) and not has_vnni()
 
 
 def _quantize_static(src: Path, out_path: Path, ranges: dict, recipe: QuantRecipe, *,

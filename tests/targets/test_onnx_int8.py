@@ -159,10 +159,10 @@ def test_equalize_is_exact_through_relu_and_evens_channel_ranges():
 def test_range_equalization_lowers_mobilenet_int8_error(bundles, tmp_path):
     """On MobileNetV2 (ReLU6 channels ranges a hundredfold apart) the equalized int8 model's
     logits are closer to fp32 than those of the same recipe without equalization (measured,
-    32 calibration photos: relative error 0.104 against 0.132 with 8-bit weights on a VNNI
-    CPU; 0.133 against 0.147 with the 7-bit weights of an x86 CPU without VNNI, where 8-bit
-    weights saturate onnxruntime's fused kernels: 0.337). The fused int8 kernels stay near
-    the unfused Q/DQ graph (7-bit here: 0.043 apart)."""
+    32 calibration photos: relative error 0.11 against 0.14 with 8-bit weights on a VNNI CPU;
+    on a Zen 3 without VNNI, where 8-bit weights saturate onnxruntime's fused kernels (0.337
+    fused against 0.104 unfused), 0.133 against 0.147 with 7-bit weights). The fused int8
+    kernels stay near the unfused Q/DQ graph (7-bit on the Zen 3: 0.043 apart)."""
     from dataclasses import replace
 
     from layerwise.compiler.passes.quantize import RECIPES
