@@ -38,7 +38,8 @@ def lift(source, *, decompose: bool = True) -> IR:
     if isinstance(source.program, IR):
         return source.program
     if source.program is not None:
-        ep = source.program.run_decompositions() if decompose else source.program
+        ep = keyword_program(source.program, source.inputs)
+        ep = ep.run_decompositions() if decompose else ep
         ref = [t for t in torch.utils._pytree.tree_leaves(ep.module()(**source.inputs))
                if isinstance(t, torch.Tensor)]
         names = [f"output_{i}" for i in range(len(ref))] if len(ref) > 1 else ["output"]
@@ -69,6 +70,45 @@ def lift(source, *, decompose: bool = True) -> IR:
         raise ExportError(f"the exported program returns {len(leaves)} tensors where the model "
                           f"returns {len(named)}; export the model yourself and pass the .pt2")
     return ir
+
+
+def keyword_program(ep, inputs: dict[str, torch.Tensor]):
+    """`ep` callable as `ep.module()(**inputs)`. A program saved from `export(m, (x,))` takes
+    its inputs by position; it is re-exported through its unlifted module with a keyword input
+    spec, keeping the dims that were dynamic dynamic. Assumes `inputs` are named as the
+    program's user-input placeholders."""
+    import torch.utils._pytree as pytree
+
+    in_spec = ep.call_spec.in_spec
+    names = list(ep.graph_signature.user_inputs)
+    if in_spec is not None and pytree.tree_structure(((), dict(inputs))) == in_spec:
+        return ep
+    gm = ep.module()
+    codegen = gm.graph._codegen
+    info = getattr(codegen, "pytree_info", None)
+    if info is None or list(info.orig_args) != names or set(names) != set(inputs):
+        raise ExportError(f"the program takes inputs {names} in a structure layerwise cannot "
+                          "name; export the model with keyword tensors: torch.export.export("
+                          "model, (), kwargs={name: tensor, ...})")
+    spec = pytree.tree_structure(((), {n: inputs[n] for n in names}))
+    codegen.pytree_info = info._replace(in_spec=spec)
+    gm._in_spec = spec
+    gm.recompile()
+    dynamic = {}
+    for node in ep.graph.nodes:
+        if node.op == "placeholder" and node.name in inputs:
+            shape = getattr(node.meta.get("val"), "shape", ())
+            dims = {i: Dim.AUTO for i, d in enumerate(shape) if not isinstance(d, int)}
+            dynamic[node.name] = dims or None
+    kwargs = {n: inputs[n] for n in names}
+    try:
+        return torch.export.export(gm, (), kwargs=kwargs,
+                                   dynamic_shapes={n: dynamic.get(n) for n in names},
+                                   strict=False)
+    except Exception as e:
+        raise ExportError(f"re-exporting the program with keyword inputs failed: {_where(e)}; "
+                          "export the model with torch.export.export(model, (), kwargs=...)"
+                          ) from e
 
 
 def _make_ir(ep, source, reference, names) -> IR:

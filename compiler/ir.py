@@ -147,18 +147,24 @@ class IR:
 
     @classmethod
     def load(cls, path: str | Path) -> IR:
-        """Load what `save` wrote; no pickle is involved."""
+        """Load what `save` wrote, as untrusted input (see compiler/load_program.py)."""
+        from layerwise.compiler.load_program import load_program
+
         p = Path(path)
+        redo = "re-create it with layerwise.compiler.IR.save or pass a plain torch.export .pt2"
         try:
             side = json.loads(sidecar_path(p).read_text())
-            program = torch.export.load(str(p))
+            if not isinstance(side, dict) or side.get("format") != FORMAT:
+                raise LayerwiseError(f"{sidecar_path(p)} is not a layerwise IR sidecar "
+                                     f"(format {FORMAT}); {redo}")
+            program = load_program(p)
             with np.load(arrays_path(p), allow_pickle=False) as z:
                 inputs = {k: torch.from_numpy(z[f"in.{k}"]) for k in side["input_names"]}
                 refs = [torch.from_numpy(z[f"ref.{i}"]) for i in range(len(side["output_names"]))]
-        except (OSError, KeyError, ValueError, RuntimeError) as e:
-            raise LayerwiseError(f"cannot load IR {p}: {e}; re-create it with "
-                                 "`layerwise lift SPEC --out FILE.pt2`") from e
-        if side.get("format") != FORMAT:
-            raise LayerwiseError(f"{p} has IR format {side.get('format')!r}, expected {FORMAT}")
-        return cls(program, [Layer.from_json(d) for d in side["layers"]], inputs, refs,
-                   side["output_names"], side["meta"], side["annotations"])
+            return cls(program, [Layer.from_json(d) for d in side["layers"]], inputs, refs,
+                       list(side["output_names"]), dict(side["meta"]),
+                       dict(side["annotations"]))
+        except (OSError, KeyError, IndexError, TypeError, ValueError, RuntimeError,
+                AttributeError) as e:
+            raise LayerwiseError(f"cannot load IR {p}: {type(e).__name__}: "
+                                 f"{(str(e).splitlines() or [''])[0][:200]}; {redo}") from e

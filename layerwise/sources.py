@@ -66,7 +66,8 @@ def load_source(spec: str, options: SourceOptions | None = None) -> Source:
 
 def example_images(size: int | tuple[int, int], mean=(0.485, 0.456, 0.406),
                    std=(0.229, 0.224, 0.225), count: int = BATCH) -> torch.Tensor:
-    """Real photos (scikit-image's chelsea, astronaut, coffee, ...) centre-cropped and normalised."""
+    """Real photos (scikit-image's chelsea, astronaut, coffee, ...), centre-cropped and
+    normalised."""
     from skimage import data as skdata
 
     h, w = (size, size) if isinstance(size, int) else size
@@ -268,10 +269,9 @@ def _from_pt2(path: str) -> Source:
         ir = IR.load(p)
         return Source(path, None, ir.example_inputs, ir.meta.get("modality", "tabular"),
                       ir.meta.get("task", "feature-extraction"), program=ir)
-    try:
-        ep = torch.export.load(str(p))
-    except Exception as e:
-        raise SourceError(f"{path} is not a torch.export program: {_first_line(e)}") from e
+    from layerwise.compiler.load_program import load_program
+
+    ep = load_program(p)
     return Source(path, None, _inputs_from_program(ep), "tabular", program=ep,
                   notes=["example inputs synthesised from the program's input shapes"])
 

@@ -10,11 +10,14 @@ Endpoints (every request needs `Authorization: Bearer TOKEN`, compared in consta
   `{"event": "queued", "position": N}` (jobs ahead), `{"event": "running"}`, heartbeats,
   and finally `{"event": "result", "result": {...}}` or `{"event": "error", "error": "..."}`.
 
-Errors before the stream are `{"error": one line}` with 400, 401, 403, 404, 413 or 503.
+Errors before the stream are `{"error": one line}` with 400, 401, 403, 404, 413 or 503; no
+error names the agent's own folders by their absolute path (see `scrub`).
 Each job unpacks into its own folder under the work dir and runs in a child process
-(runtime/agent_job.py); the folder is removed when the job ends, and folders left by a killed
-agent are removed when it starts again. Built on Starlette + uvicorn (imported only here, the
-`agent` extra); torch-free.
+(runtime/agent_job.py); the folder is removed when the job ends, or when the agent stops
+(SIGTERM, Ctrl-C: running children are killed first). The work dir is locked for the agent's
+lifetime (runtime/agent_workdir.py), so a second agent on it is refused, and folders left by a
+killed agent are removed when the next one takes the lock. Built on Starlette + uvicorn
+(imported only here, the `agent` extra); torch-free.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import hmac
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import sys
@@ -46,9 +50,9 @@ from layerwise.runtime.agent_wire import (
     read_token,
     unpack_archive,
 )
+from layerwise.runtime.agent_workdir import JOB_PREFIX, WorkDir, claim
 
 AGENT_VERSION = __version__
-JOB_PREFIX = "job-"
 # How much of an oversized streamed upload is read and dropped before answering 413, so the
 # client can read the answer (closing on unread data would reset the connection).
 DRAIN_BYTES = 8 << 20
@@ -85,6 +89,21 @@ class RequestError(Exception):
 
 def _one_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [e.__class__.__name__])[0][:500]
+
+
+# After the work dir: a job folder, then its bundle; not a longer name (/w/agent2 for /w/agent)
+_UNDER_WORK_DIR = rf"(?P<job>/{JOB_PREFIX}\w+(?P<bundle>/bundle)?)?(?![\w.-])"
+
+
+def scrub(message: str, work_dir: Path) -> str:
+    """MESSAGE as a client may see it: a job's bundle folder named `bundle`, a job folder
+    `job` and the work dir `work-dir`, never by their absolute paths (as given or resolved)."""
+    roots = {os.path.abspath(work_dir).rstrip("/"), str(Path(work_dir).resolve()).rstrip("/")}
+    for root in sorted((r for r in roots if r), key=len, reverse=True):
+        message = re.sub(re.escape(root) + _UNDER_WORK_DIR,
+                         lambda m: "bundle" if m["bundle"] else "job" if m["job"] else "work-dir",
+                         message)
+    return message
 
 
 def device_info(cfg: AgentConfig | None = None) -> dict[str, Any]:
@@ -163,7 +182,12 @@ class Job:
                     "host": socket.gethostname(), "agent_version": AGENT_VERSION,
                     "queue_position": first_position, "queued_s": started - arrived,
                     "started_at": started, "finished_at": time.time()}
+                result["bundle"] = scrub(str(result.get("bundle", "")), self.cfg.work_dir)
                 self.events.put_nowait({"event": "result", "result": result})
+        except asyncio.CancelledError:  # the client went away, or the agent is stopping
+            self.events.put_nowait({"event": "error", "status": 503, "error": "the agent was "
+                                    "stopped during the run; retry when it is back"})
+            raise
         except RequestError as e:
             self.events.put_nowait({"event": "error", "status": e.status, "error": e.message})
         except Exception as e:  # noqa: BLE001 - reported to the client, not raised
@@ -218,6 +242,8 @@ class Job:
                     continue
                 if event is None:
                     return
+                if "error" in event:
+                    event = {**event, "error": scrub(event["error"], self.cfg.work_dir)}
                 yield event_line(event)
         finally:
             if self.task is not None and not self.task.done():
@@ -255,9 +281,58 @@ def _prepare(archive: Path, bundle_dir: Path, options: dict, max_unpacked: int) 
     batch_inputs(bundle, options["batch"])
 
 
-def build_app(cfg: AgentConfig):
-    """The Starlette application: token check around every route, JSON errors."""
+async def _accept(request, cfg: AgentConfig, options: dict) -> Path:
+    """Receive, unpack and check an upload in a new job folder, returned; on any failure the
+    folder is removed, and a bad upload is a 400."""
     from anyio import to_thread
+
+    job_dir = Path(tempfile.mkdtemp(prefix=JOB_PREFIX, dir=cfg.work_dir))
+    try:
+        archive = job_dir / "upload.tar.gz"
+        await _receive_upload(request, archive, cfg.max_upload_bytes)
+        await to_thread.run_sync(_prepare, archive, job_dir / "bundle", options,
+                                 4 * cfg.max_upload_bytes)
+    except LayerwiseError as e:  # ArchiveError, BundleError, a batch the bundle refuses
+        shutil.rmtree(job_dir, ignore_errors=True)
+        raise RequestError(400, _one_line(e)) from e
+    except BaseException:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        raise
+    return job_dir
+
+
+class TokenAuth:
+    """Pure ASGI middleware: 401 without a bearer token, 403 with a wrong one (compared in
+    constant time); the body is never read before the token is accepted."""
+
+    def __init__(self, app, token: bytes) -> None:
+        self.app, self.token = app, token
+
+    async def __call__(self, scope, receive, send) -> None:
+        from starlette.responses import JSONResponse
+
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not given.strip():
+            response = JSONResponse(
+                {"error": "no token: send `Authorization: Bearer TOKEN` (the client's "
+                          "--token-file)"}, 401, headers={"WWW-Authenticate": "Bearer"})
+        elif not hmac.compare_digest(given.strip(), self.token):
+            response = JSONResponse(
+                {"error": "wrong token: use the token file the agent was started with"}, 403)
+        else:
+            await self.app(scope, receive, send)
+            return
+        await response(scope, receive, send)
+
+
+def build_app(cfg: AgentConfig, work: WorkDir | None = None):
+    """The Starlette application: token check around every route, JSON errors. On shutdown
+    (or `app.state.stop_jobs()`) every job is cancelled: its child killed, its folder removed;
+    WORK is then swept and released."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
@@ -268,31 +343,6 @@ def build_app(cfg: AgentConfig):
     queue = JobQueue()
     running: set[asyncio.Task] = set()  # strong references until each job ends
     receiving = [0]  # uploads being received or checked, not yet queued
-
-    class TokenAuth:
-        """Pure ASGI middleware: 401 without a bearer token, 403 with a wrong one; the body
-        is never read before the token is accepted."""
-
-        def __init__(self, app) -> None:
-            self.app = app
-
-        async def __call__(self, scope, receive, send) -> None:
-            if scope["type"] != "http":
-                await self.app(scope, receive, send)
-                return
-            header = dict(scope["headers"]).get(b"authorization", b"")
-            scheme, _, given = header.partition(b" ")
-            if scheme.lower() != b"bearer" or not given.strip():
-                response = JSONResponse(
-                    {"error": "no token: send `Authorization: Bearer TOKEN` (the client's "
-                              "--token-file)"}, 401, headers={"WWW-Authenticate": "Bearer"})
-            elif not hmac.compare_digest(given.strip(), cfg.token):
-                response = JSONResponse(
-                    {"error": "wrong token: use the token file the agent was started with"}, 403)
-            else:
-                await self.app(scope, receive, send)
-                return
-            await response(scope, receive, send)
 
     async def info(_: Request) -> JSONResponse:
         return JSONResponse({**device_info(cfg), "queue": {"jobs": len(queue),
@@ -311,19 +361,9 @@ def build_app(cfg: AgentConfig):
             raise RequestError(413, f"upload of {declared} bytes is over the agent's limit of "
                                f"{cfg.max_upload_bytes / (1 << 20):g} MB; start the agent "
                                "with a larger --max-upload-mb")
-        job_dir = Path(tempfile.mkdtemp(prefix=JOB_PREFIX, dir=cfg.work_dir))
         receiving[0] += 1
         try:
-            archive = job_dir / "upload.tar.gz"
-            await _receive_upload(request, archive, cfg.max_upload_bytes)
-            await to_thread.run_sync(_prepare, archive, job_dir / "bundle", options,
-                                     4 * cfg.max_upload_bytes)
-        except LayerwiseError as e:  # ArchiveError, BundleError, a batch the bundle refuses
-            shutil.rmtree(job_dir, ignore_errors=True)
-            raise RequestError(400, _one_line(e)) from e
-        except BaseException:
-            shutil.rmtree(job_dir, ignore_errors=True)
-            raise
+            job_dir = await _accept(request, cfg, options)
         finally:
             receiving[0] -= 1
         job = Job(cfg, queue, job_dir, options)
@@ -332,32 +372,40 @@ def build_app(cfg: AgentConfig):
         job.task.add_done_callback(running.discard)
         return StreamingResponse(job.stream(), media_type="application/x-ndjson")
 
+    async def stop_jobs() -> None:
+        for task in list(running):
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app) -> AsyncIterator[None]:
+        yield
+        await stop_jobs()
+        if work is not None:
+            work.sweep()
+            work.release()
+
     async def refused(_: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, RequestError):
-            return JSONResponse({"error": exc.message}, exc.status)
+            return JSONResponse({"error": scrub(exc.message, cfg.work_dir)}, exc.status)
         if isinstance(exc, HTTPException):
             return JSONResponse({"error": f"{exc.detail}: {API}/info (GET) and "
                                           f"{API}/profile (POST) are served"}, exc.status_code)
         if isinstance(exc, ClientDisconnect):
             return JSONResponse({"error": "client went away during the upload"}, 400)
         print(f"layerwise agent: internal error: {exc!r}", file=sys.stderr)
-        return JSONResponse({"error": f"internal error on the agent: {_one_line(exc)}"}, 500)
+        return JSONResponse({"error": scrub(f"internal error on the agent: {_one_line(exc)}",
+                                            cfg.work_dir)}, 500)
 
-    return Starlette(
+    app = Starlette(
         routes=[Route(f"{API}/info", info, methods=["GET"]),
                 Route(f"{API}/profile", profile, methods=["POST"])],
-        middleware=[Middleware(TokenAuth)],
+        middleware=[Middleware(TokenAuth, token=cfg.token)],
         exception_handlers={RequestError: refused, HTTPException: refused,
-                            ClientDisconnect: refused, Exception: refused})
-
-
-def sweep(work_dir: Path) -> int:
-    """Remove job folders a killed agent left behind; returns how many."""
-    n = 0
-    for d in work_dir.glob(f"{JOB_PREFIX}*"):
-        shutil.rmtree(d, ignore_errors=True)
-        n += 1
-    return n
+                            ClientDisconnect: refused, Exception: refused},
+        lifespan=lifespan)
+    app.state.stop_jobs = stop_jobs
+    return app
 
 
 def add_agent_parser(subparsers) -> argparse.ArgumentParser:
@@ -389,11 +437,9 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def run_agent(args: argparse.Namespace) -> int:
-    """Serve until interrupted; prints the URL it listens on (first line of stdout)."""
-    token = read_token(args.token_file)
-    if os.name == "posix" and Path(args.token_file).stat().st_mode & 0o077:
-        print(f"layerwise agent: {args.token_file} is readable by other users; "
-              f"chmod 600 {args.token_file}", file=sys.stderr)
+    """Serve until interrupted (SIGTERM, Ctrl-C: jobs are killed and their folders removed);
+    prints the URL it listens on (first line of stdout)."""
+    token = read_token(args.token_file)  # refuses a token file other users may read
     if args.max_upload_mb <= 0:
         raise LayerwiseError("--max-upload-mb must be > 0")
     try:
@@ -401,10 +447,14 @@ def run_agent(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as e:
         raise LayerwiseError(f"the agent needs its server library ({e.name} is not "
                              "installed): pip install 'layerwise[agent]'") from e
-    work_dir = Path(args.work_dir or Path(tempfile.gettempdir()) / "layerwise-agent")
-    work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    swept = sweep(work_dir)
-    cfg = AgentConfig(token=token.encode(), work_dir=work_dir.resolve(),
+    work, swept = claim(args.work_dir or Path(tempfile.gettempdir()) / "layerwise-agent")
+    with work:
+        _serve(args, token, work, swept, uvicorn)
+    return 0
+
+
+def _serve(args: argparse.Namespace, token: str, work: WorkDir, swept: int, uvicorn) -> None:
+    cfg = AgentConfig(token=token.encode(), work_dir=work.path,
                       max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
                       max_queue=args.max_queue, job_timeout_s=args.job_timeout)
     sock = _listen(args.host, args.port)
@@ -417,11 +467,17 @@ def run_agent(args: argparse.Namespace) -> int:
     print(f"layerwise agent {AGENT_VERSION} listening on http://{shown}:{port} "
           f"(work dir {cfg.work_dir}, uploads up to {args.max_upload_mb:g} MB"
           + (f", removed {swept} stale job folders" if swept else "") + ")", flush=True)
-    config = uvicorn.Config(build_app(cfg), log_level="warning" if args.quiet else "info",
+    app = build_app(cfg, work)
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            await app.state.stop_jobs()  # before uvicorn waits for the job streams to end
+            await super().shutdown(sockets=sockets)
+
+    config = uvicorn.Config(app, log_level="warning" if args.quiet else "info",
                             access_log=not args.quiet, proxy_headers=False,
                             server_header=False, timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
-    return 0
+    Server(config).run(sockets=[sock])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,8 @@ Standard library only (plus layerwise.errors), so both sides stay small and torc
 from __future__ import annotations
 
 import json
+import os
+import stat
 import tarfile
 import zlib
 from pathlib import Path, PurePosixPath
@@ -18,7 +20,8 @@ from layerwise.errors import LayerwiseError
 API = "/v1"
 MANIFEST = "manifest.json"
 MIN_TOKEN_CHARS = 16
-MAKE_TOKEN = 'python -c "import secrets; print(secrets.token_urlsafe(32))" > FILE'
+MAKE_TOKEN = ('python -c "import secrets; print(secrets.token_urlsafe(32))" > FILE '
+              '&& chmod 600 FILE')
 MAX_MEMBERS = 10_000
 
 # name -> (parser, default); the client sends these as query parameters, the agent reads them.
@@ -37,15 +40,20 @@ class ArchiveError(LayerwiseError):
 
 
 def read_token(path: str | Path | None) -> str:
-    """The token in FILE (surrounding whitespace removed); refuses a missing or short one."""
+    """The token in FILE (surrounding whitespace removed); refuses a missing or short one, and
+    on POSIX one that group or others may read or write (as ssh refuses a loose key)."""
     if not path:
         raise LayerwiseError(f"--token-file is required; create one with: {MAKE_TOKEN}")
     p = Path(path)
     try:
         token = p.read_text().strip()
+        mode = p.stat().st_mode
     except (OSError, UnicodeDecodeError) as e:
         raise LayerwiseError(f"cannot read the token file {p} ({e.__class__.__name__}); "
                              f"create one with: {MAKE_TOKEN}") from e
+    if os.name == "posix" and mode & 0o077:
+        raise LayerwiseError(f"the token file {p} is open to other users (mode "
+                             f"{stat.S_IMODE(mode):03o}); chmod 600 {p}")
     if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
         raise LayerwiseError(f"the token in {p} must be one word of at least {MIN_TOKEN_CHARS} "
                              f"characters; create one with: {MAKE_TOKEN}")

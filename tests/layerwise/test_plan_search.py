@@ -88,6 +88,7 @@ def test_search_measures_latency_on_the_agent(tmp_path, data):
         # a wrong token is refused before any work, with one line and exit 2
         bad = tmp_path / "bad"
         bad.write_text(secrets.token_urlsafe(32))
+        bad.chmod(0o600)
         proc = _compile("--data", str(data), "--max-drop", "2%", "--out", str(tmp_path / "c"),
                         "--remote", agent.url, "--token-file", str(bad))
         assert proc.returncode == 2 and not (tmp_path / "c").exists()

@@ -1,13 +1,14 @@
 """The device agent on loopback in a subprocess, and its client: a real bundle profiled
-remotely, auth, upload limits, hostile archives, a corrupt bundle, the queue, a killed agent."""
+remotely, auth, upload limits, hostile archives, a corrupt bundle, the queue, a killed agent,
+a second agent on the same work dir, SIGTERM, loose token files, no agent paths in errors."""
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import io
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -27,7 +28,7 @@ from layerwise.runtime import profile
 from layerwise.runtime.remote import RemoteError, agent_info, remote_profile
 from tests.conftest import FIXTURES, ROOT
 from tests.fixtures import BLOCK_TORCH_PRELUDE
-from tests.fixtures.agent import MAX_UPLOAD_MB, Agent
+from tests.fixtures.agent import MAX_UPLOAD_MB, Agent, agent_command, write_token
 
 pytest.importorskip("starlette", reason="the agent extra is not installed")
 pytest.importorskip("uvicorn", reason="the agent extra is not installed")
@@ -35,9 +36,7 @@ pytest.importorskip("uvicorn", reason="the agent extra is not installed")
 
 @pytest.fixture(scope="module")
 def token_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("agent-token") / "token"
-    path.write_text(secrets.token_urlsafe(32) + "\n")
-    return path
+    return write_token(tmp_path_factory.mktemp("agent-token") / "token")
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +86,7 @@ def test_token_is_required_and_checked(agent, bundle, tmp_path):
     assert status == 403 and "wrong token" in body["error"]
     status, _ = agent.request("POST", "/v1/profile", token=None, body=b"x" * 100)
     assert status == 401
-    wrong = tmp_path / "wrong-token"
-    wrong.write_text(secrets.token_urlsafe(32))
+    wrong = write_token(tmp_path / "wrong-token")
     with pytest.raises(RemoteError) as e:
         remote_profile(bundle, agent.url, str(wrong), runs=1)
     assert e.value.status == 403 and str(wrong) in _one_line_error(e.value)
@@ -161,7 +159,9 @@ def test_corrupt_bundle_and_garbage_are_refused(agent, bundle, token_file, tmp_p
     model.write_bytes(bytes(data))
     with pytest.raises(RemoteError) as e:
         remote_profile(bad, agent.url, str(token_file), runs=1)
-    assert e.value.status == 400 and "sha256" in _one_line_error(e.value)
+    msg = _one_line_error(e.value)
+    assert e.value.status == 400 and "sha256" in msg and "bundle: file model.onnx" in msg
+    assert "/tmp" not in msg and str(agent.work_dir) not in msg
     status, reply = agent.request("POST", "/v1/profile", token_file.read_text().strip(),
                                   b"this is not a tar.gz")
     assert status == 400 and "tar.gz" in reply["error"]
@@ -204,12 +204,10 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_agent_killed_mid_run(tmp_path, bundle, token_file, monkeypatch):
-    work = tmp_path / "work"
-    agent = Agent(work, token_file, tmp_path)
-    client_tmp = tmp_path / "client-tmp"
-    client_tmp.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(client_tmp))
+def _long_profile(agent: Agent, bundle: Path, token_file: Path
+                  ) -> tuple[threading.Thread, list[BaseException], list[int]]:
+    """A profile of ten million runs on AGENT in a thread, returned once its job process runs
+    (with what the call raised, filled when it ends, and the job process ids)."""
     seen: list[str] = []
     raised: list[BaseException] = []
 
@@ -217,18 +215,34 @@ def test_agent_killed_mid_run(tmp_path, bundle, token_file, monkeypatch):
         try:
             remote_profile(bundle, agent.url, str(token_file), runs=10**7, warmup=0,
                            progress=seen.append)
-        except BaseException as e:  # noqa: BLE001 - checked below
+        except BaseException as e:  # noqa: BLE001 - checked by the caller
             raised.append(e)
 
     t = threading.Thread(target=go)
+    t.start()
+    deadline = time.monotonic() + 60
+    while not (any("profiling" in m for m in seen) and _children(agent.proc.pid)):
+        assert t.is_alive() and time.monotonic() < deadline, (seen, raised)
+        time.sleep(0.1)
+    assert len(agent.job_dirs()) == 1
+    return t, raised, _children(agent.proc.pid)
+
+
+def _wait_gone(pids: list[int], what: str) -> None:
+    deadline = time.monotonic() + 15
+    while not all(_gone(pid) for pid in pids):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_agent_killed_mid_run(tmp_path, bundle, token_file, monkeypatch):
+    work = tmp_path / "work"
+    agent = Agent(work, token_file, tmp_path)
+    client_tmp = tmp_path / "client-tmp"
+    client_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(client_tmp))
     try:
-        t.start()
-        deadline = time.monotonic() + 60
-        while not (any("profiling" in m for m in seen) and _children(agent.proc.pid)):
-            assert t.is_alive() and time.monotonic() < deadline, (seen, raised)
-            time.sleep(0.1)
-        jobs = _children(agent.proc.pid)
-        assert len(agent.job_dirs()) == 1
+        t, raised, jobs = _long_profile(agent, bundle, token_file)
         time.sleep(0.5)
         os.kill(agent.proc.pid, signal.SIGKILL)
         t.join(timeout=60)
@@ -238,16 +252,120 @@ def test_agent_killed_mid_run(tmp_path, bundle, token_file, monkeypatch):
     err = raised[0]
     assert isinstance(err, LayerwiseError) and "stopped answering" in _one_line_error(err)
     assert list(client_tmp.iterdir()) == []  # the temporary archive is gone
-    deadline = time.monotonic() + 15  # the job process notices and exits
-    while not all(_gone(pid) for pid in jobs):
-        assert time.monotonic() < deadline, "the job process outlived its agent"
-        time.sleep(0.1)
+    _wait_gone(jobs, "the job process outlived its agent")  # it notices and exits
     restarted = Agent(work, token_file, tmp_path)  # its first act: remove the stale job folder
     try:
         assert "removed 1 stale job folders" in restarted.banner
         assert restarted.job_dirs() == []
     finally:
         restarted.stop()
+
+
+def test_second_agent_on_a_work_dir_is_refused(tmp_path, bundle, token_file):
+    """Two agents on one work dir: the second refuses to start (exit 2, one line) and leaves
+    the first one's running job alone; once the first is gone its lock is free again."""
+    work = tmp_path / "work"
+    first = Agent(work, token_file, tmp_path)
+    try:
+        t, raised, jobs = _long_profile(first, bundle, token_file)
+        job_dir, = first.job_dirs()
+        second = subprocess.run(agent_command(work, token_file), capture_output=True,
+                                text=True, cwd=ROOT, timeout=120, check=False)
+        assert second.returncode == 2, second.stderr
+        assert second.stdout == "" and second.stderr.count("\n") == 1, second.stderr
+        assert "another agent" in second.stderr and "--work-dir" in second.stderr
+        assert first.job_dirs() == [job_dir] and (job_dir / "bundle").is_dir()
+        assert not any(_gone(pid) for pid in jobs) and first.proc.poll() is None
+    finally:
+        first.stop()
+    t.join(timeout=60)
+    assert not t.is_alive() and len(raised) == 1
+    again = Agent(work, token_file, tmp_path)
+    again.stop()
+
+
+def test_sigterm_kills_the_job_and_removes_its_folder(tmp_path, bundle, token_file):
+    work = tmp_path / "work"
+    agent = Agent(work, token_file, tmp_path)
+    try:
+        t, raised, jobs = _long_profile(agent, bundle, token_file)
+        agent.proc.send_signal(signal.SIGTERM)
+        agent.proc.wait(timeout=30)
+    finally:
+        agent.stop()
+    assert agent.proc.returncode in (0, -signal.SIGTERM)
+    assert agent.job_dirs() == []
+    _wait_gone(jobs, "the job process outlived an agent stopped with SIGTERM")
+    t.join(timeout=60)
+    assert not t.is_alive() and len(raised) == 1
+    msg = _one_line_error(raised[0])
+    assert isinstance(raised[0], RemoteError) and "stopped" in msg, msg
+    assert "removed" not in Agent(work, token_file, tmp_path).banner  # lock free, nothing left
+
+
+def test_a_token_file_others_may_read_is_refused(tmp_path, bundle):
+    loose = write_token(tmp_path / "token")
+    loose.chmod(0o644)
+    proc = subprocess.run(agent_command(tmp_path / "work", loose), capture_output=True,
+                          text=True, cwd=ROOT, timeout=120, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"chmod 600 {loose}" in proc.stderr and not (tmp_path / "work").exists()
+    # the client refuses it too (as ssh refuses a loose key), before it connects
+    loose.chmod(0o640)
+    with pytest.raises(LayerwiseError, match=f"chmod 600 {loose}") as e:
+        remote_profile(bundle, "http://127.0.0.1:9", str(loose), runs=1)
+    _one_line_error(e.value)
+
+
+def _broken_copy(bundle: Path, dest: Path, drop: str = "", garbage: str = "") -> Path:
+    """BUNDLE copied to DEST less DROP (still listed), with GARBAGE's bytes replaced and its
+    sha256 updated to match (a file that passes the check but that no runtime loads)."""
+    shutil.copytree(bundle, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    if drop:
+        (dest / drop).unlink()
+    for f in manifest["files"]:
+        if f["name"] == garbage:
+            data = b"not an onnx model" * 8
+            (dest / garbage).write_bytes(data)
+            f["sha256"], f["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest
+
+
+def test_errors_do_not_reveal_the_agents_paths(agent, bundle, token_file, tmp_path):
+    private = (str(agent.work_dir), str(agent.work_dir.resolve()), "/tmp", "job-")
+    # refused before the run (a 400 reply): a file the manifest lists is missing
+    missing = _broken_copy(bundle, tmp_path / "missing", drop="model.onnx")
+    body = _archive([(_member(f.name), f.read_bytes()) for f in sorted(missing.iterdir())])
+    status, reply = agent.request("POST", "/v1/profile", token_file.read_text().strip(), body)
+    assert status == 400 and reply["error"].startswith("bundle: file model.onnx is missing")
+    assert not any(p in reply["error"] for p in private), reply
+    # failed in the job process: a streamed error, relayed from the child's result.json
+    garbage = _broken_copy(bundle, tmp_path / "garbage", garbage="model.onnx")
+    with pytest.raises(RemoteError) as e:
+        remote_profile(garbage, agent.url, str(token_file), runs=1, warmup=0)
+    msg = _one_line_error(e.value)
+    assert e.value.status == 400 and "cannot load model.onnx" in msg, msg
+    assert not any(p in msg for p in private), msg
+    assert agent.job_dirs() == []
+
+
+def test_scrub_names_the_agents_folders_neutrally(tmp_path):
+    from layerwise.runtime.agent import scrub
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    work = tmp_path / "link"
+    job = f"{real}/job-abc_12"
+    assert scrub(f"{job}/bundle: file x is missing", work) == "bundle: file x is missing"
+    assert scrub(f"Load model from {job}/bundle/m.onnx failed", work) == (
+        "Load model from bundle/m.onnx failed")
+    assert scrub(f"cannot write {work}/job-x/result.json", work) == "cannot write job/result.json"
+    assert scrub(f"'{work}' is full", work) == "'work-dir' is full"
+    assert scrub(f"{tmp_path}/link2/x and {tmp_path}/real.txt", work) == (
+        f"{tmp_path}/link2/x and {tmp_path}/real.txt")
 
 
 def test_unreachable_agent(bundle, token_file):
