@@ -31,6 +31,9 @@ class DataError(LayerwiseError):
 def load_batches(spec: str, ir, tokenizer: Any = None, batch_size: int = 16,
                  limit: int | None = None) -> list[Batch]:
     """Batches for `ir` from `spec` (see the module docstring); at most `limit` samples."""
+    if batch_size < 1 or (limit is not None and limit < 1):
+        raise DataError(f"--batch-size and --limit must be positive integers, got {batch_size} "
+                        f"and {limit}")
     p = Path(spec)
     if p.suffix == ".npz" and p.is_file():
         batches = _from_npz(p, ir, batch_size)
@@ -68,17 +71,20 @@ def _split(inputs: dict[str, torch.Tensor], labels, batch_size: int) -> list[Bat
 
 
 def _from_npz(path: Path, ir, batch_size: int) -> list[Batch]:
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    names = list(ir.example_inputs)
-    missing = [n for n in names if n not in arrays]
-    if missing:
-        raise DataError(f"{path} lacks arrays for inputs {missing}; it has {sorted(arrays)}")
-    inputs = {}
-    for n in names:
-        t = torch.from_numpy(arrays[n])
-        inputs[n] = t.to(ir.example_inputs[n].dtype)
-    labels = torch.from_numpy(arrays["labels"]) if "labels" in arrays else None
+    from layerwise.runtime.run import fit_arrays, read_npz
+
+    arrays = read_npz(path, "--data")
+    fitted = fit_arrays(path, arrays, ir.input_specs(), allowed=("labels",))
+    inputs = {n: torch.from_numpy(np.ascontiguousarray(a)).to(ir.example_inputs[n].dtype)
+              for n, a in fitted.items()}
+    labels = None
+    if "labels" in arrays:
+        y = arrays["labels"]
+        n = next(iter(inputs.values())).shape[0]
+        if y.dtype.kind not in "biuf" or y.ndim == 0 or y.shape[0] != n:
+            raise DataError(f"{path}: 'labels' must be numbers with one row per example ({n}); "
+                            f"it is {y.dtype} of shape {list(y.shape)}")
+        labels = torch.from_numpy(np.ascontiguousarray(y))
     return _split(inputs, labels, batch_size)
 
 
@@ -89,7 +95,8 @@ def _from_images(folder: Path, ir, batch_size: int) -> list[Batch]:
     if example.dim() != 4:
         raise DataError(f"an image folder needs a model with one NCHW input; {name} has shape "
                         f"{tuple(example.shape)}")
-    files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(f for f in folder.rglob("*")
+                   if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
     if not files:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
     classes = sorted({f.parent.name for f in files if f.parent != folder})
@@ -98,7 +105,13 @@ def _from_images(folder: Path, ir, batch_size: int) -> list[Batch]:
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     images, labels = [], []
     for f in files:
-        img = Image.open(f).convert("RGB").resize((w, h), Image.BILINEAR)
+        try:
+            with Image.open(f) as opened:
+                img = opened.convert("RGB").resize((w, h), Image.BILINEAR)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise DataError(f"{f} in the image folder is not an image that can be read "
+                            f"({(str(e).splitlines() or [type(e).__name__])[0]}); remove or "
+                            "replace it") from e
         t = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255.0
         images.append((t - mean) / std)
         if classes:
@@ -107,15 +120,33 @@ def _from_images(folder: Path, ir, batch_size: int) -> list[Batch]:
     return _split({name: torch.stack(images).to(example.dtype)}, y, batch_size)
 
 
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of `path`; a DataError for binary data or another encoding."""
+    raw = path.read_bytes()
+    what = ("give a UTF-8 text file with one example per line, a .npz of arrays named like "
+            "the model's inputs, or an image folder")
+    if b"\x00" in raw[:65536]:
+        raise DataError(f"{path} holds binary data, not text: {what}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
+                        f"{e.start}): {what}") from e
+
+
 def _from_text(path: Path, ir, tokenizer, batch_size: int) -> list[Batch]:
+    text = _read_text(path)
     if tokenizer is None:
         raise DataError(f"{path} is text, but the model has no tokenizer; give a .npz of "
                         "token ids instead")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise DataError(f"{path} has no non-empty lines")
     ex = ir.example_inputs
-    seq = next(v.shape[1] for v in ex.values() if v.dim() == 2)
+    seq = next((v.shape[1] for v in ex.values() if v.dim() == 2), None)
+    if seq is None:
+        raise DataError(f"{path} is text, but the model takes no token ids (batch x length); "
+                        "give a .npz of arrays named like its inputs instead")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     enc = tokenizer(lines, padding="max_length", truncation=True, max_length=seq,
@@ -133,12 +164,18 @@ def _from_factory(spec: str) -> list[Batch]:
     except (ImportError, AttributeError) as e:
         raise DataError(f"cannot import data factory {spec!r}: {e}") from e
     out = []
-    for b in fn():
-        if isinstance(b, dict):
-            out.append(Batch({k: v for k, v in b.items() if k != "labels"}, b.get("labels")))
-        elif isinstance(b, (tuple, list)) and len(b) == 2 and isinstance(b[0], dict):
-            out.append(Batch(dict(b[0]), b[1]))
-        else:
-            raise DataError(f"data factory {spec!r} yields {type(b).__name__}; yield dicts of "
-                            "named input tensors (optionally with 'labels')")
+    try:
+        for b in fn():
+            if isinstance(b, dict):
+                out.append(Batch({k: v for k, v in b.items() if k != "labels"}, b.get("labels")))
+            elif isinstance(b, (tuple, list)) and len(b) == 2 and isinstance(b[0], dict):
+                out.append(Batch(dict(b[0]), b[1]))
+            else:
+                raise DataError(f"data factory {spec!r} yields {type(b).__name__}; yield dicts "
+                                "of named input tensors (optionally with 'labels')")
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's code: reported as theirs, in one line
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise DataError(f"data factory {spec!r} raised {type(e).__name__}: {first}") from e
     return out

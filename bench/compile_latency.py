@@ -23,7 +23,8 @@ def measure(spec: str, runs: int, batch: int) -> dict:
         manifest = api.compile(spec, api.CompileOptions(out=str(out)))
         compile_s = time.perf_counter() - t0
         prof = api.profile(str(out), api.ProfileOptions(runs=runs, warmup=max(5, runs // 10),
-                                                        batch=batch, baseline="eager"))
+                                                        batch=batch, baseline="eager",
+                                                        baseline_spec=spec))
     return {
         "spec": spec,
         "compile_s": compile_s,

@@ -120,7 +120,7 @@ def main() -> None:
                                                        db="none", **extra))
             prof = layerwise.profile(str(out), ProfileOptions(
                 runs=300, warmup=30, threads=1, batch=1, db="none",
-                baseline="eager" if name == "fp32" else None))
+                baseline="eager" if name == "fp32" else None, baseline_spec=spec))
             heal = next((q for q in m["plan"]["passes"] if q["name"] == "heal"), None)
             rows[name] = {"accuracy": accuracy(out, xte, yte), "params": m["sizes"]["params"],
                           "flops": m["sizes"]["flops"], "p50_ms": prof["latency_ms"]["p50"],

@@ -140,7 +140,8 @@ def main() -> None:
             classify = "minilm" not in spec
             ref = layerwise.compile(spec, CompileOptions(out=str(tmp / "ref"), db="none"))
             eager = layerwise.profile(str(tmp / "ref"), ProfileOptions(
-                runs=args.runs, warmup=5, batch=1, db="none", baseline="eager"))
+                runs=args.runs, warmup=5, batch=1, db="none", baseline="eager",
+                baseline_spec=spec))
             eager_ms = eager["baseline"]["latency_ms"]["p50"]
             entry = {"model": spec, "eager_p50_ms": eager_ms, "params": ref["sizes"]["params"],
                      "targets": {}}

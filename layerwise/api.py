@@ -26,7 +26,7 @@ class CompileOptions:
     target: str | None = opt(None, "backend: onnx, openvino, tflite, tensorrt, tvm (default: "
                              "the --device's target, else onnx)")
     tune_trials: int = opt(0, "tvm: MetaSchedule trials (0: untuned, or apply --tune-db / the "
-                           "database of the tvm bundle at --out with --force)")
+                           "database of the tvm bundle at --out with --force)", minimum=0)
     tune_db: str | None = opt(None, "tvm: tuning database to start from (a folder or a tvm "
                               "bundle)")
     tvm_cross: str | None = opt(None, "tvm: also cross-compile for aarch64[:mcpu]")
@@ -62,7 +62,7 @@ class CompileOptions:
                                       "activation or taylor (default: activation with --data, "
                                       "else l2)")
     heal_steps: int = opt(0, "after dropping or pruning: distil the original model into the "
-                          "smaller one for this many steps on --data (0: off)")
+                          "smaller one for this many steps on --data (0: off)", minimum=0)
     heal_lr: float = opt(5e-5, "learning rate of --heal-steps (AdamW, cosine schedule)")
     remote: str | None = opt(None, "plan search: measure candidates' latency on the device "
                              "agent at this URL (see `layerwise agent`) instead of here")
@@ -75,15 +75,21 @@ class CompileOptions:
 class ProfileOptions:
     """What `profile` takes besides the bundle directory."""
 
-    runs: int = opt(100, "timed runs")
-    warmup: int = opt(10, "untimed warm-up runs")
-    threads: int = opt(0, "intra-op threads (0: the runtime's default)")
-    batch: int | None = opt(None, "batch size to profile (default 1 when the batch is dynamic)")
+    runs: int = opt(100, "timed runs", minimum=1)
+    warmup: int = opt(10, "untimed warm-up runs", minimum=0)
+    threads: int = opt(0, "intra-op threads (0: the runtime's default)", minimum=0)
+    batch: int | None = opt(None, "batch size to profile (default 1 when the batch is dynamic)",
+                            minimum=1)
     per_op: bool = opt(False, "also report time per op type (the runtime's profiler)")
     power_mode: str | None = opt(None, "runtime power setting: performance | balanced | "
                                  "efficiency (onnxruntime: worker spinning; OpenVINO: hint, "
                                  "core type, pinning); other runtimes refuse it")
     baseline: str | None = opt(None, "also time a baseline in the same run: 'eager' (torch)")
+    baseline_spec: str | None = opt(None, "the model the eager baseline times (default: the "
+                                    "bundle's SPEC when it is a timm:, torchvision:, hf: or "
+                                    "zoo: model; a Python factory must be named here)")
+    trust_native: bool = opt(False, "load a native model library (a TVM bundle) compiled on "
+                             "another machine: it runs its own code")
     db: str | None = opt(None, "results database (default $LAYERWISE_DB or ~/.layerwise/runs.db; "
                                "'none' records nothing)")
     remote: str | None = opt(None, "profile on the device agent at this URL "
@@ -103,8 +109,8 @@ class AnalyzeOptions:
     force: bool = opt(False, "replace an existing --out directory")
     task: str | None = opt(None, "task adapter (default: fidelity to the model's own outputs)")
     budget: float | None = opt(None, "compute budget in forward-pass equivalents for 'auto'")
-    batch_size: int = opt(16, "examples per batch")
-    limit: int | None = opt(None, "use at most this many examples")
+    batch_size: int = opt(16, "examples per batch", minimum=1)
+    limit: int | None = opt(None, "use at most this many examples", minimum=1)
     db: str | None = opt(None, "results database (default $LAYERWISE_DB or ~/.layerwise/runs.db; "
                                "'none' records nothing)")
     distributed: bool = opt(False, "shard the data over torch.distributed (run under torchrun)")
@@ -115,12 +121,21 @@ def _noop(_: str) -> None:
 
 
 def _record(kind: str, payload: dict, db: str | None) -> int | None:
-    """Append the run to the results history unless db is 'none'; returns the run id."""
+    """Append the run to the results history unless db is 'none'; returns the run id, or
+    None with one warning on stderr when the database cannot be written (the run's results
+    are still returned)."""
     if db == "none":
         return None
-    from layerwise.runtime.history import record
+    import sys
 
-    return record(kind, payload, db)
+    from layerwise.runtime.history import HistoryError, record
+
+    try:
+        return record(kind, payload, db)
+    except HistoryError as e:
+        print(f"layerwise: warning: results not recorded in DB: {e.reason}; {e.advice} "
+              "(or --db none to record nothing)", file=sys.stderr)
+        return None
 
 
 def load_source(spec: str, source_options=None):
@@ -145,21 +160,18 @@ def analyze(spec: str, options: AnalyzeOptions | None = None, source_options=Non
     """Score every block of SPEC with the chosen importance methods; write importance.json
     and report.html into options.out (atomically). Returns the importance dict."""
     import json
-    import os
-    import shutil
-    import tempfile
 
     from layerwise.analysis import analyze as run_analysis
     from layerwise.analysis.data import load_batches
     from layerwise.analysis.report import write_report
     from layerwise.compiler.frontend import lift as lift_source
+    from layerwise.outdir import AtomicDir, is_analysis
 
     opts = options or AnalyzeOptions()
     if not opts.out:
         raise LayerwiseError("analyze needs --out DIR (for importance.json and report.html)")
-    out = Path(opts.out)
-    if out.exists() and not opts.force:
-        raise LayerwiseError(f"{out} already exists: choose another --out or pass --force")
+    # refuses an --out it must not replace, or cannot write, before any work
+    target = AtomicDir(opts.out, opts.force, is_analysis, "an analyze output")
     if opts.distributed:  # refuse outside torchrun before any work
         from layerwise.analysis.distributed import init_from_env
 
@@ -177,9 +189,12 @@ def analyze(spec: str, options: AnalyzeOptions | None = None, source_options=Non
         m.strip() for m in opts.methods.split(",") if m.strip()]
     history = None
     if opts.db != "none":  # meta_learning learns from the analyses recorded before
-        from layerwise.runtime.history import analysis_records
+        from layerwise.runtime.history import HistoryError, analysis_records
 
-        history = analysis_records(opts.db)
+        try:
+            history = analysis_records(opts.db)
+        except HistoryError:  # recording the run warns about it
+            history = None
     progress("analysing")
     result = run_analysis(ir, batches, methods, task=opts.task, budget=opts.budget,
                           distributed=opts.distributed, history=history)
@@ -189,16 +204,11 @@ def analyze(spec: str, options: AnalyzeOptions | None = None, source_options=Non
 
         if not is_main():  # rank 0 writes the directory and records the run
             return result
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        (tmp / "importance.json").write_text(json.dumps(result, indent=1, default=_plain))
-        write_report(report_input(result), tmp / "report.html")
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with target:
+        (target.dir / "importance.json").write_text(json.dumps(result, indent=1,
+                                                               default=_plain))
+        write_report(report_input(result), target.dir / "report.html")
+        target.publish()
     result["run_id"] = _record("analyze", {"spec": spec, "quality": {
         "ranking": result["ranking"], "ensemble": result["ensemble"]},
         "history_record": result.get("history_record")}, opts.db)
@@ -536,7 +546,8 @@ def profile(bundle: str, options: ProfileOptions | None = None,
         result["run_id"] = _record("profile", result, opts.db)
         return result
     result = run_profile(bundle, runs=opts.runs, warmup=opts.warmup, threads=opts.threads,
-                         batch=opts.batch, per_op=opts.per_op, power_mode=opts.power_mode)
+                         batch=opts.batch, per_op=opts.per_op, power_mode=opts.power_mode,
+                         trust_native=opts.trust_native)
     if opts.baseline is None:
         result["run_id"] = _record("profile", result, opts.db)
         return result
@@ -549,6 +560,11 @@ def profile(bundle: str, options: ProfileOptions | None = None,
     return result
 
 
+# SPEC schemes whose loading runs no code named by the SPEC (the eager baseline may take them
+# from a bundle's manifest).
+PACKAGED = ("timm:", "torchvision:", "hf:", "zoo:")
+
+
 def eager_latency(bundle: str, opts: ProfileOptions) -> dict:
     """torch eager latency of the bundle's source model on the bundle's own inputs."""
     import torch
@@ -557,7 +573,11 @@ def eager_latency(bundle: str, opts: ProfileOptions) -> dict:
     from layerwise.runtime.profile import batch_inputs, stats_ms, time_calls
 
     b = open_bundle(bundle, check=False)
-    source = load_source(b.manifest["spec"])
+    spec = opts.baseline_spec or b.manifest.get("spec")
+    if not opts.baseline_spec and not (isinstance(spec, str) and spec.startswith(PACKAGED)):
+        raise LayerwiseError(f"the bundle names its model {spec!r}; a manifest may not choose "
+                             "Python code to run: pass --baseline-spec SPEC to time it")
+    source = load_source(spec)
     if source.module is None:
         raise LayerwiseError("the eager baseline needs a SPEC with a Python module, not a .pt2")
     feeds = {k: torch.from_numpy(np.ascontiguousarray(v))

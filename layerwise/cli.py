@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--input", required=True, help=".npz with one array per model input")
     run.add_argument("--output", required=True, help=".npz to write the outputs to")
     run.add_argument("--threads", type=int, default=0, help="intra-op threads (0: default)")
+    run.add_argument("--trust-native", action="store_true", help="load a native model library "
+                     "(a TVM bundle) compiled on another machine: it runs its own code")
 
     eng = sub.add_parser("build-engine", help="build the TensorRT engine of a tensorrt bundle")
     eng.add_argument("bundle", help="bundle directory written by `compile --target tensorrt`")
@@ -175,7 +177,8 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "run":
         from layerwise.runtime.run import run_bundle
 
-        result = run_bundle(args.bundle, args.input, args.output, args.threads)
+        result = run_bundle(args.bundle, args.input, args.output, args.threads,
+                            trust_native=args.trust_native)
         _emit(args, result, lambda r: print(f"wrote {r['output']}: " + ", ".join(
             f"{o['name']}{o['shape']}" for o in r["outputs"])))
     elif args.command == "build-engine":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -28,22 +29,61 @@ def load_hf_folder(path: str, opts: SourceOptions) -> Source:
         from transformers import AutoConfig, AutoModel
     except ImportError as e:
         raise SourceError("transformers is not installed: pip install 'layerwise[compile]'") from e
-    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    _check_config(folder / "config.json")
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - only the folder's config.json is read here
+        raise SourceError(f"{folder / 'config.json'} is not a config transformers can read "
+                          f"({_first_line(e)}); fix it or re-save it with "
+                          "config.save_pretrained") from e
     for attr in ("use_cache",):
         if hasattr(config, attr):
             setattr(config, attr, False)
     try:
         model = AutoModel.from_pretrained(folder, config=config, local_files_only=True,
                                           attn_implementation="eager")
-    except (OSError, ValueError) as e:
-        raise SourceError(f"cannot load the model in {path!r}: {str(e).splitlines()[0]}") from e
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as e:
+        raise SourceError(f"cannot load the model in {path!r}: {_first_line(e)}") from e
     tokenizer, notes = _tokenizer(folder, config)
     inputs, modality = _inputs(model, config, tokenizer, opts, notes)
     return Source(path, model, inputs, modality, "feature-extraction", notes, tokenizer=tokenizer)
 
 
+def _first_line(e: BaseException) -> str:
+    """The first line of an error, followed by its cause's where it ends in a colon."""
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    if line.endswith(":") and e.__cause__ is not None:
+        line = f"{line} {_first_line(e.__cause__)}"
+    return line
+
+
+def _check_config(path: Path) -> None:
+    """Refuse a config.json that is not a JSON object or names a model_type transformers
+    does not know, saying what is wrong with it."""
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{path} is not UTF-8 text; re-save it with "
+                          "config.save_pretrained") from e
+    except json.JSONDecodeError as e:
+        raise SourceError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column "
+                          f"{e.colno}); fix it or re-save it with config.save_pretrained") from e
+    if not isinstance(data, dict):
+        raise SourceError(f"{path} holds a JSON {type(data).__name__}, not an object; a "
+                          'Hugging Face config is {"model_type": ..., ...}')
+    kind = data.get("model_type")
+    if kind is not None and (not isinstance(kind, str) or kind not in CONFIG_MAPPING):
+        raise SourceError(f"{path} has model_type {kind!r}, which transformers "
+                          f"{transformers.__version__} does not know; fix model_type or "
+                          "upgrade transformers")
+
+
 def _tokenizer(folder: Path, config):
-    if not any((folder / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
+    names = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
+    if not any((folder / f).exists() for f in names):
         return None, []
     from transformers import AutoTokenizer
 
@@ -53,7 +93,8 @@ def _tokenizer(folder: Path, config):
         return None, [f"tokenizer in folder did not load ({str(e).splitlines()[0]})"]
 
 
-def _text_inputs(config, tokenizer, opts: SourceOptions, notes: list[str]) -> dict[str, torch.Tensor]:
+def _text_inputs(config, tokenizer, opts: SourceOptions,
+                 notes: list[str]) -> dict[str, torch.Tensor]:
     if tokenizer is not None:
         inputs = example_text(tokenizer, opts.seq_len)
         vocab = getattr(config, "vocab_size", None)

@@ -76,6 +76,7 @@ class AgentConfig:
     max_queue: int = 8
     job_timeout_s: float = 3600.0
     heartbeat_s: float = 5.0
+    allow_native: bool = False  # load native libraries (TVM bundles) compiled elsewhere
 
 
 class RequestError(Exception):
@@ -205,7 +206,8 @@ class Job:
         result_path = self.dir / "result.json"
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "layerwise.runtime.agent_job", str(self.dir / "bundle"),
-            json.dumps(self.options), str(result_path), cwd=self.dir,
+            json.dumps({**self.options, "trust_native": self.cfg.allow_native}),
+            str(result_path), cwd=self.dir,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE)
         try:
@@ -421,6 +423,9 @@ def add_agent_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=512.0,
                    help="largest bundle archive accepted, in MB (default: 512)")
     p.add_argument("--max-queue", type=int, default=8, help="jobs that may wait (default: 8)")
+    p.add_argument("--allow-native", action="store_true",
+                   help="profile bundles whose model is native code (TVM libraries): every "
+                        "token holder can then run code on this device")
     p.add_argument("--job-timeout", type=float, default=3600.0,
                    help="seconds a profile may run before it is killed (default: 3600)")
     p.add_argument("--quiet", action="store_true", help="no request log")
@@ -456,7 +461,8 @@ def run_agent(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace, token: str, work: WorkDir, swept: int, uvicorn) -> None:
     cfg = AgentConfig(token=token.encode(), work_dir=work.path,
                       max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
-                      max_queue=args.max_queue, job_timeout_s=args.job_timeout)
+                      max_queue=args.max_queue, job_timeout_s=args.job_timeout,
+                      allow_native=args.allow_native)
     sock = _listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
     if host not in ("127.0.0.1", "::1"):

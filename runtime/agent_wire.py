@@ -2,7 +2,8 @@
 the workstation, unpacked on the device with no member escaping its folder), the profile
 options sent as query parameters, and the event lines of a job's reply.
 
-Standard library only (plus layerwise.errors), so both sides stay small and torch-free.
+Standard library only (plus layerwise.errors, and the bundle reader when packing), so both
+sides stay small and torch-free.
 """
 
 from __future__ import annotations
@@ -108,23 +109,12 @@ def decode_options(query: dict[str, str]) -> dict[str, Any]:
 
 
 def _bundle_names(bundle_dir: Path) -> list[str]:
-    """manifest.json and every file the manifest lists, checked to lie inside the bundle."""
-    try:
-        manifest = json.loads((bundle_dir / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LayerwiseError(f"{bundle_dir} is not a readable layerwise bundle ({e}); "
-                             "create one with `layerwise compile`") from e
-    names = [MANIFEST]
-    for f in manifest.get("files", []):
-        name = f["name"]
-        pure = PurePosixPath(name)
-        if pure.is_absolute() or ".." in pure.parts:
-            raise LayerwiseError(f"{bundle_dir}: manifest lists {name!r} outside the bundle; "
-                                 "re-create the bundle")
-        if not (bundle_dir / name).is_file():
-            raise LayerwiseError(f"{bundle_dir}: file {name} is missing; re-create the bundle")
-        names.append(name)
-    return names
+    """manifest.json and every file the manifest lists, checked as `open_bundle` checks them
+    (inside the bundle, no links, model and inputs listed)."""
+    from layerwise.runtime.bundle import open_bundle
+
+    manifest = open_bundle(bundle_dir, check=False).manifest
+    return [MANIFEST, *(f["name"] for f in manifest["files"])]
 
 
 def _plain(info: tarfile.TarInfo) -> tarfile.TarInfo:

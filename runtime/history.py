@@ -2,6 +2,8 @@
 
 WAL mode and `BEGIN IMMEDIATE` with a busy timeout make concurrent writers from several
 processes safe: each record is one short transaction, retried while the file is locked.
+A database that cannot be opened, read or written raises `HistoryError`, whose reason and
+advice the commands print (a warning when recording, an error for `runs`/`leaderboard`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 import platform
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,20 +53,63 @@ def default_db() -> Path:
     return Path(os.environ.get("LAYERWISE_DB") or Path.home() / ".layerwise" / "runs.db")
 
 
+class HistoryError(LayerwiseError):
+    """A results database that cannot be opened, read or written: `reason` says why (with
+    the path), `advice` what to do."""
+
+    def __init__(self, reason: str, advice: str) -> None:
+        super().__init__(f"results database unusable: {reason}; {advice}")
+        self.reason, self.advice = reason, advice
+
+
 def connect(path: str | Path | None = None) -> sqlite3.Connection:
+    """Open (creating if needed) the database at `path`; HistoryError if it is unusable."""
     p = Path(path) if path else default_db()
-    p.parent.mkdir(parents=True, exist_ok=True)
+    if p.is_dir():
+        raise HistoryError(f"{p} is a directory", "pass --db FILE")
     try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        above = p.parent
+        while not above.exists() and above != above.parent:
+            above = above.parent
+        why = f"{above} is a file" if above.exists() and not above.is_dir() else e.strerror
+        raise HistoryError(f"cannot create the folder of {p} ({why or e})",
+                           "pass --db FILE in a writable place") from e
+    with _guard(p):
         con = sqlite3.connect(p, timeout=30.0, isolation_level=None)  # 30 s busy timeout
-        # switching a new file to WAL, and creating its tables, race other processes opening
-        # it at the same moment; SQLite then answers "locked" at once, without waiting out the
-        # busy timeout (it would deadlock), so those steps are retried like a write
-        _retry_locked(con, lambda: (con.execute("PRAGMA journal_mode=WAL"),
-                                    con.executescript(SCHEMA)))
-    except sqlite3.DatabaseError as e:
-        raise LayerwiseError(f"results database {p} is unusable ({e}); pass --db NEWFILE") from e
+        try:
+            # switching a new file to WAL, and creating its tables, race other processes
+            # opening it at the same moment; SQLite then answers "locked" at once, without
+            # waiting out the busy timeout (it would deadlock), so those steps are retried
+            _retry_locked(con, lambda: (con.execute("PRAGMA journal_mode=WAL"),
+                                        con.executescript(SCHEMA)))
+        except BaseException:
+            con.close()
+            raise
     con.row_factory = sqlite3.Row
     return con
+
+
+@contextmanager
+def _guard(p: Path) -> Iterator[None]:
+    """SQLite's errors on `p` as HistoryError, with what to do about each."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        msg = str(e)
+        aside = "move it aside or pass --db NEWFILE"
+        if "not a database" in msg:
+            raise HistoryError(f"{p} is not a SQLite database ({msg})", aside) from e
+        if "malformed" in msg or "corrupt" in msg:
+            raise HistoryError(f"{p} is corrupt ({msg})", aside) from e
+        if "readonly" in msg or "read-only" in msg:
+            raise HistoryError(f"{p} is read-only ({msg})",
+                               "make it writable or pass --db FILE") from e
+        if "locked" in msg or "busy" in msg:
+            raise HistoryError(f"{p} stayed locked by another process ({msg})", "retry") from e
+        raise HistoryError(f"cannot use {p} ({msg})",
+                           "check the file and its folder, or pass --db FILE") from e
 
 
 def spec_hash(spec: str) -> str:
@@ -95,20 +142,26 @@ def record(kind: str, payload: dict[str, Any], db: str | Path | None = None) -> 
     }
     cols = ", ".join(row)
     marks = ", ".join("?" for _ in row)
-    con = connect(db)
 
-    def insert() -> int:
-        con.execute("BEGIN IMMEDIATE")
-        cur = con.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", list(row.values()))
-        con.execute("COMMIT")
-        return int(cur.lastrowid)
+    def insert(con: sqlite3.Connection) -> int:
+        def once() -> int:
+            con.execute("BEGIN IMMEDIATE")
+            cur = con.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", list(row.values()))
+            con.execute("COMMIT")
+            return int(cur.lastrowid)
 
+        return _retry_locked(con, once)
+
+    return _use(db, insert)
+
+
+def _use(db: str | Path | None, work: Callable[[sqlite3.Connection], Any]) -> Any:
+    """work(connection) on the database, closed after; SQLite's errors as HistoryError."""
+    p = Path(db) if db else default_db()
+    con = connect(p)
     try:
-        return _retry_locked(con, insert)
-    except sqlite3.OperationalError as e:
-        if "locked" not in str(e) and "busy" not in str(e):
-            raise
-        raise LayerwiseError(f"results database {db or default_db()} stayed locked; retry") from e
+        with _guard(p):
+            return work(con)
     finally:
         con.close()
 
@@ -131,24 +184,16 @@ def query(db: str | Path | None = None, kind: str | None = None, model: str | No
           target: str | None = None, device: str | None = None, limit: int = 50) -> list[dict]:
     """Most recent runs first, filtered by the given columns."""
     where, args = _filters(kind=kind, model=model, target=target, device=device)
-    con = connect(db)
-    try:
-        rows = con.execute(f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT ?",
-                           [*args, limit]).fetchall()
-    finally:
-        con.close()
+    rows = _use(db, lambda con: con.execute(f"SELECT * FROM runs {where} ORDER BY id DESC "
+                                            "LIMIT ?", [*args, limit]).fetchall())
     return [_row(r) for r in rows]
 
 
 def analysis_records(db: str | Path | None = None, limit: int = 500) -> list[dict]:
     """The newest analysis record (block features + measured importance, for meta_learning)
     per model and measured target, from the recorded analyze runs."""
-    con = connect(db)
-    try:
-        rows = con.execute("SELECT payload FROM runs WHERE kind = 'analyze' ORDER BY id DESC "
-                           "LIMIT ?", [limit]).fetchall()
-    finally:
-        con.close()
+    rows = _use(db, lambda con: con.execute("SELECT payload FROM runs WHERE kind = 'analyze' "
+                                            "ORDER BY id DESC LIMIT ?", [limit]).fetchall())
     seen: dict[tuple, dict] = {}
     for r in rows:
         rec = (json.loads(r["payload"]) if r["payload"] else {}).get("history_record")
@@ -165,14 +210,10 @@ def leaderboard(metric: str = "p50", db: str | Path | None = None, device: str |
     col = METRICS[metric]
     where, args = _filters(device=device, target=target)
     where = f"{where} {'AND' if where else 'WHERE'} {col} IS NOT NULL"
-    con = connect(db)
-    try:
-        rows = con.execute(
-            f"SELECT model, target, device, MIN({col}) AS best, COUNT(*) AS runs FROM runs "
-            f"{where} GROUP BY model, target, device ORDER BY best ASC LIMIT ?",
-            [*args, limit]).fetchall()
-    finally:
-        con.close()
+    rows = _use(db, lambda con: con.execute(
+        f"SELECT model, target, device, MIN({col}) AS best, COUNT(*) AS runs FROM runs "
+        f"{where} GROUP BY model, target, device ORDER BY best ASC LIMIT ?",
+        [*args, limit]).fetchall())
     return [{"model": r["model"], "target": r["target"], "device": r["device"],
              metric: r["best"], "runs": r["runs"]} for r in rows]
 

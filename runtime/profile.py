@@ -32,6 +32,13 @@ def batch_inputs(bundle: Bundle, batch: int | None) -> dict[str, np.ndarray]:
     return {k: np.resize(v, (batch, *v.shape[1:])) for k, v in inputs.items()}
 
 
+def check_threads(threads: int) -> None:
+    """Refuse a negative thread count (0 means the runtime's default)."""
+    if threads < 0:
+        raise LayerwiseError(f"--threads must be an integer >= 0 (0: the runtime's default), "
+                             f"got {threads}")
+
+
 def stats_ms(times: list[float]) -> dict[str, float]:
     a = np.asarray(times) * 1000.0
     return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
@@ -68,19 +75,21 @@ def _rss_mb() -> float:
     return 0.0
 
 
-def profile(path, runs: int = 100, warmup: int = 10, threads: int = 0,
+def profile(path, *, runs: int = 100, warmup: int = 10, threads: int = 0,
             batch: int | None = None, per_op: bool = False,
-            power_mode: str | None = None) -> dict:
-    """Warm up, time `runs` runs, and report latency percentiles, throughput and memory."""
+            power_mode: str | None = None, trust_native: bool = False) -> dict:
+    """Warm up, time `runs` runs, and report latency percentiles, throughput and memory.
+    `trust_native`: load a native model library not compiled on this machine."""
     if runs < 1 or warmup < 0:
         raise LayerwiseError("--runs must be >= 1 and --warmup >= 0")
+    check_threads(threads)
     bundle = open_bundle(path)
     feeds = batch_inputs(bundle, batch)
     variants = PROFILE_VARIANTS.get(bundle.target, {"": {}})
     first, *others = variants.items()
     rss0 = _rss_mb()
     runner = open_runner(bundle.target, bundle.model_path, threads=threads, per_op=per_op,
-                         power_mode=power_mode, **first[1])
+                         power_mode=power_mode, trust_native=trust_native, **first[1])
     times = time_calls(lambda: runner.run(feeds), runs, warmup)
     n = next(iter(feeds.values())).shape[0]
     lat = stats_ms(times)
@@ -108,7 +117,7 @@ def profile(path, runs: int = 100, warmup: int = 10, threads: int = 0,
         result["variants"] = {first[0]: lat}
         for name, settings in others:
             alt = open_runner(bundle.target, bundle.model_path, threads=threads,
-                              power_mode=power_mode, **settings)
+                              power_mode=power_mode, trust_native=trust_native, **settings)
             result["variants"][name] = {
                 **stats_ms(time_calls(lambda alt=alt: alt.run(feeds), runs, warmup)),
                 "precision": getattr(alt, "precision", None)}

@@ -17,8 +17,9 @@ PROFILE_VARIANTS: dict[str, dict[str, dict]] = {
 
 
 def open_runner(target: str, model: Path, threads: int = 0, per_op: bool = False,
-                power_mode: str | None = None, **settings):
-    """A runner with `.run(feeds) -> list[np.ndarray]`, `.input_names`, `.output_names`."""
+                power_mode: str | None = None, *, trust_native: bool = False, **settings):
+    """A runner with `.run(feeds) -> list[np.ndarray]`, `.input_names`, `.output_names`.
+    `trust_native` lets a runtime load a native library not compiled on this machine."""
     if power_mode is not None and power_mode not in POWER_MODES:
         raise TargetError(f"unknown --power-mode {power_mode!r}; use one of "
                           f"{', '.join(POWER_MODES)}")
@@ -41,5 +42,5 @@ def open_runner(target: str, model: Path, threads: int = 0, per_op: bool = False
     if target == "tvm":
         from layerwise.runtime.tvm import TvmRunner
 
-        return TvmRunner(model, threads=threads, per_op=per_op)
+        return TvmRunner(model, threads=threads, per_op=per_op, trust_native=trust_native)
     raise TargetError(f"no runtime for target {target!r} in this install")

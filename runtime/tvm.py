@@ -18,6 +18,7 @@ import numpy as np
 
 from layerwise.errors import BundleError, TargetError
 from layerwise.runtime.batching import run_in_slices, slice_step
+from layerwise.runtime.native_trust import check_native
 
 
 def host_cores() -> int:
@@ -47,13 +48,15 @@ class TvmRunner:
 
     name = "tvm"
 
-    def __init__(self, model: Path, threads: int = 0, per_op: bool = False) -> None:
+    def __init__(self, model: Path, threads: int = 0, per_op: bool = False,
+                 trust_native: bool = False) -> None:
         try:
             import tvm
             from tvm import relax
         except ImportError as e:
             raise TargetError("Apache TVM is not installed: pip install 'layerwise[tvm]'") from e
         model = Path(model)
+        check_native(model, trust_native)
         sidecar = model.with_suffix(".json")
         if not sidecar.is_file():
             raise BundleError(f"{model.name} has no {sidecar.name} beside it; re-create the "

@@ -122,19 +122,32 @@ def builder_script(model: str, precision: str, shapes: dict[str, list]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_engine(bundle: str | Path) -> Path:
-    """Run the bundle's builder where TensorRT and a GPU exist; else a one-line error."""
-    import runpy
+def engine_builder(b) -> str:
+    """The builder script for an opened bundle, written anew from its checked manifest: the
+    bundle's own build_engine.py is someone else's code and is never run."""
+    model = b.manifest["model"]
+    precision = model.get("precision", b.manifest.get("precision", "fp32"))
+    if precision not in ("fp32", "fp16", "int8"):
+        raise TargetError(f"{b.dir}: precision {precision!r} is not one TensorRT builds; "
+                          "re-create the bundle with `layerwise compile --target tensorrt`")
+    shapes = {s["name"]: s["shape"] for s in b.manifest["inputs"]}
+    return builder_script(model["file"], precision, shapes)
 
+
+def build_engine(bundle: str | Path) -> Path:
+    """Build model.plan beside the bundle's ONNX where TensorRT and a GPU exist (with the
+    script engine_builder writes); else a one-line error."""
     from layerwise.runtime import open_bundle
 
     b = open_bundle(bundle)
     if b.target != "tensorrt":
         raise TargetError(f"{b.dir} is a {b.target} bundle; compile with --target tensorrt")
+    source = engine_builder(b)
     try:
         import tensorrt  # noqa: F401
     except ImportError as e:
         raise TargetError("TensorRT is not installed here (its libraries are not on PyPI): copy "
                           f"{b.dir} to a machine with TensorRT and run build_engine.sh") from e
-    runpy.run_path(str(b.dir / "build_engine.py"), run_name="__main__")
+    script = b.dir.resolve() / "build_engine.py"
+    exec(compile(source, str(script), "exec"), {"__file__": str(script), "__name__": "__main__"})
     return b.dir / "model.plan"

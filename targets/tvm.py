@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from layerwise.errors import TargetError
+from layerwise.runtime.native_trust import trust
 from layerwise.runtime.tvm import allow_threads, host_cores
 from layerwise.targets import TargetInfo
 from layerwise.targets.tvm_tune import DB_FILES
@@ -57,6 +58,13 @@ def host_target(tvm) -> dict:
     """The llvm target for this CPU, as a dict (TVM 0.27 refuses target strings)."""
     return {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
             "num-cores": host_cores()}
+
+
+def _export_trusted(ex, path: Path) -> None:
+    """Write the library and record it as compiled here, so this machine's runtime may load
+    it (runtime/native_trust.py)."""
+    ex.export_library(str(path))
+    trust(path)
 
 
 def emit(ir, out_dir: Path, opts=None) -> dict:
@@ -103,7 +111,7 @@ def emit(ir, out_dir: Path, opts=None) -> dict:
                            "reused": str(reuse) if reuse else None,
                            "seconds": time.perf_counter() - t0}
         shutil.rmtree(db_dir / "logs", ignore_errors=True)
-    ex.export_library(str(out_dir / MODEL))
+    _export_trusted(ex, out_dir / MODEL)
     feeds = {k: v[:rows].numpy() for k, v in ir.example_inputs.items()}
     entry["latency_ms"] = {"untuned": _latency(tvm, untuned, feeds)}
     if tuned:

@@ -12,6 +12,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Tests record into a throw-away results history, never the user's ~/.layerwise/runs.db.
 os.environ["LAYERWISE_DB"] = os.path.join(tempfile.mkdtemp(prefix="layerwise-db-"), "runs.db")
+# ... and a throw-away list of the native libraries compiled here (runtime/native_trust.py).
+os.environ["LAYERWISE_TRUST"] = os.path.join(os.path.dirname(os.environ["LAYERWISE_DB"]),
+                                             "trusted-native")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]

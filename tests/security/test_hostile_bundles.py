@@ -158,3 +158,19 @@ def test_the_pristine_copy_opens(bundle):
     b = open_bundle(bundle)
     assert b.model_path == bundle / "model.onnx"
     assert set(b.example_inputs()) == {"x"}
+
+
+def test_a_manifest_cannot_choose_python_to_run(bundle, tmp_path):
+    """--baseline eager loads the bundle's SPEC; a SPEC that imports Python runs only when the
+    user names it (--baseline-spec)."""
+    canary = tmp_path / "canary"
+    evil = tmp_path / "evil.py"
+    evil.write_text(f"open({str(canary)!r}, 'w')\ndef make():\n    raise SystemExit\n")
+    _edit(bundle, lambda m: m.update(spec=f"{evil}:make"))
+    proc = run_cli("profile", str(bundle), "--runs", "2", "--baseline", "eager")
+    assert_user_error(proc, "--baseline-spec")
+    assert not canary.exists()
+    proc = run_cli("profile", str(bundle), "--runs", "2", "--warmup", "1", "--baseline",
+                   "eager", "--baseline-spec", f"{FIXTURES}:residual_mlp", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["baseline"]["name"] == "torch eager"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -57,3 +58,26 @@ def test_build_engine_without_tensorrt_says_so(bundles):
         assert len(proc.stderr.strip().splitlines()) == 1
     else:  # pragma: no cover - only where TensorRT and a GPU exist
         assert proc.returncode == 0 and (path / "model.plan").exists()
+
+
+def test_engine_builder_ignores_the_bundles_own_script(bundles, tmp_path):
+    """A bundle's build_engine.py is not run: the builder is written anew from the manifest,
+    so a tampered script (sha256 re-listed) changes nothing."""
+    import json
+    import shutil
+
+    from layerwise.runtime.bundle import open_bundle, sha256_file
+    from layerwise.targets.tensorrt import builder_script, engine_builder
+
+    path, _ = bundles("tests/fixtures/models.py:lstm_classifier", "tensorrt")
+    b = Path(shutil.copytree(path, tmp_path / "b"))
+    (b / "build_engine.py").write_text("open('pwned', 'w')\n")
+    m = json.loads((b / "manifest.json").read_text())
+    entry = next(f for f in m["files"] if f["name"] == "build_engine.py")
+    entry.update(bytes=(b / "build_engine.py").stat().st_size,
+                 sha256=sha256_file(b / "build_engine.py"))
+    (b / "manifest.json").write_text(json.dumps(m))
+    source = engine_builder(open_bundle(b))
+    assert "pwned" not in source
+    assert source == builder_script(m["model"]["file"], m["precision"],
+                                    {s["name"]: s["shape"] for s in m["inputs"]})

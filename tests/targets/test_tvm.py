@@ -175,3 +175,35 @@ def test_batch_norms_fold_into_convs(tmp_path):
     assert "batch_norm" not in folded and folded.count("R.nn.conv2d") == 2
     m = api.compile(f"{__file__}:conv_bn_model", options(out=str(tmp_path / "b")))
     assert m["verification"]["rel_err"] < 1e-5
+
+
+def test_a_library_compiled_elsewhere_needs_trust(untuned, tmp_path, monkeypatch):
+    """A TVM model is native code: loaded only when compiled on this machine (its sha256 in
+    the trust file) or with --trust-native; a trust file others may write counts for nothing."""
+    from layerwise.errors import BundleError
+    from layerwise.runtime.native_trust import trust_file
+    from tests.layerwise.test_cli_errors import assert_user_error, run_cli
+
+    out, _ = untuned
+    b = open_bundle(out)
+    open_runner(b.target, b.model_path)  # compiled here: trusted
+    elsewhere = tmp_path / "trusted-native"
+    elsewhere.write_text("")
+    monkeypatch.setenv("LAYERWISE_TRUST", str(elsewhere))
+    assert trust_file() == elsewhere
+    with pytest.raises(BundleError, match="native code"):
+        open_runner(b.target, b.model_path)
+    assert open_runner(b.target, b.model_path, trust_native=True).run(b.example_inputs())
+    proc = run_cli("run", str(out), "--input", str(out / "inputs.npz"),
+                   "--output", str(tmp_path / "y.npz"))
+    assert_user_error(proc, "native code", "--trust-native")
+    proc = run_cli("run", str(out), "--input", str(out / "inputs.npz"),
+                   "--output", str(tmp_path / "y.npz"), "--trust-native")
+    assert proc.returncode == 0, proc.stderr
+    from layerwise.runtime.bundle import sha256_file
+
+    elsewhere.write_text(sha256_file(b.model_path) + "\n")
+    open_runner(b.target, b.model_path)
+    elsewhere.chmod(0o666)
+    with pytest.raises(BundleError, match="native code"):
+        open_runner(b.target, b.model_path)
