@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from layerwise.errors import LayerwiseError
+from layerwise.base.errors import LayerwiseError
 
 _RANK = 0
 _OWNED = False  # whether init_from_env created the process group (and so may destroy it)

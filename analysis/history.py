@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from layerwise.errors import LayerwiseError
+from layerwise.base.errors import LayerwiseError
 
 FORMAT = "layerwise-analysis-record/1"
 FEATURES = ["depth", "log_params_rel", "log_flops_rel", "log_sigma_rel", "zero_matrices",

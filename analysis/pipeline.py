@@ -15,8 +15,8 @@ from layerwise.analysis.ensemble import aggregate
 from layerwise.analysis.methods import METHODS, MethodError, get_method
 from layerwise.analysis.select import BACKWARD, MEASURED, PRIORS, model_kind, select_methods
 from layerwise.analysis.tasks import get_task
+from layerwise.base.errors import LayerwiseError
 from layerwise.compiler.ir import IR
-from layerwise.errors import LayerwiseError
 
 DEFAULT_BUDGET = 3.0 * (1.0 + BACKWARD)  # three forward+backward passes
 

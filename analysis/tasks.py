@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from layerwise.errors import LayerwiseError
+from layerwise.base.errors import LayerwiseError
 
 
 class TaskError(LayerwiseError):

@@ -4,8 +4,8 @@
                             [--recalibrate | --same-rounds]
 
 For each model: compile for the onnx target, profile with onnxruntime (batch 1), and predict
-with the host's calibrated roofline (`layerwise.devices.roofline`). The calibration set is
-single ops and small layers only (devices/calibrate.py), never these models.
+with the host's calibrated roofline (`layerwise.devices.latency.roofline`). The calibration set is
+single ops and small layers only (devices/latency/calibrate.py), never these models.
 
 Besides the profile's p50, the models are timed the way the calibration times its cases:
 all of them in interleaved rounds, each keeping its best round's median. On a CPU shared
@@ -26,8 +26,8 @@ from pathlib import Path
 
 from layerwise import api
 from layerwise.compiler.passes import run_passes
-from layerwise.devices.calibrate import best_rounds, calibrate_host
-from layerwise.devices.roofline import predict
+from layerwise.devices.latency.calibrate import best_rounds, calibrate_host
+from layerwise.devices.latency.roofline import predict
 from layerwise.runtime import open_bundle
 from layerwise.runtime.profile import batch_inputs
 from layerwise.runtime.session import open_runner
@@ -78,10 +78,10 @@ def same_rounds(args) -> dict:
     calibration cases (same export, same timing), fitted on the calibration cases only and
     predicted from their own op records, so a spell of a slow host slows both alike."""
     from layerwise.devices import load_device
-    from layerwise.devices.calibrate import calibration_from
-    from layerwise.devices.calibrate import measure as measure_cases
-    from layerwise.devices.calibration_set import Case, calibration_cases
-    from layerwise.devices.roofline import machine_for, predict_records
+    from layerwise.devices.latency.calibrate import calibration_from
+    from layerwise.devices.latency.calibrate import measure as measure_cases
+    from layerwise.devices.latency.calibration_set import Case, calibration_cases
+    from layerwise.devices.latency.roofline import machine_for, predict_records
 
     def lifted(spec):
         def make():

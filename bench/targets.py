@@ -26,7 +26,7 @@ import numpy as np
 
 import layerwise
 from layerwise.api import CompileOptions, ProfileOptions
-from layerwise.errors import LayerwiseError
+from layerwise.base.errors import LayerwiseError
 from layerwise.runtime import open_runner
 
 MODELS = ["timm:resnet18", "zoo:mobilenet-v2", "zoo:minilm-l6", "timm:vit_tiny_patch16_224"]

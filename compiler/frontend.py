@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch.export import Dim
 
+from layerwise.base.errors import ExportError
 from layerwise.compiler.ir import IR
 from layerwise.compiler.layers import build_layer_table
-from layerwise.errors import ExportError
 
 
 def flatten_outputs(obj: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:

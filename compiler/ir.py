@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from layerwise.base.errors import LayerwiseError
 from layerwise.compiler.layers import Layer
-from layerwise.errors import LayerwiseError
 
 FORMAT = "layerwise-ir/1"
 

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from layerwise.errors import SourceError
+from layerwise.base.errors import SourceError
 
 RE_EXPORT = ("re-export it with torch.export.save(torch.export.export(model, args), FILE) from "
              "a plain module (no tensor subclasses, custom objects or AOTInductor packages)")

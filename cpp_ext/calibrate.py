@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from layerwise import cpp_ext
+from layerwise.base.errors import LayerwiseError
 from layerwise.cpp_ext.histogram import Histogram, StreamingHistogram
-from layerwise.errors import LayerwiseError
 
 KL_EPS = 1e-4
 FLAVORS = {"tensorrt": 0, "onnxruntime": 1}

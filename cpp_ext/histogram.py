@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from layerwise import cpp_ext
+from layerwise.base.errors import LayerwiseError
 from layerwise.cpp_ext.inputs import (
     FLOAT32_MAX,
     as_array,
@@ -23,7 +24,6 @@ from layerwise.cpp_ext.inputs import (
     reject_nonfinite,
     saturation_f32,
 )
-from layerwise.errors import LayerwiseError
 
 DEFAULT_SATURATION = 1e30
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from layerwise.errors import LayerwiseError
+from layerwise.base.errors import LayerwiseError
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 

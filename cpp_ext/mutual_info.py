@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from layerwise import cpp_ext
+from layerwise.base.errors import LayerwiseError
 from layerwise.cpp_ext.histogram import scan_range
 from layerwise.cpp_ext.inputs import as_array, as_f32, reject_nonfinite
-from layerwise.errors import LayerwiseError
 
 EULER_GAMMA = 0.57721566490153286061
 

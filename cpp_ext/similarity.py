@@ -12,9 +12,9 @@ import math
 import numpy as np
 
 from layerwise import cpp_ext
+from layerwise.base.errors import LayerwiseError
 from layerwise.cpp_ext.histogram import scan_range
 from layerwise.cpp_ext.inputs import as_array, as_f32, layout, reject_nonfinite
-from layerwise.errors import LayerwiseError
 
 
 def _token_layout(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None, axis: int,

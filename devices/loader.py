@@ -3,7 +3,7 @@
 Built-in profiles live in `layerwise/devices/profiles/*.toml` (package data). Third-party
 packages add devices through the `layerwise.devices` entry-point group; an entry point names
 a TOML path, a dict with the same fields, or a callable returning either. Standard library only
-(plus layerwise.errors and layerwise.plugins, which are standard library themselves).
+(plus layerwise.base, which is standard library itself).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from layerwise import plugins
-from layerwise.errors import LayerwiseError
+from layerwise.base import registry as plugins
+from layerwise.base.errors import LayerwiseError
+from layerwise.base.recipe import recipe_keys
 
 GROUP = "layerwise.devices"
 TARGETS = ("onnx", "openvino", "tflite", "tensorrt", "tvm")
@@ -167,16 +168,6 @@ def _opt_float(v) -> float | None:
     return None if v is None else float(v)
 
 
-def recipe_keys() -> tuple[str, ...]:
-    """Fields of layerwise.compiler.passes.quantize.QuantRecipe (a torch-free module; read
-    lazily, the compiler may import devices)."""
-    from dataclasses import fields
-
-    from layerwise.compiler.passes.quantize import QuantRecipe
-
-    return tuple(f.name for f in fields(QuantRecipe))
-
-
 def _quant(q: dict, where: str) -> QuantSpec:
     for key in DEVICE_QUANT_KEYS:
         if key not in q:
@@ -256,16 +247,3 @@ def load_device(name: str) -> DeviceProfile:
     if name in found:
         return _from_plugin(name, found[name])
     raise LayerwiseError(f"unknown device {name!r}; known devices: {', '.join(list_devices())}")
-
-
-def quant_recipe(device: str | DeviceProfile, precision: str = "int8"):
-    """The QuantRecipe for `device` at `precision`: its default target's recipe with the
-    device's [quant] overrides on top. Imports the compiler lazily (the compiler may import
-    devices, not the other way round)."""
-    from dataclasses import replace
-
-    from layerwise.compiler.passes.quantize import recipe_for
-
-    profile = device if isinstance(device, DeviceProfile) else load_device(device)
-    target = profile.target if profile.target != "tvm" else "onnx"  # no TVM recipe of its own
-    return replace(recipe_for(target, precision), **dict(profile.quant.overrides))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from layerwise.base import __version__
 
 _API = {"analyze", "inspect", "compile", "profile", "load_source", "lift"}
 
@@ -21,4 +21,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'layerwise' has no attribute {name!r}")
 
 
-__all__ = ["analyze", "compile", "inspect", "lift", "load_source", "profile"]
+__all__ = ["__version__", "analyze", "compile", "inspect", "lift", "load_source", "profile"]

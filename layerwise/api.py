@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from layerwise.errors import LayerwiseError, VerificationError
+from layerwise.base.errors import LayerwiseError, VerificationError
+from layerwise.base.params import opt
 from layerwise.manifest import artifact_batch, build_manifest
-from layerwise.options import opt
 
 Progress = Callable[[str], None]
 # prune ratios the plan search tries after choosing the depth (largest first) unless --prune
@@ -162,10 +162,10 @@ def analyze(spec: str, options: AnalyzeOptions | None = None, source_options=Non
     import json
 
     from layerwise.analysis import analyze as run_analysis
-    from layerwise.analysis.data import load_batches
     from layerwise.analysis.report import write_report
+    from layerwise.base.outdir import AtomicDir, is_analysis
     from layerwise.compiler.frontend import lift as lift_source
-    from layerwise.outdir import AtomicDir, is_analysis
+    from layerwise.sources.data import load_batches
 
     opts = options or AnalyzeOptions()
     if not opts.out:
@@ -403,7 +403,7 @@ def _build(spec, ir, target, opts, precision, keep, calibration, out: Path, forc
     from layerwise.targets.bundle import BundleWriter
 
     writer = BundleWriter(out, force=force)
-    from layerwise.compiler.passes.quantize import LOSSY
+    from layerwise.base.recipe import LOSSY
 
     quantized = precision in LOSSY and precision in target.INFO.precisions
     tolerance = opts.tolerance or (0.5 if quantized else 1e-4)
@@ -481,7 +481,7 @@ def _resolve_device(opts: CompileOptions) -> CompileOptions:
 
 
 def _load_data(opts, ir, source, progress: Progress) -> list:
-    from layerwise.analysis.data import load_batches
+    from layerwise.sources.data import load_batches
 
     progress(f"loading data {opts.data}")
     return load_batches(opts.data, ir, getattr(source, "tokenizer", None), batch_size=8)
@@ -491,7 +491,8 @@ def _plan_int8(ir, batches: list, target: str, calibration: str | None,
                keep: list[str], *, precision: str = "int8", device: str | None = None) -> None:
     """Annotate ir for `precision` (int8, int8-dynamic, int8-weight, int4-weight, fp16) with
     the target's recipe; static int8 is calibrated on `batches`."""
-    from layerwise.compiler.passes.quantize import quantize, recipe_for
+    from layerwise.compiler.passes.quantize import quantize
+    from layerwise.targets import recipe_for
 
     if precision == "int8":
         if not batches:

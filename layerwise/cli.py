@@ -11,8 +11,8 @@ import sys
 import traceback
 import warnings
 
-from layerwise.errors import LayerwiseError
-from layerwise.options import add_arguments, from_namespace
+from layerwise.base.errors import LayerwiseError
+from layerwise.base.params import add_arguments, from_namespace
 
 # Packages only the compile extra brings; a runtime-only install lacks them.
 COMPILE_SIDE = {"torch", "torchvision", "onnx", "onnxscript", "timm", "transformers", "skimage",

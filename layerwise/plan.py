@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from layerwise.errors import LayerwiseError
+from layerwise.base.errors import LayerwiseError
 
 
 class NoPlanError(LayerwiseError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from layerwise.options import check, opt
+from layerwise.base.params import check, opt
 
 SCHEMES = ("timm:NAME, torchvision:NAME, hf:PATH, zoo:NAME, FILE.py:factory, "
            "package.module:factory, FILE.pt2")

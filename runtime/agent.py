@@ -41,8 +41,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from layerwise import __version__
-from layerwise.errors import LayerwiseError
+from layerwise.base import __version__
+from layerwise.base.errors import LayerwiseError
 from layerwise.runtime.agent_wire import (
     API,
     decode_options,

@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
     bundle, options, result_path = argv[0], json.loads(argv[1]), Path(argv[2])
     threading.Thread(target=_exit_when_orphaned, daemon=True).start()
 
-    from layerwise.errors import LayerwiseError
+    from layerwise.base.errors import LayerwiseError
     from layerwise.runtime.profile import profile
 
     try:

@@ -2,7 +2,7 @@
 the workstation, unpacked on the device with no member escaping its folder), the profile
 options sent as query parameters, and the event lines of a job's reply.
 
-Standard library only (plus layerwise.errors, and the bundle reader when packing), so both
+Standard library only (plus layerwise.base.errors, and the bundle reader when packing), so both
 sides stay small and torch-free.
 """
 
@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from layerwise.errors import LayerwiseError
+from layerwise.base.errors import LayerwiseError
 
 API = "/v1"
 MANIFEST = "manifest.json"

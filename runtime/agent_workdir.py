@@ -5,7 +5,7 @@ that another user owns, takes an exclusive `flock` on its lock file (held while 
 lives, released by the kernel if the agent is killed), and only then removes the `job-*`
 folders left there: with the lock held they can only be a dead agent's.
 
-Standard library only (plus layerwise.errors).
+Standard library only (plus layerwise.base.errors).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from layerwise.errors import LayerwiseError
+from layerwise.base.errors import LayerwiseError
 
 JOB_PREFIX = "job-"
 LOCK_NAME = ".agent.lock"

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from layerwise.errors import BundleError
+from layerwise.base.errors import BundleError
 
 
 def slice_step(feeds: dict[str, np.ndarray], shapes: dict[str, tuple]) -> int | None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from layerwise.errors import BundleError
+from layerwise.base.errors import BundleError
 
 MANIFEST = "manifest.json"
 FORMAT = "layerwise-bundle/1"

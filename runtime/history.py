@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from layerwise.errors import LayerwiseError
+from layerwise.base.errors import LayerwiseError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -15,7 +15,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from layerwise.errors import BundleError
+from layerwise.base.errors import BundleError
 
 TRUST_HINT = ("load native code only from a source you trust: pass --trust-native (the "
               "agent: start it with --allow-native), or compile the bundle on this machine")

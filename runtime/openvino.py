@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from layerwise.errors import BundleError, TargetError
+from layerwise.base.errors import BundleError, TargetError
 
 # power modes as CPU plugin properties: latency hint with pinned threads on the big cores,
 # or the efficient cores without pinning (on CPUs without E-cores the plugin uses them all)

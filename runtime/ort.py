@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from layerwise.errors import BundleError, TargetError
+from layerwise.base.errors import BundleError, TargetError
 
 
 class OrtRunner:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from layerwise.errors import LayerwiseError
+from layerwise.base.errors import LayerwiseError
 from layerwise.runtime.bundle import Bundle, open_bundle
 from layerwise.runtime.session import PROFILE_VARIANTS, open_runner
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from layerwise.errors import LayerwiseError
+from layerwise.base.errors import LayerwiseError
 from layerwise.runtime.agent_wire import API, encode_options, pack_bundle, read_token
 
 # How long the client waits for any word from the agent (it sends a heartbeat every few s).

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from layerwise.errors import LayerwiseError
+from layerwise.base.errors import LayerwiseError
 from layerwise.runtime.bundle import open_bundle
 from layerwise.runtime.profile import check_threads
 from layerwise.runtime.session import open_runner

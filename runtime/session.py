@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from layerwise.errors import TargetError
+from layerwise.base.errors import TargetError
 
 # Runtime power settings (`profile --power-mode`): what each runner does with them is in its
 # own module; runtimes with no such setting refuse them.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from layerwise.errors import BundleError, TargetError
+from layerwise.base.errors import BundleError, TargetError
 from layerwise.runtime.batching import run_in_slices, slice_step
 from layerwise.runtime.native_trust import check_native
 

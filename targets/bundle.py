@@ -2,7 +2,7 @@
 
 An exception or Ctrl-C inside the `BundleWriter` block removes the temp dir, so a failed
 compile leaves nothing behind; the temp dir of a compile killed outright is removed by the
-next compile to the same OUT (see `layerwise.outdir`). An existing OUT is refused unless
+next compile to the same OUT (see `layerwise.base.outdir`). An existing OUT is refused unless
 `force` is set, and even then unless it is a bundle or an empty directory.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from layerwise.errors import BundleError
-from layerwise.outdir import MARKER, AtomicDir
+from layerwise.base.errors import BundleError
+from layerwise.base.outdir import MARKER, AtomicDir
 from layerwise.runtime.bundle import FORMAT, MANIFEST, sha256_file
 
 

@@ -12,13 +12,19 @@ from pathlib import Path
 
 import torch
 
-from layerwise.errors import TargetError
+from layerwise.base.errors import TargetError
+from layerwise.base.recipe import QuantRecipe
 from layerwise.targets import TargetInfo
 
 INFO = TargetInfo(name="onnx", runtime="onnx",
                   precisions=("fp32", "int8", "int8-dynamic", "int8-weight", "int4-weight",
                               "fp16"), extra=None,
-                  legalize=("legalize_views", "unguard_softmax"))
+                  legalize=("legalize_views", "unguard_softmax"),
+                  # onnxruntime CPU: U8S8 (uint8 activations, int8 per-channel weights) in QDQ;
+                  # range equalization full into depthwise convs, half into pointwise ones;
+                  # 7-bit weights on x86 without VNNI (README: INT8 recipes)
+                  recipe=QuantRecipe(equalize_depthwise=1.0, equalize_pointwise=0.5,
+                                     reduce_range_without_vnni=True))
 INLINE_LIMIT = int(1.8 * 2**30)
 
 
@@ -31,7 +37,7 @@ def emit(ir, out_dir: Path, opts=None) -> dict:
         return _emit_fp32(ir, out_dir)
     import tempfile
 
-    from layerwise.compiler.passes.quantize import recipe_from_plan
+    from layerwise.base.recipe import recipe_from_plan
     from layerwise.targets.onnx_quantize import layer_nodes, quantize_model
 
     precision = plan.get("precision", "int8")

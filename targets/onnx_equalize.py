@@ -85,7 +85,7 @@ def channel_maxima(model, tensors: list[str], batches: list[dict]) -> dict[str, 
     """Largest value of each channel (axis 1) of `tensors` over `batches`."""
     import onnx
 
-    from layerwise.targets.onnx_quantize import _session
+    from layerwise.targets.onnx_session import ort_session as _session
 
     m = onnx.ModelProto()
     m.CopyFrom(model)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from layerwise.compiler.passes.quantize import QuantRecipe
-from layerwise.errors import TargetError
+from layerwise.base.errors import TargetError
+from layerwise.base.recipe import QuantRecipe
 
 
 def gemm_to_matmul(model) -> int:

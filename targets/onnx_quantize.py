@@ -33,11 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-from layerwise.compiler.passes.quantize import QuantRecipe
+from layerwise.base.errors import TargetError
+from layerwise.base.recipe import QuantRecipe
 from layerwise.cpp_ext import HISTOGRAM_METHODS, StreamingHistogram, clip_range
 from layerwise.devices.cpu import cpu_flags, has_vnni, is_x86
-from layerwise.errors import TargetError
 from layerwise.targets.onnx_equalize import equalize
+from layerwise.targets.onnx_session import ort_session as _session
 
 
 def float_tensors(model) -> list[str]:
@@ -158,17 +159,6 @@ def activation_matmuls(model) -> list[str]:
     consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     return [n.name for n in model.graph.node if n.op_type == "MatMul"
             and not any(i in weights or i in consts for i in n.input)]
-
-
-def _session(model, optimize: bool = False):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    data = model if isinstance(model, (str, bytes)) else model.SerializeToString()
-    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
 def stack_batches(batches: list[dict[str, np.ndarray]], size: int = 16) -> list[dict]:

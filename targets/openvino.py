@@ -16,11 +16,16 @@ import contextlib
 import io
 from pathlib import Path
 
-from layerwise.errors import TargetError
+from layerwise.base.errors import TargetError
+from layerwise.base.recipe import QuantRecipe
 from layerwise.targets import TargetInfo
 
+# OpenVINO CPU reads our QDQ ONNX: asymmetric uint8 activations as onnxruntime; the
+# zero-point-0 variant (symmetric_activations, unsigned_nonnegative, asymmetric_inputs) is a
+# recipe option (README: INT8 recipes)
 INFO = TargetInfo(name="openvino", runtime="openvino", precisions=("fp32", "bf16", "int8"),
-                  extra="openvino", legalize=("unguard_softmax",))
+                  extra="openvino", legalize=("unguard_softmax",),
+                  recipe=QuantRecipe(equalize_depthwise=1.0, equalize_pointwise=0.5))
 
 
 def emit(ir, out_dir: Path, opts=None) -> dict:

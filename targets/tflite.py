@@ -33,13 +33,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from layerwise.errors import TargetError
+from layerwise.base.errors import TargetError
+from layerwise.base.recipe import QuantRecipe
 from layerwise.targets import TargetInfo
 from layerwise.targets.tflite_calibrate import calibrate_ranges
 
+# LiteRT full-integer: int8 asymmetric activations, per-channel int8 weights, bias
+# correction, float logits, range equalization on the IR (README: INT8 recipes)
 INFO = TargetInfo(name="tflite", runtime="tflite", precisions=("fp32", "int8"),
                   extra="ai-edge-litert",
-                  legalize=("unguard_softmax",))
+                  legalize=("unguard_softmax",),
+                  recipe=QuantRecipe(calibration="mean_minmax", equalize_depthwise=1.0,
+                                     equalize_pointwise=0.5))
 FILE = "model.tflite"
 
 aten = torch.ops.aten
@@ -161,12 +166,6 @@ def _require_litert() -> None:
         import ai_edge_litert.schema_py_generated  # noqa: F401
     except ImportError as e:
         raise TargetError("the tflite target needs LiteRT: pip install ai-edge-litert") from e
-
-
-def layer_of(node) -> str:
-    """The innermost module path of a node ('' when it belongs to no submodule)."""
-    stack = node.meta.get("nn_module_stack") or {}
-    return list(stack.values())[-1][0] if stack else ""
 
 
 class Lowering:
@@ -353,6 +352,8 @@ class Lowering:
 
     def fail(self, node, why: str,
              hint: str = "Use --target onnx for this model, or report the op") -> TargetError:
+        from layerwise.targets.tflite_mixed import layer_of
+
         layer = layer_of(node) or "(top level)"
         return TargetError(
             f"tflite cannot map {node.target} (node {node.name}, layer {layer}): {why}. {hint}")
@@ -361,7 +362,11 @@ class Lowering:
 
     def run(self):
         from layerwise.targets.tflite_graph import identity
-        from layerwise.targets.tflite_ops import CONVERTERS
+        from layerwise.targets.tflite_nn import NN
+        from layerwise.targets.tflite_ops import OPS
+
+        assert not set(OPS) & set(NN), set(OPS) & set(NN)
+        converters = {**OPS, **NN}
 
         b = self.b
         live = self._live()
@@ -378,7 +383,7 @@ class Lowering:
         for n in self.gm.graph.nodes:
             if n.op != "call_function" or n in self.env or n not in live or n.target in SKIP:
                 continue
-            conv = CONVERTERS.get(n.target)
+            conv = converters.get(n.target)
             if conv is None:
                 raise self.fail(n, "no TFLite converter for this ATen op")
             self.int8 = self.quantized and n not in self.floats

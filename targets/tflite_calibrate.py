@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from layerwise.errors import TargetError
+from layerwise.base.errors import TargetError
 
 aten = torch.ops.aten
 METHODS = ("minmax", "mean_minmax", "percentile", "entropy", "mse")

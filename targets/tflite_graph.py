@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from layerwise.errors import TargetError
+from layerwise.base.errors import TargetError
 
 TYPES = {np.dtype("float32"): 0, np.dtype("int32"): 2, np.dtype("uint8"): 3,
          np.dtype("int64"): 4, np.dtype("bool"): 6, np.dtype("int16"): 7, np.dtype("int8"): 9}

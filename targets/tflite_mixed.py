@@ -72,6 +72,12 @@ HUGE = 1e30  # calibration ignores values beyond this (finfo.min masks)
 MASK_MARGIN = 10.0  # full integer: masked scores sit this far below the real ones' minimum
 
 
+def layer_of(node) -> str:
+    """The innermost module path of a node ('' when it belongs to no submodule)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else ""
+
+
 def _is_float(val) -> bool:
     """A float tensor, or a multi-output op whose first output is one (layer norm)."""
     if isinstance(val, (list, tuple)) and val:
@@ -95,7 +101,6 @@ def plan_float(cx, huge_names=frozenset(), *, weighted_matmuls_only: bool = True
     itself in float); `keep_fp32`: layer paths computed in float with float weights.
     `full_integer`: only what int8 cannot run at all, and the kept layers (the first entry
     is then the op to report)."""
-    from layerwise.targets.tflite import layer_of
 
     if full_integer:
         weighted_matmuls_only, float_linears_after = False, ()

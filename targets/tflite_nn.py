@@ -16,15 +16,12 @@ import operator
 import numpy as np
 import torch
 
+from layerwise.targets.tflite_fuse import absorb_activation
 from layerwise.targets.tflite_graph import QParams, symmetric_per_channel
-from layerwise.targets.tflite_ops import BINARY, permuted
+from layerwise.targets.tflite_ops import permuted
 
 aten = torch.ops.aten
 NN: dict = {}
-BROADCASTING = set(BINARY) | {aten.where.self}
-CLAMPS = {aten.hardtanh.default, aten.clamp.default, aten.clamp_min.default,
-          aten.clamp_max.default}
-ACT_CODES = {"RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
 NHWC = (0, 2, 3, 1)
 
 
@@ -35,54 +32,6 @@ def nn(*targets):
             NN[t] = fn
         return fn
     return deco
-
-
-def _num(x, want: float) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and float(x) == want
-
-
-# ---------------------------------------------------------------- fusion matchers
-
-def clamp_bounds(cx, node):
-    """(lo, hi, chain) of a clamp-like node, merging a following clamp(max=6) into
-    clamp(min=0) (how ReLU6 arrives decomposed); chain[-1] is the last node absorbed."""
-    t, a = node.target, list(node.args) + [None, None]
-    if t is aten.hardtanh.default:
-        lo, hi = (a[1] if a[1] is not None else -1.0), (a[2] if a[2] is not None else 1.0)
-    elif t is aten.clamp.default:
-        lo, hi = a[1], a[2]
-    elif t is aten.clamp_min.default:
-        lo, hi = a[1], None
-    else:
-        lo, hi = None, a[1]
-    lo = None if lo is None else float(lo)
-    hi = None if hi is None else float(hi)
-    chain = [node]
-    u = cx.sole_user(node)
-    if lo == 0.0 and hi is None and u is not None and u.target in CLAMPS and u.args[0] is node:
-        lo2, hi2, more = clamp_bounds(cx, u)
-        if lo2 is None and hi2 == 6.0:
-            hi, chain = 6.0, chain + more
-    return lo, hi, chain
-
-
-def absorb_activation(cx, node):
-    """(chain, code): node plus a following ReLU-family activation folded into it."""
-    from layerwise.targets.tflite_ops import ACT
-
-    if cx.dtype(node).kind != "f":
-        return [node], 0
-    u = cx.sole_user(node)
-    if u is None or not u.args or u.args[0] is not node:
-        return [node], 0
-    if u.target is aten.relu.default:
-        return [node, u], ACT_CODES["RELU"]
-    if u.target in CLAMPS:
-        lo, hi, chain = clamp_bounds(cx, u)
-        name = ACT.get((lo, hi))
-        if name in ACT_CODES:
-            return [node, *chain], ACT_CODES[name]
-    return [node], 0
 
 
 def absorb_batchnorm(cx, node):
@@ -104,29 +53,6 @@ def absorb_batchnorm(cx, node):
         scale = scale * np.asarray(cx.concrete(w), np.float64)
     shift = -mean * scale + (np.asarray(cx.concrete(b), np.float64) if b is not None else 0.0)
     return [node, u, gets[0]], (scale, shift)
-
-
-def match_hardswish(cx, node):
-    """HARD_SWISH for add(x, 3) -> clamp(0, 6) -> mul(x, .) -> div(., 6), else None."""
-    x, c = node.args[0], node.args[1]
-    if not isinstance(x, torch.fx.Node) or cx.is_const(x) or not _num(c, 3.0):
-        return None
-    u = cx.sole_user(node)
-    if u is None or u.target not in CLAMPS or u.args[0] is not node:
-        return None
-    lo, hi, chain = clamp_bounds(cx, u)
-    m = cx.sole_user(chain[-1])
-    if (lo, hi) != (0.0, 6.0) or m is None or m.target is not aten.mul.Tensor \
-            or set(m.args[:2]) != {x, chain[-1]}:
-        return None
-    d = cx.sole_user(m)
-    if d is None or d.target not in (aten.div.Tensor, aten.div.Scalar) or d.args[0] is not m \
-            or not _num(d.args[1], 6.0):
-        return None
-    out = cx.b.unary("HARD_SWISH", cx.value(x), d.name, cx.qparams(d))
-    for n in [node, *chain, m, d]:
-        cx.env[n] = out
-    return out
 
 
 def _bind(cx, chain, out):

@@ -1,7 +1,8 @@
 """ATen -> TFLite converters for elementwise, shape, reduction and indexing ops.
 
 Each converter is `fn(cx, node) -> Value | list` with `cx` the `tflite.Lowering`; the table
-`CONVERTERS` (this module's `OPS` plus `tflite_nn.NN`) maps an ATen overload to its converter.
+`OPS` here (with `tflite_nn.NN`, merged by `tflite.Lowering.run`) maps an ATen overload to its
+converter.
 Converters keep the input's layout where the op allows (elementwise, reductions, slices,
 concat on a mapped axis) and ask for torch's own order only where it matters (reshape).
 """
@@ -103,6 +104,8 @@ BINARY = {
     aten.logical_and.default: "LOGICAL_AND", aten.bitwise_and.Tensor: "LOGICAL_AND",
     aten.logical_or.default: "LOGICAL_OR", aten.bitwise_or.Tensor: "LOGICAL_OR",
 }
+# ops whose inputs broadcast (a view feeding only these needs no explicit shape)
+BROADCASTING = set(BINARY) | {aten.where.self}
 FUSABLE = {"ADD": "Add", "SUB": "Sub", "MUL": "Mul", "DIV": "Div"}
 COMPARE = {"EQUAL", "NOT_EQUAL", "LESS", "LESS_EQUAL", "GREATER", "GREATER_EQUAL"}
 NEGATED = {"EQUAL": "NOT_EQUAL", "NOT_EQUAL": "EQUAL"}  # exact with NaN too
@@ -110,7 +113,7 @@ NEGATED = {"EQUAL": "NOT_EQUAL", "NOT_EQUAL": "EQUAL"}  # exact with NaN too
 
 @reg(*BINARY)
 def binary(cx, node):
-    from layerwise.targets.tflite_nn import absorb_activation, match_hardswish
+    from layerwise.targets.tflite_fuse import absorb_activation, match_hardswish
 
     name = BINARY[node.target]
     a, b = node.args[0], node.args[1]
@@ -208,13 +211,9 @@ def pow_scalar(cx, node):
     return out
 
 
-ACT = {(0.0, 6.0): "RELU6", (0.0, None): "RELU", (-1.0, 1.0): "RELU_N1_TO_1",
-       (0.0, 1.0): "RELU_0_TO_1"}
-
-
 @reg(aten.hardtanh.default, aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default)
 def clamp(cx, node):
-    from layerwise.targets.tflite_nn import clamp_bounds
+    from layerwise.targets.tflite_fuse import ACT, clamp_bounds
 
     lo, hi, chain = clamp_bounds(cx, node)
     last = chain[-1]
@@ -332,8 +331,6 @@ def unsqueeze(cx, node):
 
 @reg(aten.expand.default)
 def expand(cx, node):
-    from layerwise.targets.tflite_nn import BROADCASTING
-
     x = cx.value(node.args[0])
     shape = cx.shape(node)
     if x.torch_shape == shape or all(u.target in BROADCASTING for u in node.users):
@@ -525,14 +522,3 @@ def index(cx, node):
         cx.b.op("GATHER", [table, cx.b.plain(cx.value(indices[0]))], [out], "Gather", axis=0)
         return out
     raise cx.fail(node, "only constant indices into a tensor, or one index into a constant")
-
-
-def all_converters() -> dict:
-    from layerwise.targets.tflite_nn import NN
-
-    both = set(OPS) & set(NN)
-    assert not both, both
-    return {**OPS, **NN}
-
-
-CONVERTERS = all_converters()

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from layerwise.errors import TargetError
+from layerwise.base.errors import TargetError
 from layerwise.runtime.native_trust import trust
 from layerwise.runtime.tvm import allow_threads, host_cores
 from layerwise.targets import TargetInfo

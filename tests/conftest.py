@@ -56,7 +56,7 @@ def hf_folders(tmp_path_factory) -> dict[str, Path]:
     import torch
     from transformers import AutoModel
 
-    from layerwise.zoo import minilm_path
+    from layerwise.sources.zoo import minilm_path
 
     root = tmp_path_factory.mktemp("hf")
     out = {}

@@ -42,7 +42,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from layerwise.errors import LayerwiseError
+from layerwise.base.errors import LayerwiseError
 
 
 class MethodError(LayerwiseError):
@@ -117,7 +117,7 @@ def get_method(name: str, **options: Any):
     """A new instance of the method registered under `name` (built in, or a plugin's entry
     point in group `layerwise.methods`)."""
     if name not in METHODS:
-        from layerwise.plugins import load, plugins
+        from layerwise.base.registry import load, plugins
 
         found = plugins("layerwise.methods")
         if name in found:

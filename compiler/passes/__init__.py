@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from layerwise.errors import LayerwiseError
+from layerwise.base.errors import LayerwiseError
 
 PASSES: dict[str, str] = {
     "legalize_views": "layerwise.compiler.passes.legalize:legalize_views",
@@ -20,7 +20,7 @@ PASSES: dict[str, str] = {
 
 def get_pass(name: str) -> Callable:
     """The pass function registered under `name`."""
-    from layerwise.plugins import find
+    from layerwise.base.registry import find
 
     return find("layerwise.passes", name, PASSES, LayerwiseError, "pass")
 

@@ -13,9 +13,9 @@ from collections import deque
 import torch
 from torch import fx
 
+from layerwise.base.errors import LayerwiseError
 from layerwise.compiler.ir import IR
 from layerwise.compiler.layers import Layer
-from layerwise.errors import LayerwiseError
 
 
 class DropLayersError(LayerwiseError):

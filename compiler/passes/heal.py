@@ -18,8 +18,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from layerwise.base.errors import LayerwiseError
 from layerwise.compiler.ir import IR, flat_tensors
-from layerwise.errors import LayerwiseError
 
 
 class HealError(LayerwiseError):

@@ -35,6 +35,7 @@ import torch
 from torch import fx, nn
 from torch.export import Dim
 
+from layerwise.base.errors import LayerwiseError
 from layerwise.compiler.ir import IR
 from layerwise.compiler.layers import build_layer_table
 from layerwise.compiler.passes.prune_groups import (
@@ -44,7 +45,6 @@ from layerwise.compiler.passes.prune_groups import (
     Segment,
 )
 from layerwise.compiler.passes.prune_layers import _shape
-from layerwise.errors import LayerwiseError
 
 aten = torch.ops.aten
 CRITERIA = ("l2", "activation", "taylor")

@@ -17,7 +17,7 @@ from torch import fx
 from layerwise.compiler.flops import size_hint
 
 if TYPE_CHECKING:
-    from layerwise.compiler.passes.prune_groups import Segment
+    from layerwise.compiler.passes.prune_units import Segment
 
 aten = torch.ops.aten
 _POOL_TUPLE = {aten.max_pool2d_with_indices.default, aten.adaptive_max_pool2d.default}

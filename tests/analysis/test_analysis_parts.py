@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from layerwise.analysis import analyze
-from layerwise.analysis.data import DataError, load_batches
 from layerwise.analysis.engine import Context, merge_states, run_baseline
 from layerwise.analysis.ensemble import aggregate, spearman
 from layerwise.analysis.methods import MethodError, get_method
 from layerwise.analysis.select import select_methods
 from layerwise.analysis.stats import CosineStats, CrossMoments
 from layerwise.analysis.tasks import TASKS, TaskError, get_task
+from layerwise.sources.data import DataError, load_batches
 from tests.analysis.planted import CRITICAL, IDENTITY, N_BLOCKS, planted
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from layerwise.base.errors import LayerwiseError
 from layerwise.compiler.frontend import lift
 from layerwise.compiler.passes import get_pass
 from layerwise.compiler.passes.drop_layers import DropLayersError
-from layerwise.errors import LayerwiseError
 from layerwise.sources import Source, load_source
 from tests.analysis.planted import ResMLP
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from layerwise.base.errors import ExportError
 from layerwise.compiler.frontend import lift
 from layerwise.compiler.ir import IR
 from layerwise.compiler.layers import blocks
-from layerwise.errors import ExportError
 from layerwise.sources import load_source
 from tests.conftest import FIXTURES
 

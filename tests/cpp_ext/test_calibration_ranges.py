@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from layerwise import cpp_ext
+from layerwise.base.errors import LayerwiseError
 from layerwise.cpp_ext import (
     Histogram,
     StreamingHistogram,
@@ -24,7 +25,6 @@ from layerwise.cpp_ext import (
     quantization_mse,
 )
 from layerwise.cpp_ext import calibrate as cal
-from layerwise.errors import LayerwiseError
 
 needs_native = pytest.mark.skipif(cpp_ext.native is None, reason="native kernels not built")
 

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from layerwise import cpp_ext
+from layerwise.base.errors import LayerwiseError
 from layerwise.cpp_ext import mutual_information, mutual_information_ksg
 from layerwise.cpp_ext.mutual_info import mutual_information_ksg_numpy, mutual_information_numpy
-from layerwise.errors import LayerwiseError
 
 needs_native = pytest.mark.skipif(cpp_ext.native is None, reason="native kernels not built")
 

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from layerwise import cpp_ext
+from layerwise.base.errors import LayerwiseError
 from layerwise.cpp_ext import CKAAccumulator, CosineAccumulator, linear_cka
 from layerwise.cpp_ext.similarity import cosine_sums_numpy, linear_cka_numpy
-from layerwise.errors import LayerwiseError
 
 needs_native = pytest.mark.skipif(cpp_ext.native is None, reason="native kernels not built")
 

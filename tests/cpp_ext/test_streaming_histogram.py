@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from layerwise import cpp_ext
+from layerwise.base.errors import LayerwiseError
 from layerwise.cpp_ext import StreamingHistogram, scan_range
 from layerwise.cpp_ext.histogram import scan_range_numpy, update_histogram_numpy
 from layerwise.cpp_ext.inputs import saturation_f32
-from layerwise.errors import LayerwiseError
 
 needs_native = pytest.mark.skipif(cpp_ext.native is None, reason="native kernels not built")
 F32_MIN = float(np.finfo(np.float32).min)

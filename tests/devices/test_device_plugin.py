@@ -8,7 +8,8 @@ import sys
 
 SCRIPT = """
 import json
-from layerwise.devices import list_devices, load_device, quant_recipe
+from layerwise.devices import list_devices, load_device
+from layerwise.targets import quant_recipe
 p = load_device("demo-board")
 print(json.dumps({"listed": "demo-board" in list_devices(), "target": p.target,
                   "int8": p.peak("int8"), "calibration": quant_recipe(p).calibration}))

@@ -6,9 +6,10 @@ from importlib.resources import files
 
 import pytest
 
-from layerwise.compiler.passes.quantize import QuantRecipe, recipe_for
-from layerwise.devices import list_devices, load_device, load_file, quant_recipe
-from layerwise.errors import LayerwiseError
+from layerwise.base.errors import LayerwiseError
+from layerwise.base.recipe import QuantRecipe
+from layerwise.devices import list_devices, load_device, load_file
+from layerwise.targets import quant_recipe, recipe_for
 
 REAL = ["rpi4", "rpi5", "jetson-orin-nano", "jetson-agx-orin", "i7-1185g7", "n100",
         "coral-edgetpu", "sd8gen2-x3"]

@@ -8,17 +8,18 @@ import torch
 from torch import nn
 
 from layerwise import api
+from layerwise.base.errors import LayerwiseError
 from layerwise.compiler.frontend import lift
 from layerwise.devices import predict
-from layerwise.devices.calibrate import (
+from layerwise.devices.latency.calibrate import (
     Case,
     _Design,
     calibrate_host,
     calibration_cases,
     load_calibration,
 )
-from layerwise.devices.graph_ops import op_records
-from layerwise.devices.roofline import (
+from layerwise.devices.latency.graph_ops import op_records
+from layerwise.devices.latency.roofline import (
     Factors,
     Machine,
     parallel_slowdown,
@@ -26,7 +27,6 @@ from layerwise.devices.roofline import (
     streams_dram,
     weight_tier,
 )
-from layerwise.errors import LayerwiseError
 from layerwise.sources import Source
 
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layerwise.devices.calibrate import export_onnx, exported, nchwc_block
-from layerwise.devices.graph_ops import op_records
+from layerwise.devices.latency.calibrate import export_onnx, exported, nchwc_block
+from layerwise.devices.latency.graph_ops import op_records
 
 BLOCK = nchwc_block()
 

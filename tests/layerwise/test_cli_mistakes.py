@@ -8,8 +8,8 @@ import argparse
 import numpy as np
 import pytest
 
-from layerwise.errors import LayerwiseError
-from layerwise.options import from_namespace
+from layerwise.base.errors import LayerwiseError
+from layerwise.base.params import from_namespace
 from layerwise.spec import SourceOptions
 from tests.conftest import FIXTURES
 from tests.layerwise.test_cli_errors import assert_user_error, run_cli

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from layerwise.outdir import MARKER
+from layerwise.base.outdir import MARKER
 from tests.conftest import FIXTURES, ROOT
 from tests.layerwise.test_cli_errors import assert_user_error, run_cli
 from tests.runtime.test_history import BROKEN, broken_db

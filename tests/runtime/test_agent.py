@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from layerwise import __version__
-from layerwise.errors import LayerwiseError
+from layerwise.base.errors import LayerwiseError
 from layerwise.runtime import profile
 from layerwise.runtime.remote import RemoteError, agent_info, remote_profile
 from tests.conftest import FIXTURES, ROOT

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from layerwise.errors import LayerwiseError
+from layerwise.base.errors import LayerwiseError
 from layerwise.runtime.agent_workdir import LOCK_NAME, claim
 from tests.fixtures.agent import write_token
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from layerwise.errors import BundleError
+from layerwise.base.errors import BundleError
 from layerwise.runtime.batching import run_in_slices, slice_step
 
 

@@ -74,7 +74,7 @@ def test_cli_run_npz(bundles, tmp_path):
 
 
 def test_power_modes_reach_the_runtime(bundles):
-    from layerwise.errors import TargetError
+    from layerwise.base.errors import TargetError
     from layerwise.runtime import open_bundle, open_runner
 
     path, _ = bundles(f"{FIXTURES}:lstm_classifier")

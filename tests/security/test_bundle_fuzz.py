@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from layerwise.errors import LayerwiseError
+from layerwise.base.errors import LayerwiseError
 from layerwise.runtime.bundle import open_bundle
 from layerwise.runtime.run import run_bundle
 from tests.conftest import FIXTURES

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from layerwise.errors import BundleError
+from layerwise.base.errors import BundleError
 from layerwise.runtime.bundle import open_bundle, sha256_file
 from tests.conftest import FIXTURES
 from tests.layerwise.test_cli_errors import assert_user_error, run_cli

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from layerwise.base.errors import SourceError
 from layerwise.compiler.load_program import check_expr, check_target, load_program
-from layerwise.errors import SourceError
 from tests.fixtures.hostile import HOSTILE_ARCHIVES, guard_code, plain_archive
 from tests.layerwise.test_cli_errors import assert_user_error, run_cli
 

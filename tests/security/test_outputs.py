@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from layerwise.outdir import MARKER, sweep
+from layerwise.base.outdir import MARKER, sweep
 from tests.conftest import FIXTURES
 from tests.layerwise.test_cli_errors import assert_user_error, run_cli
 from tests.runtime.test_history import read_only

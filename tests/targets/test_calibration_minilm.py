@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from layerwise.compiler.passes.quantize import QuantRecipe
+from layerwise.base.recipe import QuantRecipe
 from layerwise.runtime import open_bundle
 from layerwise.targets.onnx_quantize import calibrate
 

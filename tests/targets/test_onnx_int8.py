@@ -64,7 +64,7 @@ def test_int8_mobilenet_qdq_and_agreement(bundles, calib, tmp_path):
 
 
 def test_int8_needs_data_and_known_layers(tmp_path):
-    from layerwise.errors import LayerwiseError
+    from layerwise.base.errors import LayerwiseError
 
     with pytest.raises(LayerwiseError, match="needs --data"):
         api.compile("timm:resnet18", api.CompileOptions(out=str(tmp_path / "a"), precision="int8"))
@@ -165,7 +165,7 @@ def test_range_equalization_lowers_mobilenet_int8_error(bundles, tmp_path):
     kernels stay near the unfused Q/DQ graph (7-bit on the Zen 3: 0.043 apart)."""
     from dataclasses import replace
 
-    from layerwise.compiler.passes.quantize import RECIPES
+    from layerwise.targets.onnx import INFO
     from layerwise.targets.onnx_quantize import _session, quantize_model, u8s8_saturates
 
     fp32_path, _ = bundles("zoo:mobilenet-v2")
@@ -175,8 +175,8 @@ def test_range_equalization_lowers_mobilenet_int8_error(bundles, tmp_path):
     x = photo_crops(32, seed=4)
     ref = _session(str(src)).run(None, {"x": x})[0]
     err = {}
-    for name, recipe in (("on", RECIPES["onnx"]), ("off", replace(
-            RECIPES["onnx"], equalize_depthwise=0.0, equalize_pointwise=0.0))):
+    for name, recipe in (("on", INFO.recipe), ("off", replace(
+            INFO.recipe, equalize_depthwise=0.0, equalize_pointwise=0.0))):
         info = quantize_model(src, tmp_path / f"{name}.onnx", batches, recipe, set())
         assert (info["equalized_activations"] > 0) == (name == "on")
         assert info["weight_bits"] == (7 if u8s8_saturates() else 8)

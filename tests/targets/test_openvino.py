@@ -29,7 +29,7 @@ def test_runner_compiles_each_input_shape_statically(bundles):
     """A dynamic-batch bundle runs on a model reshaped and compiled for each shape it is fed
     (OpenVINO's static-shape path), up to MAX_SHAPES; the outputs equal the dynamic model's,
     and a shape the model cannot take is a one-line error."""
-    from layerwise.errors import BundleError
+    from layerwise.base.errors import BundleError
     from layerwise.runtime import openvino as ov_runtime
 
     path, _ = bundles("timm:resnet18", "openvino")
@@ -73,12 +73,12 @@ def test_int8_from_our_qdq_runs_int8_convolutions(bundles, tmp_path, monkeypatch
     from dataclasses import replace
 
     from layerwise import api
-    from layerwise.compiler.passes import quantize
     from layerwise.images import photo_crops
+    from layerwise.targets import openvino
 
     if zero_point_0:
-        monkeypatch.setitem(quantize.RECIPES, "openvino",
-                            replace(quantize.RECIPES["openvino"], **ZERO_POINT_0))
+        monkeypatch.setattr(openvino, "INFO", replace(
+            openvino.INFO, recipe=replace(openvino.INFO.recipe, **ZERO_POINT_0)))
     np.savez(tmp_path / "calib.npz", x=photo_crops(16, seed=2))
     _, fp32 = bundles("zoo:mobilenet-v2")
     out = tmp_path / "q"

@@ -130,7 +130,7 @@ def test_fp16_cnn_halves_the_file(bundles, tmp_path):
 
 
 def test_weight_only_needs_linears_and_unknown_precision_is_refused(tmp_path):
-    from layerwise.errors import LayerwiseError
+    from layerwise.base.errors import LayerwiseError
 
     with pytest.raises(LayerwiseError, match="offers"):
         api.compile("zoo:mobilenet-v2", api.CompileOptions(out=str(tmp_path / "a"),

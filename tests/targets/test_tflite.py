@@ -17,8 +17,8 @@ from torch import nn
 
 pytest.importorskip("ai_edge_litert")
 
+from layerwise.base.errors import TargetError
 from layerwise.compiler.frontend import lift
-from layerwise.errors import TargetError
 from layerwise.runtime import compare, open_bundle, open_runner
 from layerwise.sources import Source, load_source
 from layerwise.targets.tflite import calibrate_ranges, emit_tflite
@@ -434,7 +434,8 @@ def _const_bytes(path) -> int:
 
 def test_keep_fp32_layers_stay_float(tiny_bert, tmp_path):
     """--keep-fp32 layers compute in float with float weights inside the int8 model."""
-    from layerwise.compiler.passes.quantize import quantize, recipe_for
+    from layerwise.compiler.passes.quantize import quantize
+    from layerwise.targets import recipe_for
 
     ir, ranges = tiny_bert
     quantize(ir, recipe_for("tflite"), keep_fp32=["bert.encoder.layer.1"])

@@ -12,8 +12,8 @@ from torch import nn
 
 pytest.importorskip("ai_edge_litert")
 
+from layerwise.base.errors import TargetError
 from layerwise.compiler.frontend import lift
-from layerwise.errors import TargetError
 from layerwise.runtime import open_runner
 from layerwise.sources import Source
 from layerwise.targets.tflite import calibrate_ranges, emit_tflite
@@ -34,7 +34,7 @@ from tests.targets.test_tflite import (
 def full_bert(tmp_path_factory):
     """The tiny BERT with Coral's recipe (full integer), emitted in fp32 and int8."""
     from layerwise.compiler.passes.quantize import quantize
-    from layerwise.devices.loader import quant_recipe
+    from layerwise.targets import quant_recipe
 
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from layerwise import api
-from layerwise.errors import TargetError, VerificationError
+from layerwise.base.errors import TargetError, VerificationError
 from layerwise.runtime import open_bundle, open_runner
 from tests.conftest import FIXTURES
 
@@ -180,7 +180,7 @@ def test_batch_norms_fold_into_convs(tmp_path):
 def test_a_library_compiled_elsewhere_needs_trust(untuned, tmp_path, monkeypatch):
     """A TVM model is native code: loaded only when compiled on this machine (its sha256 in
     the trust file) or with --trust-native; a trust file others may write counts for nothing."""
-    from layerwise.errors import BundleError
+    from layerwise.base.errors import BundleError
     from layerwise.runtime.native_trust import trust_file
     from tests.layerwise.test_cli_errors import assert_user_error, run_cli
 

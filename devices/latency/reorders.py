@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from layerwise.devices.graph_ops import OpRecord, op_name
+from layerwise.devices.latency.op_record import OpRecord, op_name
 
 # ops with an NCHWc kernel once their inputs are NCHWc
 _FOLLOW = frozenset(("relu", "sigmoid", "tanh", "gelu", "_native_batch_norm_legit_no_training",

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from layerwise.devices.graph_ops import COMPUTE, KIND_NAMES, ROW_FLOPS, OpRecord, op_records
+from layerwise.base.errors import LayerwiseError
+from layerwise.devices.latency.graph_ops import COMPUTE, KIND_NAMES, ROW_FLOPS, OpRecord, op_records
 from layerwise.devices.loader import DeviceProfile, load_device
-from layerwise.errors import LayerwiseError
 
 # uncalibrated compute efficiency per op kind (fraction of the published peak); memory-bound
 # kinds barely use the ALUs, so their figure only matters when they are compute bound
@@ -221,8 +221,8 @@ def machine_for(profile: DeviceProfile, calibration: dict | None) -> Machine:
 
 def _ir_of(ir, progress):
     if not hasattr(ir, "program"):  # SPEC strings are lifted by layerwise.api.predict
-        raise LayerwiseError("devices.roofline.predict takes a lifted IR (layerwise.api.lift); "
-                             "for a SPEC use layerwise.api.predict")
+        raise LayerwiseError("devices.latency.roofline.predict takes a lifted IR "
+                             "(layerwise.api.lift); for a SPEC use layerwise.api.predict")
     return ir
 
 
@@ -230,9 +230,8 @@ def predict(spec_or_ir, device: str | DeviceProfile = "host", batch: int = 1,
             precision: str | None = None, *, progress=lambda _: None,
             calibration: dict | None = None) -> dict:
     """Predicted latency of a model (SPEC or IR) on a device at `batch`, with a breakdown by
-    the layer table's blocks and depth-1 layers. `host` is calibrated on first use (a few
-    minutes; the result is cached under $LAYERWISE_HOME or ~/.layerwise); `calibration` picks
-    another stored one (e.g. single-threaded)."""
+    the layer table's blocks and depth-1 layers. A device with measured peaks (`host`) needs
+    its `calibration` (devices.latency.predict calibrates it on first use)."""
     if batch < 1:
         raise LayerwiseError(f"--batch must be >= 1, got {batch}")
     profile = device if isinstance(device, DeviceProfile) else load_device(device)
@@ -243,10 +242,8 @@ def predict(spec_or_ir, device: str | DeviceProfile = "host", batch: int = 1,
         raise LayerwiseError(f"device {profile.name} runs {', '.join(profile.precisions)}, not "
                              f"{prec}; pick one of those with --precision")
     if profile.measured and calibration is None:
-        from layerwise.devices.calibrate import calibrate_host
-
-        progress("calibrating the host (first use only)")
-        calibration = calibrate_host()
+        raise LayerwiseError(f"{profile.name}'s peaks are measured: pass its calibration "
+                             "(layerwise.devices.predict calibrates on first use)")
     if not profile.measured:
         calibration = None
     m = machine_for(profile, calibration)

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from layerwise.devices.calibration_set import Case, calibration_cases
+from layerwise.base.errors import LayerwiseError
 from layerwise.devices.cpu import cpu_flags, has_vnni, is_x86
-from layerwise.devices.graph_ops import COMPUTE, KIND_NAMES, ROW_FLOPS, OpRecord, op_records
-from layerwise.devices.roofline import (
+from layerwise.devices.latency.calibration_set import Case, calibration_cases
+from layerwise.devices.latency.graph_ops import COMPUTE, KIND_NAMES, ROW_FLOPS, OpRecord, op_records
+from layerwise.devices.latency.roofline import (
     DEFAULT_COMPUTE,
     DEFAULT_MEMORY,
     Factors,
@@ -37,7 +38,6 @@ from layerwise.devices.roofline import (
     streams_dram,
     weight_tier,
 )
-from layerwise.errors import LayerwiseError
 
 FORMAT = "layerwise-calibration/3"
 PRIOR_OVERHEAD_US = 10.0

@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from layerwise.errors import LayerwiseError
+from layerwise.base.errors import LayerwiseError
 
 
 def opt(default: Any, help: str, *, minimum: float | None = None,

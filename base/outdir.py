@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
-from layerwise.errors import LayerwiseError
+from layerwise.base.errors import LayerwiseError
 
 MARKER = ".layerwise-partial"  # inside each temp dir: "layerwise-partial PID HOST"
 _MAGIC = "layerwise-partial"

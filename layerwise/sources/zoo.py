@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layerwise.errors import SourceError
-from layerwise.sources import Source, SourceOptions, example_images, example_text, offline_hub
+from layerwise.base.errors import SourceError
+from layerwise.sources.source import Source, example_images, example_text, offline_hub
+from layerwise.spec import SourceOptions
 
 
 class SentenceEncoder(nn.Module):

@@ -1,4 +1,4 @@
-"""The public entry points the CLI calls: `devices_table`, `predict`, `calibrate_host`."""
+"""`layerwise devices`: every profile as a table row."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from layerwise.devices.loader import list_devices, load_device
 def devices_table() -> dict:
     """Every known device with its target, precisions, peaks, bandwidth and INT8 recipe (for
     `layerwise devices`). The host's peaks appear once it has been calibrated."""
-    from layerwise.devices.calibrate import load_calibration
+    from layerwise.devices.latency.calibrate import load_calibration
 
     rows = []
     for name in list_devices():
@@ -27,19 +27,3 @@ def devices_table() -> dict:
             "measured": p.measured, "calibrated": calibrated,
         })
     return {"devices": rows}
-
-
-def predict(spec_or_ir, device: str = "host", batch: int = 1, precision: str | None = None,
-            progress=lambda _: None) -> dict:
-    """Predicted latency of a lifted IR on `device`; see devices.roofline.predict."""
-    from layerwise.devices.roofline import predict as _predict
-
-    return _predict(spec_or_ir, device, batch=batch, precision=precision, progress=progress)
-
-
-def calibrate_host(force: bool = False, progress=lambda _: None) -> dict:
-    """Measure this machine (peaks, bandwidth, per-kind efficiency) or reuse the stored
-    calibration; see devices.calibrate.calibrate_host."""
-    from layerwise.devices.calibrate import calibrate_host as _calibrate
-
-    return _calibrate(force=force, progress=progress)

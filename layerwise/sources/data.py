@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from layerwise.analysis.engine import Batch
-from layerwise.errors import LayerwiseError
+from layerwise.base.errors import LayerwiseError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 

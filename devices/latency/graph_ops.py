@@ -10,7 +10,8 @@ that consumes the single-use output of a conv or matmul is fused into it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+
+from layerwise.devices.latency.op_record import OpRecord, op_name
 
 # op-kind of each Core ATen op (by overload packet name); anything unlisted that is pointwise
 # counts as elementwise
@@ -68,31 +69,6 @@ ELEMENT_COST = {"gelu": 20.0, "erf": 14.0, "tanh": 8.0, "exp": 6.0, "sigmoid": 5
 ROW_FLOPS = 500.0
 KIND_NAMES = ("conv", "dwconv", "matmul", "elementwise", "transcendental", "norm", "softmax",
               "pool", "reduce", "copy", "reorder")
-
-
-@dataclass(frozen=True, slots=True)
-class OpRecord:
-    """One node as a runtime sees it. `fused` ops cost their FLOPs inside their producer;
-    kind "view" costs a launch only; free ops have no record."""
-
-    name: str
-    op: str
-    kind: str
-    flops: float
-    bytes: float  # activations in + out (after resolving views) + weights read
-    weight_bytes: float
-    layer: str  # row of the breakdown (block or depth-1 layer), '' when outside any layer
-    fused: bool = False
-    outputs: float = 0.0  # elements a conv or matmul writes (its epilogue: bias, activation)
-    rows: float = 0.0  # rows a layer / RMS norm normalizes (each costs ROW_FLOPS)
-
-
-def op_name(target) -> str:
-    """'convolution' for aten.convolution.default, 'getitem' for operator.getitem."""
-    packet = getattr(target, "overloadpacket", None)
-    if packet is not None:
-        return packet.__name__
-    return getattr(target, "__name__", str(target)).split(".")[-1]
 
 
 class _Shapes:
@@ -265,7 +241,7 @@ def op_records(program, layers=None, batch: int | None = 1,
                                       else 0.0, rows=_rows(node, name, kind, shapes))
         producer_kind[node.name] = kind if into is None else producer_kind[into.name]
     if nchwc_block > 0:
-        from layerwise.devices.reorders import reorder_records
+        from layerwise.devices.latency.reorders import reorder_records
 
         records.update(reorder_records(graph, records, free_src, constant, shapes=shapes, rows=rows,
                                        block=nchwc_block))

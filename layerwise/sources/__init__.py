@@ -7,39 +7,30 @@ Example inputs always have batch 2 so that export can keep the batch dimension d
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import inspect
-import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from layerwise.errors import SourceError
+from layerwise.base.errors import SourceError
+from layerwise.sources.source import (
+    BATCH,
+    Source,
+    example_images,
+    example_text,
+    first_line,
+    offline_hub,
+    seeded,
+)
 from layerwise.spec import SCHEMES, SourceOptions
 
-BATCH = 2
-
-
-@dataclass
-class Source:
-    """What a SPEC resolves to. `module` is None for a `.pt2` program (then `program` is set)."""
-
-    spec: str
-    module: nn.Module | None
-    inputs: dict[str, torch.Tensor]
-    modality: str  # text | vision | audio | multimodal | sequence | graph | tabular
-    task: str = "feature-extraction"
-    notes: list[str] = field(default_factory=list)
-    program: Any = None  # torch.export.ExportedProgram when loaded from .pt2
-    tokenizer: Any = None
-
+__all__ = ["BATCH", "Source", "SourceOptions", "example_images", "example_text", "load_source",
+           "offline_hub", "seeded"]
 
 def load_source(spec: str, options: SourceOptions | None = None) -> Source:
     """Resolve SPEC to a Source; raises SourceError with what to do on any failure."""
@@ -64,54 +55,7 @@ def load_source(spec: str, options: SourceOptions | None = None) -> Source:
 # ---------------------------------------------------------------- example inputs
 
 
-def example_images(size: int | tuple[int, int], mean=(0.485, 0.456, 0.406),
-                   std=(0.229, 0.224, 0.225), count: int = BATCH) -> torch.Tensor:
-    """Real photos (scikit-image's chelsea, astronaut, coffee, ...), centre-cropped and
-    normalised."""
-    from skimage import data as skdata
-
-    h, w = (size, size) if isinstance(size, int) else size
-    photos = [skdata.chelsea(), skdata.astronaut(), skdata.coffee(), skdata.rocket()]
-    out = []
-    for i in range(count):
-        img = torch.from_numpy(photos[i % len(photos)].copy()).permute(2, 0, 1).float() / 255.0
-        side = min(img.shape[1:])
-        top, left = (img.shape[1] - side) // 2, (img.shape[2] - side) // 2
-        img = img[:, top : top + side, left : left + side]
-        img = nn.functional.interpolate(img[None], size=(h, w), mode="bilinear",
-                                        antialias=True, align_corners=False)[0]
-        if i >= len(photos):
-            img = img.flip(-1)
-        out.append(img)
-    x = torch.stack(out)
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-
-
-def example_text(tokenizer, seq_len: int, count: int = BATCH) -> dict[str, torch.Tensor]:
-    """Tokenized real sentences padded to seq_len: input_ids and attention_mask."""
-    from layerwise.text import stdlib_sentences
-
-    sentences = stdlib_sentences(count)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    enc = tokenizer(sentences, padding="max_length", truncation=True, max_length=seq_len,
-                    return_tensors="pt")
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-
-
 # ---------------------------------------------------------------- schemes
-
-
-@contextlib.contextmanager
-def seeded(seed: int = 0):
-    """Random weights that are the same on every load of a SPEC (two compiles of
-    `timm:resnet18`, FP32 and INT8, must quantize the same network), without touching the
-    caller's random state."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def _from_timm(name: str, opts: SourceOptions) -> Source:
@@ -151,13 +95,13 @@ def _from_torchvision(name: str, opts: SourceOptions) -> Source:
 
 
 def _from_hf(path: str, opts: SourceOptions) -> Source:
-    from layerwise.hf import load_hf_folder
+    from layerwise.sources.hf import load_hf_folder
 
     return load_hf_folder(path, opts)
 
 
 def _from_zoo(name: str, opts: SourceOptions) -> Source:
-    from layerwise.zoo import ZOO
+    from layerwise.sources.zoo import ZOO
 
     if name not in ZOO:
         raise SourceError(f"unknown zoo model {name!r}: available are {', '.join(sorted(ZOO))}")
@@ -188,7 +132,7 @@ def _load_weights(model: nn.Module, path: str) -> None:
             state = state["state_dict"]
         model.load_state_dict(state)
     except Exception as e:
-        raise SourceError(f"cannot load weights from {path!r}: {_first_line(e)}") from e
+        raise SourceError(f"cannot load weights from {path!r}: {first_line(e)}") from e
 
 
 def _import_file(path: str):
@@ -203,7 +147,7 @@ def _import_file(path: str):
         spec.loader.exec_module(module)
     except Exception as e:
         del sys.modules[name]
-        raise SourceError(f"importing {path} failed: {_first_line(e)}") from e
+        raise SourceError(f"importing {path} failed: {first_line(e)}") from e
     return module
 
 
@@ -214,9 +158,9 @@ def _import_module(name: str, spec: str):
         if e.name and name.startswith(e.name):
             raise SourceError(f"unknown SPEC {spec!r}: {name!r} is neither a scheme nor an "
                               f"importable module; use one of {SCHEMES}") from e
-        raise SourceError(f"importing {name} failed: {_first_line(e)}") from e
+        raise SourceError(f"importing {name} failed: {first_line(e)}") from e
     except Exception as e:
-        raise SourceError(f"importing {name} failed: {_first_line(e)}") from e
+        raise SourceError(f"importing {name} failed: {first_line(e)}") from e
 
 
 def _from_factory(spec: str, module, attr: str, opts: SourceOptions) -> Source:
@@ -227,7 +171,7 @@ def _from_factory(spec: str, module, attr: str, opts: SourceOptions) -> Source:
     try:
         made = factory()
     except Exception as e:
-        raise SourceError(f"factory {spec!r} raised {type(e).__name__}: {_first_line(e)}") from e
+        raise SourceError(f"factory {spec!r} raised {type(e).__name__}: {first_line(e)}") from e
     modality = "tabular"
     if isinstance(made, nn.Module):
         model, inputs = made, None
@@ -290,23 +234,3 @@ def _inputs_from_program(ep) -> dict[str, torch.Tensor]:
         else:
             out[spec.arg.name] = torch.randint(0, 2, shape, generator=gen).to(val.dtype)
     return out
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]
-
-
-def offline_hub() -> None:
-    """Never reach a model hub: weights come from packages and local folders only."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:
-        pass

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import torch
 
-from layerwise.errors import SourceError
-from layerwise.sources import (
+from layerwise.base.errors import SourceError
+from layerwise.sources.source import (
     BATCH,
     Source,
-    SourceOptions,
     example_images,
     example_text,
     offline_hub,
 )
+from layerwise.spec import SourceOptions
 
 
 def load_hf_folder(path: str, opts: SourceOptions) -> Source:
