@@ -26,7 +26,8 @@ class QuantRecipe:
     asymmetric_inputs: bool = False
     per_channel: bool = True  # per-output-channel symmetric int8 weights
     # minmax | mean_minmax (NNCF's default: mean over inputs of each one's extremes) |
-    # percentile | entropy | mse; mean_minmax measured best on MobileNetV2 and MiniLM
+    # percentile | entropy | mse; the default, as one outlier input does not stretch the range
+    # (README: INT8 recipes)
     calibration: str = "mean_minmax"
     percentile: float = 99.999
     bins: int = 2048
@@ -40,12 +41,11 @@ class QuantRecipe:
     weighted_matmuls_only: bool = True  # leave activation x activation matmuls in float
     # models with attention (a Softmax): only the weighted linears get Q/DQ (residual adds,
     # layer norms and softmax stay float, as NNCF's transformer model type), and linears fed
-    # by these ops stay float (GELU's long-tailed outputs: per-tensor int8 on MiniLM's
-    # FFN down-projections costs 4.5% cosine, see bench/compress.py)
+    # by these ops stay float (GELU's outputs are long-tailed, so one per-tensor int8 scale
+    # leaves the bulk of them few levels; README: INT8 recipes)
     transformer_op_types: tuple[str, ...] = ("Gemm", "MatMul")
     # models with attention: asymmetric uint8 activations whatever symmetric_activations says
-    # (NNCF's mixed preset for transformers; MiniLM on OpenVINO: cosine 0.9944 to fp32
-    # against 0.9909 symmetric)
+    # (NNCF's mixed preset for transformers; closer to fp32 than symmetric, README: INT8 recipes)
     transformer_asymmetric: bool = False
     float_linears_after: tuple[str, ...] = ("Gelu",)
     quantize_bias: bool = True  # int32 bias (onnxruntime) or float bias (TensorRT)

@@ -8,6 +8,9 @@ import importlib
 from importlib.metadata import entry_points
 
 GROUPS = ("layerwise.methods", "layerwise.passes", "layerwise.targets", "layerwise.devices")
+# The built-in targets by name, the one list: targets/__init__ maps each to its module, device
+# profiles name one of them (or a plugin's) as data.
+TARGET_NAMES = ("onnx", "openvino", "tflite", "tensorrt", "tvm")
 
 
 def plugins(group: str) -> dict[str, str]:

@@ -27,10 +27,11 @@ import numpy as np
 import layerwise
 from layerwise.api import CompileOptions, ProfileOptions
 from layerwise.base.errors import LayerwiseError
+from layerwise.base.registry import TARGET_NAMES
 from layerwise.runtime import open_runner
 
 MODELS = ["timm:resnet18", "zoo:mobilenet-v2", "zoo:minilm-l6", "timm:vit_tiny_patch16_224"]
-TARGETS = ["onnx", "openvino", "tflite", "tvm", "tensorrt"]
+TARGETS = list(TARGET_NAMES)
 
 
 def data_for(spec: str, tmp: Path, n_calib: int, n_held: int) -> tuple[Path, list[dict]]:

@@ -13,7 +13,7 @@ import warnings
 
 # libgomp spins ~300k iterations at every barrier by default. When another process holds one
 # of the two cores, the spinning thread keeps its partner off the CPU for a time slice at every
-# parallel region (measured: MiniLM histograms 3.6 s instead of 0.17 s). Threads sleep instead,
+# parallel region, which slows the kernels many times over. Threads sleep instead,
 # unless the user chose a policy. Read once, when the OpenMP runtime loads with `_native`.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -254,7 +254,7 @@ def _occupied(s: np.ndarray, e: np.ndarray, row: np.ndarray,
               zero: int) -> tuple[np.ndarray, np.ndarray]:
     """Windows that stay inside the occupied bins (and edge `zero`): a window reaching into
     an empty tail spends levels on nothing yet can score a lower KL (a ReLU6 output with a
-    spike at 0 and a histogram grown below 0 picked [0, 5e-4] instead of [0, 2.5])."""
+    spike at 0, in a histogram grown below 0, would clip to a sliver above 0)."""
     nz = np.flatnonzero(row)
     first, last = min(int(nz[0]), zero), max(int(nz[-1]) + 1, zero)
     keep = (s >= first) & (e <= last)

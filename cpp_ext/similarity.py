@@ -1,8 +1,8 @@
 """Streaming similarity between representations: per-token cosine / angular distance, linear CKA.
 
 Cosine runs natively in one pass over x and y (no products or normalised copies). CKA's work
-is three Gram products, which BLAS already does near peak (measured: 260 GFLOP/s sgemm on 2
-cores), so the accumulator calls BLAS through NumPy rather than a hand-written C++ GEMM.
+is three Gram products, which BLAS already does near peak, so the accumulator calls BLAS
+through NumPy rather than a hand-written C++ GEMM.
 """
 
 from __future__ import annotations

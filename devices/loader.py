@@ -17,9 +17,9 @@ from typing import Any
 from layerwise.base import registry as plugins
 from layerwise.base.errors import LayerwiseError
 from layerwise.base.recipe import recipe_keys
+from layerwise.base.registry import TARGET_NAMES
 
 GROUP = "layerwise.devices"
-TARGETS = ("onnx", "openvino", "tflite", "tensorrt", "tvm")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-dynamic", "int8-weight", "int4-weight")
 ACTIVATION_DTYPES = ("int8", "uint8")
 CALIBRATIONS = ("minmax", "mean_minmax", "percentile", "entropy", "mse")
@@ -119,8 +119,10 @@ def validate(data: dict, where: str) -> DeviceProfile:
     unknown = sorted(set(data) - set(_FIELDS))
     if unknown:
         raise _fail(where, f"unknown field '{unknown[0]}'; known fields: {', '.join(_FIELDS)}")
-    if data["target"] not in TARGETS:
-        raise _fail(where, f"field 'target' is {data['target']!r}; use one of {', '.join(TARGETS)}")
+    targets = (*TARGET_NAMES, *plugins.plugins("layerwise.targets"))
+    if data["target"] not in targets:
+        raise _fail(where, f"field 'target' is {data['target']!r}; use one of "
+                    f"{', '.join(targets)}")
     precisions = tuple(data["precisions"])
     bad = [p for p in precisions if p not in PRECISIONS]
     if not precisions or bad:

@@ -1,141 +1,28 @@
-"""Public API: `inspect`, `compile`, `profile` — the CLI is a thin layer over these."""
+"""Public API: `inspect`, `analyze`, `compile` (here), `profile` and `predict`
+(layerwise.latency) — the CLI is a thin layer over these."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from layerwise.base.errors import LayerwiseError, VerificationError
-from layerwise.base.params import opt
+from layerwise.latency import predict, profile
 from layerwise.manifest import artifact_batch, build_manifest
+from layerwise.options import AnalyzeOptions, CompileOptions, ProfileOptions
+from layerwise.record import record_run
 
 Progress = Callable[[str], None]
 # prune ratios the plan search tries after choosing the depth (largest first) unless --prune
 SEARCH_PRUNE_RATIOS = (0.5, 0.25, 0.125)
 
 
-@dataclass(frozen=True)
-class CompileOptions:
-    """What `compile` takes besides the SPEC and source options."""
-
-    target: str | None = opt(None, "backend: onnx, openvino, tflite, tensorrt, tvm (default: "
-                             "the --device's target, else onnx)")
-    tune_trials: int = opt(0, "tvm: MetaSchedule trials (0: untuned, or apply --tune-db / the "
-                           "database of the tvm bundle at --out with --force)", minimum=0)
-    tune_db: str | None = opt(None, "tvm: tuning database to start from (a folder or a tvm "
-                              "bundle)")
-    tvm_cross: str | None = opt(None, "tvm: also cross-compile for aarch64[:mcpu]")
-    device: str | None = opt(None, "device profile (see `layerwise devices`): its target, "
-                             "precisions and INT8 recipe; the plan search predicts latency on "
-                             "it unless --remote measures it")
-    out: str | None = opt(None, "bundle directory to write (required)")
-    force: bool = opt(False, "replace an existing --out directory")
-    tolerance: float | None = opt(None, "largest rel_err accepted when verifying the artifact "
-                                  "(default 1e-4 for fp32; 0.5 for lossy precisions, a "
-                                  "sanity bound: "
-                                  "quality bounds belong to the plan search)")
-    precision: str = opt("fp32", "fp32; int8 (static, calibrated on --data); int8-dynamic "
-                         "(linears, activations quantized at run time); int8-weight or "
-                         "int4-weight (weight-only linears); fp16 — as the target offers")
-    data: str | None = opt(None, "calibration data: .npz, image folder, text file, module:factory")
-    calibration: str | None = opt(None, "int8 calibration: minmax|percentile|entropy|mse "
-                                  "(default: the target's recipe)")
-    keep_fp32: str | None = opt(None, "comma-separated layer paths kept in fp32 under a lower "
-                                "precision")
-    max_drop: str | None = opt(None, "search the plan: largest quality loss allowed on held-out "
-                               "--data, e.g. 1% (drops blocks, tries int8)")
-    max_latency_ms: float | None = opt(None, "plan search: latency bound (target runtime, batch 1)")
-    max_size_mb: float | None = opt(None, "plan search: model size bound in MiB")
-    passes: str | None = opt(None, "extra passes (comma-separated names, plugins included) run "
-                             "before emitting")
-    drop: str | None = opt(None, "comma-separated block paths to drop (see `inspect`); the "
-                           "plan search (--max-drop) chooses them itself")
-    prune: float | None = opt(None, "structured pruning: remove this fraction of the conv "
-                              "channels, MLP hidden units and attention heads of every "
-                              "prunable dependency group (e.g. 0.5)")
-    prune_criterion: str | None = opt(None, "channel scores for --prune: l2 (data-free), "
-                                      "activation or taylor (default: activation with --data, "
-                                      "else l2)")
-    heal_steps: int = opt(0, "after dropping or pruning: distil the original model into the "
-                          "smaller one for this many steps on --data (0: off)", minimum=0)
-    heal_lr: float = opt(5e-5, "learning rate of --heal-steps (AdamW, cosine schedule)")
-    remote: str | None = opt(None, "plan search: measure candidates' latency on the device "
-                             "agent at this URL (see `layerwise agent`) instead of here")
-    token_file: str | None = opt(None, "file holding the agent's token (with --remote)")
-    db: str | None = opt(None, "results database (default $LAYERWISE_DB or ~/.layerwise/runs.db; "
-                               "'none' records nothing)")
-
-
-@dataclass(frozen=True)
-class ProfileOptions:
-    """What `profile` takes besides the bundle directory."""
-
-    runs: int = opt(100, "timed runs", minimum=1)
-    warmup: int = opt(10, "untimed warm-up runs", minimum=0)
-    threads: int = opt(0, "intra-op threads (0: the runtime's default)", minimum=0)
-    batch: int | None = opt(None, "batch size to profile (default 1 when the batch is dynamic)",
-                            minimum=1)
-    per_op: bool = opt(False, "also report time per op type (the runtime's profiler)")
-    power_mode: str | None = opt(None, "runtime power setting: performance | balanced | "
-                                 "efficiency (onnxruntime: worker spinning; OpenVINO: hint, "
-                                 "core type, pinning); other runtimes refuse it")
-    baseline: str | None = opt(None, "also time a baseline in the same run: 'eager' (torch)")
-    baseline_spec: str | None = opt(None, "the model the eager baseline times (default: the "
-                                    "bundle's SPEC when it is a timm:, torchvision:, hf: or "
-                                    "zoo: model; a Python factory must be named here)")
-    trust_native: bool = opt(False, "load a native model library (a TVM bundle) compiled on "
-                             "another machine: it runs its own code")
-    db: str | None = opt(None, "results database (default $LAYERWISE_DB or ~/.layerwise/runs.db; "
-                               "'none' records nothing)")
-    remote: str | None = opt(None, "profile on the device agent at this URL "
-                                   "(http://HOST:8700, see `layerwise agent`) instead of here")
-    token_file: str | None = opt(None, "file holding the agent's token (with --remote)")
-
-
-@dataclass(frozen=True)
-class AnalyzeOptions:
-    """What `analyze` takes besides the SPEC and source options."""
-
-    data: str | None = opt(None, "data: .npz, image folder, text file (one example per line), "
-                           "or module:factory; none runs the data-free methods only")
-    methods: str = opt("auto", "comma-separated method names, 'auto' (picked within --budget) "
-                       "or 'all'")
-    out: str | None = opt(None, "directory for importance.json and report.html (required)")
-    force: bool = opt(False, "replace an existing --out directory")
-    task: str | None = opt(None, "task adapter (default: fidelity to the model's own outputs)")
-    budget: float | None = opt(None, "compute budget in forward-pass equivalents for 'auto'")
-    batch_size: int = opt(16, "examples per batch", minimum=1)
-    limit: int | None = opt(None, "use at most this many examples", minimum=1)
-    db: str | None = opt(None, "results database (default $LAYERWISE_DB or ~/.layerwise/runs.db; "
-                               "'none' records nothing)")
-    distributed: bool = opt(False, "shard the data over torch.distributed (run under torchrun)")
-
-
 def _noop(_: str) -> None:
     pass
-
-
-def _record(kind: str, payload: dict, db: str | None) -> int | None:
-    """Append the run to the results history unless db is 'none'; returns the run id, or
-    None with one warning on stderr when the database cannot be written (the run's results
-    are still returned)."""
-    if db == "none":
-        return None
-    import sys
-
-    from layerwise.runtime.history import HistoryError, record
-
-    try:
-        return record(kind, payload, db)
-    except HistoryError as e:
-        print(f"layerwise: warning: results not recorded in DB: {e.reason}; {e.advice} "
-              "(or --db none to record nothing)", file=sys.stderr)
-        return None
 
 
 def load_source(spec: str, source_options=None):
@@ -146,13 +33,11 @@ def load_source(spec: str, source_options=None):
 
 
 def lift(spec: str, source_options=None, progress: Progress = _noop):
-    """SPEC -> IR (torch.export, Core ATen, layer table)."""
-    from layerwise.compiler.frontend import lift as _lift
+    """SPEC -> IR (torch.export, Core ATen, layer table); torch is imported only here, so a
+    runtime-only install can still profile."""
+    from layerwise.sources import lift_spec
 
-    progress(f"loading {spec}")
-    source = load_source(spec, source_options)
-    progress("exporting with torch.export")
-    return _lift(source)
+    return lift_spec(spec, source_options, progress)
 
 
 def analyze(spec: str, options: AnalyzeOptions | None = None, source_options=None,
@@ -209,7 +94,7 @@ def analyze(spec: str, options: AnalyzeOptions | None = None, source_options=Non
                                                                default=_plain))
         write_report(report_input(result), target.dir / "report.html")
         target.publish()
-    result["run_id"] = _record("analyze", {"spec": spec, "quality": {
+    result["run_id"] = record_run("analyze", {"spec": spec, "quality": {
         "ranking": result["ranking"], "ensemble": result["ensemble"]},
         "history_record": result.get("history_record")}, opts.db)
     return result
@@ -447,7 +332,7 @@ def _build(spec, ir, target, opts, precision, keep, calibration, out: Path, forc
         manifest = writer.finish(manifest)
     if record:
         bundle = str(out.resolve())
-        manifest["run_id"] = _record("compile", {**manifest, "bundle": bundle}, opts.db)
+        manifest["run_id"] = record_run("compile", {**manifest, "bundle": bundle}, opts.db)
     return manifest
 
 
@@ -510,86 +395,5 @@ def _plan_int8(ir, batches: list, target: str, calibration: str | None,
     quantize(ir, recipe, keep, precision)
 
 
-def predict(spec: str, device: str = "host", batch: int = 1, precision: str | None = None,
-            calibrate: bool = False, progress: Progress = _noop, source_options=None) -> dict:
-    """Predicted latency of SPEC on `device` (roofline over the exported graph's ops; the
-    host is calibrated by timing a calibration set the first time, or with `calibrate`)."""
-    from layerwise.compiler.passes import run_passes
-    from layerwise.devices import calibrate_host, load_device
-    from layerwise.devices import predict as predict_ir
-    from layerwise.targets import get_target
-
-    profile = load_device(device)  # an unknown name fails before the export
-    if calibrate:
-        calibrate_host(force=True, progress=progress)
-    # the graph the device's target runs: its legalizations (e.g. unguard_softmax) applied
-    ir = run_passes(lift(spec, source_options, progress),
-                    list(get_target(profile.target).INFO.legalize))
-    return {"spec": spec, **predict_ir(ir, device, batch=batch, precision=precision,
-                                       progress=progress)}
-
-
-def profile(bundle: str, options: ProfileOptions | None = None,
-            progress: Progress = _noop) -> dict:
-    """Profile a bundle with its own runtime (or, with `remote`, on a device agent); with
-    baseline 'eager', time torch on the same inputs in the same run and add the ratio."""
-    from layerwise.runtime import profile as run_profile
-
-    opts = options or ProfileOptions()
-    if opts.remote is not None or opts.token_file is not None:
-        from layerwise.runtime.remote import check_remote_options, remote_profile
-
-        check_remote_options(opts.remote, opts.token_file, opts.baseline)
-        result = remote_profile(bundle, opts.remote, opts.token_file, runs=opts.runs,
-                                warmup=opts.warmup, threads=opts.threads, batch=opts.batch,
-                                per_op=opts.per_op, power_mode=opts.power_mode,
-                                progress=progress)
-        result["run_id"] = _record("profile", result, opts.db)
-        return result
-    result = run_profile(bundle, runs=opts.runs, warmup=opts.warmup, threads=opts.threads,
-                         batch=opts.batch, per_op=opts.per_op, power_mode=opts.power_mode,
-                         trust_native=opts.trust_native)
-    if opts.baseline is None:
-        result["run_id"] = _record("profile", result, opts.db)
-        return result
-    if opts.baseline != "eager":
-        raise LayerwiseError(f"unknown baseline {opts.baseline!r}; use 'eager'")
-    eager = eager_latency(bundle, opts)
-    result["baseline"] = eager
-    result["speedup_vs_baseline"] = eager["latency_ms"]["p50"] / result["latency_ms"]["p50"]
-    result["run_id"] = _record("profile", result, opts.db)
-    return result
-
-
-# SPEC schemes whose loading runs no code named by the SPEC (the eager baseline may take them
-# from a bundle's manifest).
-PACKAGED = ("timm:", "torchvision:", "hf:", "zoo:")
-
-
-def eager_latency(bundle: str, opts: ProfileOptions) -> dict:
-    """torch eager latency of the bundle's source model on the bundle's own inputs."""
-    import torch
-
-    from layerwise.runtime import open_bundle
-    from layerwise.runtime.profile import batch_inputs, stats_ms, time_calls
-
-    b = open_bundle(bundle, check=False)
-    spec = opts.baseline_spec or b.manifest.get("spec")
-    if not opts.baseline_spec and not (isinstance(spec, str) and spec.startswith(PACKAGED)):
-        raise LayerwiseError(f"the bundle names its model {spec!r}; a manifest may not choose "
-                             "Python code to run: pass --baseline-spec SPEC to time it")
-    source = load_source(spec)
-    if source.module is None:
-        raise LayerwiseError("the eager baseline needs a SPEC with a Python module, not a .pt2")
-    feeds = {k: torch.from_numpy(np.ascontiguousarray(v))
-             for k, v in batch_inputs(b, opts.batch).items()}
-    threads = opts.threads or torch.get_num_threads()
-    prev = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            times = time_calls(lambda: source.module(**feeds), opts.runs, opts.warmup)
-    finally:
-        torch.set_num_threads(prev)
-    return {"name": "torch eager", "torch": torch.__version__, "threads": threads,
-            "latency_ms": stats_ms(times)}
+__all__ = ["AnalyzeOptions", "CompileOptions", "ProfileOptions", "analyze", "compile",
+           "inspect", "lift", "load_source", "predict", "profile"]

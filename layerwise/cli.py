@@ -20,7 +20,7 @@ COMPILE_SIDE = {"torch", "torchvision", "onnx", "onnxscript", "timm", "transform
 
 
 def _parser() -> argparse.ArgumentParser:
-    from layerwise.api import AnalyzeOptions, CompileOptions, ProfileOptions
+    from layerwise.options import AnalyzeOptions, CompileOptions, ProfileOptions
     from layerwise.runtime.agent import add_agent_parser
     from layerwise.spec import SCHEMES, SourceOptions
 

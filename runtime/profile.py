@@ -48,8 +48,7 @@ def stats_ms(times: list[float]) -> dict[str, float]:
 
 # idle time before timing: worker threads of whatever ran before in this process (another
 # onnxruntime session, torch's OpenMP pool) spin-wait for a while after their last task and
-# take a core from the runs timed next (an OpenVINO model right after an onnxruntime one
-# measured 1.56x slower, 1.20x after a 20 ms pause, level after 300 ms)
+# take a core from the runs timed next, so timing starts after an idle pause
 SETTLE_S = 0.3
 
 

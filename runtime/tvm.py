@@ -32,9 +32,9 @@ def host_cores() -> int:
 def allow_threads(threads: int = 0) -> int:
     """Raise TVM's thread-pool ceiling to `threads` (0: every core) and return the count a VM
     should use. TVM reads TVM_NUM_THREADS once, when a thread first makes its pool, and
-    without it halves the cores on x86 for hyper-threading: one thread on this two-vCPU
-    machine (measured: tuned MobileNetV2 29 ms at one thread, 15 ms at two). So this runs
-    before any VM is made; TVM_NUM_THREADS, when set, still caps a default run."""
+    without it halves the cores on x86 for hyper-threading (one thread on a two-vCPU
+    machine). So this runs before any VM is made; TVM_NUM_THREADS, when set, still caps a
+    default run."""
     env = int(os.environ.get("TVM_NUM_THREADS") or 0)
     n = int(threads) or env or host_cores()
     if n > env:

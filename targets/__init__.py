@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 from layerwise.base.errors import LayerwiseError, TargetError
 from layerwise.base.recipe import QuantRecipe, for_precision
+from layerwise.base.registry import TARGET_NAMES
 
 
 @dataclass(frozen=True)
@@ -24,13 +25,7 @@ class TargetInfo:
     recipe: QuantRecipe | None = None
 
 
-TARGETS: dict[str, str] = {
-    "onnx": "layerwise.targets.onnx",
-    "openvino": "layerwise.targets.openvino",
-    "tflite": "layerwise.targets.tflite",
-    "tensorrt": "layerwise.targets.tensorrt",
-    "tvm": "layerwise.targets.tvm",
-}
+TARGETS: dict[str, str] = {name: f"layerwise.targets.{name}" for name in TARGET_NAMES}
 
 
 def get_target(name: str):

@@ -1,8 +1,8 @@
 """Cross-layer range equalization ahead of static INT8 (Nagel et al. 2019, "Data-Free
 Quantization", section 4.1, with measured ranges in place of the weights' ranges).
 
-Per-tensor int8 activations fit one scale to all channels of a tensor; in MobileNetV2 the
-channels of a ReLU6 output span ranges a hundredfold apart, so the small channels keep a few
+Per-tensor int8 activations fit one scale to all channels of a tensor; where the channels
+of a ReLU6 output span very different ranges (MobileNetV2), the small channels keep a few
 levels only. Where Conv A -> ReLU/ReLU6 -> Conv B, channel c of A's output is scaled up by
 s_c (A's weights and bias) and B's input channel c down by 1/s_c, so every channel reaches
 about the tensor's range. With per-output-channel weights the scaling is free on A, and on B

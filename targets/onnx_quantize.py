@@ -14,10 +14,10 @@ dequantize and a quantize and block the fusion. Clip/Relu after a Conv are folde
 Conv's output range. The model's outputs stay float (quantizing the logits flips close
 top-1 decisions for nothing). Bias correction (as NNCF's FastBiasCorrection, in the ONNX
 graph): every quantized Conv/Gemm is also run on the fp32 model's own input with its int8
-weights, and its bias absorbs the mean output shift the weights' rounding adds (measured on
-MobileNetV2: correcting the weights' shift only beats also folding in the input's; so does
-empirical correction of each layer's whole shift, in order, in the int8 model: KL to fp32
-0.23 against 0.05). Before calibration, the recipe's range equalization
+weights, and its bias absorbs the mean output shift the weights' rounding adds. Only the
+weights' shift is corrected: the input's quantization shift is left out, and so is an
+empirical layer-by-layer correction inside the int8 model (both did worse; README: INT8
+recipes). Before calibration, the recipe's range equalization
 (targets/onnx_equalize.py) rescales the channels between two convs so one per-tensor scale
 fits them all.
 """

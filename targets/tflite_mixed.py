@@ -20,21 +20,18 @@ Float, by rule:
   target's transformer recipe).
 
 By the quantize recipe: a matmul of two activations (attention) is float while
-`weighted_matmuls_only` (LiteRT's int8 BATCH_MATMUL runs outside XNNPACK: ViT-tiny at batch 2
-took 73 ms with it, 26 ms without, and agreed less with fp32), and a linear reading a
-`float_linears_after` op (GELU: long-tailed, per-tensor int8 of MiniLM's FFN down-projection
-inputs drops the mean cosine to fp32 from 0.994 to 0.954) runs LiteRT's hybrid kernel: int8
-weights, its float input quantized per row as it runs.
+`weighted_matmuls_only` (LiteRT's int8 BATCH_MATMUL runs outside XNNPACK, so it is slower
+than the float matmul and agrees less with fp32), and a linear reading a
+`float_linears_after` op (GELU's outputs are long-tailed, too wide for one per-tensor int8
+scale) runs LiteRT's hybrid kernel: int8 weights, its float input quantized per row as it
+runs.
 
 Weighted layers otherwise read int8 (a float input is QUANTIZEd); GELU and softmax follow
 their input. A full-integer device has no float fallback: everything above that int8 can run
 is int8 (attention matmuls, GELU-fed linears, layer norms as LiteRT's int8 MEAN, SUB,
 L2_NORMALIZATION, MUL and ADD, additive masks clamped into the scores' range) and the first
-node that must be float is an error naming its op and layer.
-
-Measured (bench/targets.py, 64 inputs to calibrate, 200 held out, int8 against the fp32
-.tflite): MiniLM-L6 mean cosine 0.9945, ViT-tiny (random weights) top-1 agreement 0.795 and
-logit cosine 0.9947; batch 1 on one thread, 2.4 ms against 7.8 ms and 13.5 against 32.3.
+node that must be float is an error naming its op and layer (bench/targets.py measures the
+result; README: INT8 recipes).
 """
 
 from __future__ import annotations

@@ -439,9 +439,8 @@ def _layer_norm_int8(cx, node, x):
     flattened to one), MEAN and SUB centre each row, L2_NORMALIZATION divides it by its norm,
     a MUL by sqrt(C) * weight and an ADD of the bias finish it. L2_NORMALIZATION sums the
     squares in int32; per-tensor int8 squares (SQUARED_DIFFERENCE, MEAN, RSQRT, as TFLite's
-    converter writes it) zero most of them, as their spread is the square of the rows': 28%
-    error in the variance of MiniLM's embedding norm, 12% after it this way. Assumes eps is
-    far below the rows' variance (it is dropped)."""
+    converter writes it) zero most of them, as their spread is the square of the rows'.
+    Assumes eps is far below the rows' variance (it is dropped)."""
     from layerwise.targets.tflite_graph import qparams_for_range
 
     _, shape, w, b = node.args[:4]

@@ -1,8 +1,8 @@
 """TVM target: Relax from the IR's ExportedProgram, `tvm.compile` for the host CPU (llvm,
 -mcpu of this machine) into model.so, run by the Relax VM (runtime/tvm.py).
 
-Untuned TVM runs every kernel as plain loops (MobileNetV2: 164 ms against 13 ms in torch
-eager), so the target tunes with MetaSchedule when given a trial budget (`tune_trials`). The
+Untuned TVM runs every kernel as plain loops, many times slower than torch eager, so the
+target tunes with MetaSchedule when given a trial budget (`tune_trials`). The
 tuning runs in a torch-free child process (a crash inside TVM becomes an error) and its
 JSON database is kept in the bundle under tuning/. The next compile reuses the database
 named by `tune_db` (a database folder or a bundle) or, failing that, the one in the bundle
@@ -181,8 +181,7 @@ def _fold_batch_norms(mod):
     conv-BN block; a conv with its own bias keeps its norm) into the conv's weights and a
     bias add (Relax's FoldBatchnormToConv2D, then FoldConstant). Unfolded, each norm stays a
     subtract, divide, multiply and add fused into the conv's kernel, which every tuned
-    candidate pays for; MobileNetV2 at 200 trials: 12.9 ms folded against 16.4 ms
-    unfolded (two runs on different days of a host whose speed drifts)."""
+    candidate pays for."""
     from tvm import relax
 
     return relax.transform.FoldConstant()(relax.transform.FoldBatchnormToConv2D()(mod))

@@ -6,11 +6,10 @@ MOD.json is a fused Relax module (tvm.ir.save_json); the tuning records go to WO
 JSON database (database_workload.json, database_tuning_record.json), which MetaSchedule
 extends when they already exist. A crash inside TVM kills this process, not the compile.
 
-Two measured costs shape it: the stock LocalBuilder starts fresh worker processes for every
-batch, and each imports `tvm.s_tir.tensor_intrin` (about two minutes on a loaded two-core
-machine, mostly parsing CUDA intrinsics a CPU never uses) with a 30 s build timeout, so every
-candidate timed out; here candidates are built in this process, and only the CPU intrinsic
-tables are loaded.
+Two costs shape it: the stock LocalBuilder starts fresh worker processes for every batch,
+and each imports `tvm.s_tir.tensor_intrin` (slow: mostly parsing CUDA intrinsics a CPU never
+uses), which can outlast its 30 s build timeout so that every candidate times out; here
+candidates are built in this process, and only the CPU intrinsic tables are loaded.
 """
 
 from __future__ import annotations
@@ -74,7 +73,7 @@ def tune(mod_json: Path, target_json: Path, work_dir: Path, trials: int) -> int:
         evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20,
                                                    enable_cpu_cache_flush=False))
     # a smaller population than the default 512 when each round measures few candidates: the
-    # evolutionary search itself takes ~10 s a round on two busy cores at 512
+    # evolutionary search's own time per round grows with the population
     population = max(64, min(512, 8 * per_iter))
     strategy = ms.search_strategy.EvolutionarySearch(
         population_size=population, init_min_unmeasured=min(50, population // 2))

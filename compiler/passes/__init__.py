@@ -1,4 +1,5 @@
-"""Rewrite passes: plain functions IR -> IR, found by name in one table.
+"""Rewrite passes: plain functions IR -> IR, found by name in one table, run in order by
+`run_passes`, which names a failing pass and lints the graph after each.
 
 Each entry maps a pass name to "module:function"; modules are imported when a pass is used.
 """
@@ -26,7 +27,25 @@ def get_pass(name: str) -> Callable:
 
 
 def run_passes(ir, names: list[str]):
-    """Apply passes in order; returns the final IR."""
+    """Apply passes in order; returns the final IR. After each pass the graph is linted
+    (topological order, node ownership). An error names the pass and the passes run before
+    it: a user error (LayerwiseError) keeps its type, anything else is a PassError."""
+    done: list[str] = []
     for name in names:
-        ir = get_pass(name)(ir)
+        fn = get_pass(name)
+        try:
+            ir = fn(ir)
+            ir.program.graph.lint()
+        except LayerwiseError as e:
+            raise type(e)(f"pass {name!r} (after {', '.join(done) or 'no other pass'}): "
+                          f"{e}") from e
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise PassError(f"pass {name!r} failed after {', '.join(done) or 'no other pass'}:"
+                            f" {type(e).__name__}: {first}") from e
+        done.append(name)
     return ir
+
+
+class PassError(RuntimeError):
+    """A pass that broke (an internal error, not the user's): names the pass."""

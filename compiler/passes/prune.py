@@ -66,8 +66,8 @@ def prune(ir: IR, ratio: float = DEFAULT_RATIO, criterion: str = "l2", *, batche
     `heads_ratio` (default: `ratio`) applies to attention-head groups; every group keeps at
     least `min_channels` channels (and one unit), rounded up to a multiple of `multiple`
     channels where the unit width allows. The default 8 matters: ONNX Runtime's conv kernels
-    are slower on odd channel counts than on the wider aligned ones (MobileNetV2 with 10% of
-    channels pruned ran 1.7x slower than unpruned with multiple=1, 0.8x with 8). With
+    run unaligned channel counts slower than the wider aligned ones, so pruning without it
+    can make the model slower than unpruned. With
     `through_norms=False`, groups that pass through a layer norm over their channels stay
     whole (pruning them changes the norm's statistics, so it is never exact). `probes`:
     random output projections per batch for `taylor`. The reference outputs stay the

@@ -9,10 +9,10 @@ that as a softmax plus a guard over the same scores:
 
 i.e. rows whose scores are all -inf give 0 instead of NaN. The guard is six full-size ops
 per attention layer on bool tensors (Equal, Not, Cast, ReduceMax, Not, Where in the ONNX),
-which no backend fuses: on timm's ViT-tiny, onnxruntime spends more time in them than in
-the softmax itself. When the scores are a matmul of activations (scaled, reshaped) with no
-mask added, finite activations give finite scores and the guard never fires, so `out` is
-`s`. Scores that pass through anything else (an additive or boolean mask, a bias) keep it.
+which no backend fuses, so each costs a full pass over the scores. When the scores are a
+matmul of activations (scaled, reshaped) with no mask added, finite activations give finite
+scores and the guard never fires, so `out` is `s`. Scores that pass through anything else
+(an additive or boolean mask, a bias) keep it.
 
 Assumes finite activations (an inf in q or k would turn the guard's zeros into NaN).
 """

@@ -47,9 +47,8 @@ PRIOR_OVERLAP = 0.3
 PRIOR_GRAIN_US = 20.0
 PRIOR_WEIGHT_EFF = 1.0  # llc_weight_eff and dram_weight_eff
 PRIOR_WEIGHT = 0.2  # pull of the defaults in log space, per factor
-# onnxruntime's worker threads spin-wait after a run and take a core from the next session
-# (an OpenVINO model timed right after an onnxruntime one: 1.56x slower, 1.20x after a
-# 20 ms pause, level after 300 ms)
+# onnxruntime's worker threads spin-wait after a run and take a core from the next session,
+# so each case is timed after an idle pause
 SETTLE_S = 0.3
 REQUIRED = {"gemm-peak", "stream-add", "stream-add-cache"}
 
@@ -390,7 +389,7 @@ def calibrate_host(force: bool = False, *, progress=lambda _: None,
                    cases: list[Case] | None = None, rounds: int = 9, threads: int = 0,
                    clock: str = "wall") -> dict:
     """The host calibration: the stored one when it matches this machine (unless `force`),
-    else measured now (a few minutes on 2 shared cores) and stored atomically. `threads` 0 is
+    else measured now (it takes minutes) and stored atomically. `threads` 0 is
     onnxruntime's default (what `layerwise profile` runs); clock 'cpu' needs threads=1."""
     if clock not in CLOCKS or (clock == "cpu" and threads != 1):
         raise LayerwiseError("the calibration clock is 'wall', or 'cpu' with threads=1")

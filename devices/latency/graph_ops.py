@@ -56,16 +56,15 @@ FUSABLE = ("elementwise",)
 # hardswish stay separate kernels after a conv, and every transcendental op after a matmul
 CONV_ACTIVATIONS = frozenset(("sigmoid", "tanh", "hardsigmoid"))
 # arithmetic per element of the transcendental ops (their polynomial / rational
-# approximations), relative to one FLOP per element for the plain elementwise ops: measured
-# on onnxruntime's CPU kernels GELU (erf) costs about four sigmoids per element
+# approximations), relative to one FLOP per element for the plain elementwise ops, set from
+# timing onnxruntime's CPU kernels
 ELEMENT_COST = {"gelu": 20.0, "erf": 14.0, "tanh": 8.0, "exp": 6.0, "sigmoid": 5.0,
                 "silu": 6.0, "log": 6.0, "sqrt": 2.0, "rsqrt": 2.0, "pow": 8.0, "elu": 6.0,
                 "mish": 24.0, "softplus": 12.0, "log1p": 8.0, "expm1": 8.0, "sin": 10.0,
                 "cos": 10.0, "hardswish": 3.0, "hardsigmoid": 2.0}
 # a normalized row's fixed cost (its mean and variance reduced across vector lanes, the
 # reciprocal square root) in FLOPs at the "row" efficiency: onnxruntime's LayerNormalization
-# measured here at 0.17 ns per element and 27 ns per row on 2 threads (0.38 and 16 ns on
-# one), so rows of 16-40 channels cost 2-4x a wide row's per element
+# pays it once per row, so narrow rows cost more per element than wide ones
 ROW_FLOPS = 500.0
 KIND_NAMES = ("conv", "dwconv", "matmul", "elementwise", "transcendental", "norm", "softmax",
               "pool", "reduce", "copy", "reorder")

@@ -60,8 +60,8 @@ class Factors:
     invoke_overhead_us: float = 0.0
     view_overhead_us: float = 0.0  # a reshape-like node (no data moved) the runtime launches
     # share of the smaller of compute and memory time that does not overlap the larger, for
-    # ops that read DRAM: t = max + overlap * min (0: the ideal roofline; measured on this
-    # CPU: weights streamed from DRAM by small-batch GEMMs mostly add to the compute time)
+    # ops that read DRAM: t = max + overlap * min (0: the ideal roofline; calibration fits it,
+    # as weights streamed from DRAM by small-batch GEMMs can add to the compute time)
     overlap: float = 0.0
     # with several threads, an op whose roofline time t is small cannot keep them all busy:
     # it runs at t * T / (1 + (T - 1) * t / (t + grain)), from one thread's speed (t << grain)

@@ -29,8 +29,8 @@ from layerwise.sources.source import (
 )
 from layerwise.spec import SCHEMES, SourceOptions
 
-__all__ = ["BATCH", "Source", "SourceOptions", "example_images", "example_text", "load_source",
-           "offline_hub", "seeded"]
+__all__ = ["BATCH", "Source", "SourceOptions", "example_images", "example_text", "lift_spec",
+           "load_source", "offline_hub", "seeded"]
 
 def load_source(spec: str, options: SourceOptions | None = None) -> Source:
     """Resolve SPEC to a Source; raises SourceError with what to do on any failure."""
@@ -53,6 +53,17 @@ def load_source(spec: str, options: SourceOptions | None = None) -> Source:
 
 
 # ---------------------------------------------------------------- example inputs
+
+
+def lift_spec(spec: str, options: SourceOptions | None = None,
+              progress: Callable[[str], None] = lambda _msg: None):
+    """SPEC -> IR (torch.export, Core ATen, layer table)."""
+    from layerwise.compiler.frontend import lift
+
+    progress(f"loading {spec}")
+    source = load_source(spec, options)
+    progress("exporting with torch.export")
+    return lift(source)
 
 
 # ---------------------------------------------------------------- schemes

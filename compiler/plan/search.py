@@ -1,0 +1,125 @@
+"""Depth, then width, then precision, against the bounds.
+
+Depth: blocks are dropped in the given order (least important first) and the largest count
+whose quality loss stays within the bound is found by bisection (never every block). Width:
+the largest prune ratio whose loss, with that depth, stays within the bound. Precision: the
+structural plan is measured in fp32, then INT8, keeping the most important blocks in fp32
+one at a time while INT8 misses the bound, then any other precisions asked for. The fastest
+measured candidate within every bound is chosen. Assumes `order` lists droppable blocks least
+important first; `quality_of(drop, prune)` is the cheap fidelity of a structural plan (it may
+raise LayerwiseError for a plan that cannot be built, which the search notes and skips);
+`measure(candidate)` builds the artifact and fills in quality, latency and size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from layerwise.base.errors import LayerwiseError
+from layerwise.compiler.plan.candidate import Bounds, Candidate
+from layerwise.compiler.plan.pareto import pareto
+
+QualityOf = Callable[[list[str], float | None], float]
+Measure = Callable[[Candidate], Candidate]
+INT8_TRIES = 3  # INT8 with 0, 1 and 2 of the most important blocks kept in fp32
+
+
+class NoPlanError(LayerwiseError):
+    """No candidate met the bounds; the message names the best one and the miss."""
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+def depth(order: list[str], quality_of: QualityOf, bounds: Bounds, tried: list[Candidate],
+          progress: Callable[[str], None] = _noop) -> int:
+    """Largest k such that dropping order[:k] loses at most the bound (bisection)."""
+    lo, hi = 0, len(order) - 1  # never drop every block
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        progress(f"trying to drop {mid} block(s)")
+        q = quality_of(order[:mid], None)
+        tried.append(Candidate(order[:mid], quality=q))
+        if bounds.quality_ok(q):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def width(drop: list[str], ratios: tuple[float, ...], quality_of: QualityOf, bounds: Bounds, *,
+          tried: list[Candidate], notes: list[str],
+          progress: Callable[[str], None] = _noop) -> float | None:
+    """The largest of `ratios` whose loss, with `drop`, stays within the bound; None when
+    none does or the model has nothing to prune."""
+    for ratio in sorted(ratios, reverse=True):
+        progress(f"trying to prune {ratio:.0%} of the channels")
+        try:
+            q = quality_of(drop, ratio)
+        except LayerwiseError as e:
+            notes.append(f"prune {ratio}: {e}")
+            return None
+        tried.append(Candidate(list(drop), prune=ratio, quality=q))
+        if bounds.quality_ok(q):
+            return ratio
+    return None
+
+
+def run_search(order: list[str], quality_of: QualityOf, measure: Measure, bounds: Bounds, *,
+               prune_ratios: tuple[float, ...] = (), int8: bool = False,
+               others: tuple[str, ...] = (), progress: Callable[[str], None] = _noop
+               ) -> tuple[Candidate, dict]:
+    """Search depth, width, then precision (static INT8 keeping the most important blocks in
+    fp32 until the bound holds, then each of `others`). Returns the chosen candidate and the
+    search record; NoPlanError when nothing meets the bounds."""
+    t0 = time.perf_counter()
+    tried: list[Candidate] = []
+    notes: list[str] = []
+
+    def measured(c: Candidate) -> Candidate:
+        c = measure(c)
+        tried.append(c)
+        return c
+
+    k = depth(order, quality_of, bounds, tried, progress)
+    ratio = width(order[:k], prune_ratios, quality_of, bounds, tried=tried, notes=notes,
+                  progress=progress) if prune_ratios else None
+    progress(f"measuring fp32 with {k} block(s) dropped" +
+             (f", {ratio:.0%} pruned" if ratio else ""))
+    chosen = [measured(Candidate(order[:k], prune=ratio))]
+    if int8:
+        keep: list[str] = []
+        important = [b for b in reversed(order) if b not in order[:k]]
+        for attempt in range(INT8_TRIES):
+            progress(f"measuring int8 (fp32 kept: {len(keep)} block(s))")
+            c = measured(Candidate(order[:k], "int8", list(keep), prune=ratio))
+            chosen.append(c)
+            if bounds.fits(c) or attempt == INT8_TRIES - 1 or not important:
+                break
+            keep.append(important.pop(0))
+    for precision in others:
+        progress(f"measuring {precision}")
+        chosen.append(measured(Candidate(order[:k], precision, prune=ratio)))
+    record = {
+        "bound": bounds.to_json(),
+        "drop_order": order,
+        "prune_ratios_tried": list(prune_ratios),
+        "notes": notes,
+        "candidates": [c.to_json() for c in tried],
+        "pareto": [c.to_json() for c in pareto(tried)],
+        "seconds": time.perf_counter() - t0,
+    }
+    fitting = [c for c in chosen if bounds.fits(c)]
+    if not fitting:
+        best = max(chosen, key=lambda c: (c.quality, -(c.latency_ms or 0)))
+        miss = (1.0 - best.quality) - bounds.max_drop
+        raise NoPlanError(
+            f"no plan meets the bounds: the best ({len(best.drop)} block(s) dropped, "
+            f"{best.precision}) loses {100 * (1 - best.quality):.2f}% quality "
+            f"({100 * max(miss, 0):.2f} points over --max-drop), latency "
+            f"{best.latency_ms:.2f} ms, size {best.size_bytes / 2**20:.1f} MiB; loosen a bound")
+    best = min(fitting, key=lambda c: c.latency_ms)
+    record["chosen"] = best.to_json()
+    return best, record
