@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from layerwise.base.errors import LayerwiseError, VerificationError
+from layerwise.base.errors import LayerwiseError
 from layerwise.latency import predict, profile
-from layerwise.manifest import artifact_batch, build_manifest
 from layerwise.options import AnalyzeOptions, CompileOptions, ProfileOptions
 from layerwise.record import record_run
 
@@ -283,12 +282,12 @@ def _build(spec, ir, target, opts, precision, keep, calibration, out: Path, forc
     write the bundle."""
     import copy
 
+    from layerwise.base.recipe import LOSSY
     from layerwise.compiler.passes import run_passes
-    from layerwise.runtime import compare, open_runner
+    from layerwise.targets.build import build_bundle
     from layerwise.targets.bundle import BundleWriter
 
     writer = BundleWriter(out, force=force)
-    from layerwise.base.recipe import LOSSY
 
     quantized = precision in LOSSY and precision in target.INFO.precisions
     tolerance = opts.tolerance or (0.5 if quantized else 1e-4)
@@ -299,37 +298,13 @@ def _build(spec, ir, target, opts, precision, keep, calibration, out: Path, forc
         _plan_int8(ir, calibration, opts.target, opts.calibration, keep, precision=precision,
                    device=opts.device)
     opts = dataclasses.replace(opts, precision=precision)
-    with writer:
-        progress(f"emitting {opts.target}")
-        t0 = time.perf_counter()
-        model_entry = target.emit(ir, writer.dir, opts)
-        timings = {**timings, "emit_s": time.perf_counter() - t0}
-        progress(f"verifying with {target.INFO.runtime} runtime")
-        t0 = time.perf_counter()
-        rows = artifact_batch(model_entry)  # a static artifact at a smaller batch
-        def cut(ts):
-            return [(t if rows is None else t[:rows]).numpy() for t in ts]
+    pages = {}
+    if search is not None:
+        from layerwise.plan_report import plan_report
 
-        feeds = dict(zip(ir.example_inputs, cut(ir.example_inputs.values())))
-        runner = open_runner(target.INFO.runtime, writer.dir / model_entry["file"])
-        outputs = runner.run(feeds)
-        parity = compare(outputs, cut(ir.run()), tolerance)
-        fidelity = compare(outputs, cut(ir.reference), tolerance)
-        timings["verify_s"] = time.perf_counter() - t0
-        if not parity["passed"]:
-            raise VerificationError(
-                f"{opts.target} artifact misses the reference: rel_err {parity.get('rel_err')} "
-                f"> tolerance {tolerance} ({parity.get('reason', 'numeric mismatch')}); "
-                "nothing written. Raise --tolerance or try another target")
-        writer.save_arrays("inputs.npz", feeds)
-        manifest = build_manifest(spec, opts, ir, model_entry, runner, parity, fidelity, timings,
-                             writer.dir)
-        if search is not None:
-            manifest["search"] = search
-            from layerwise.plan_report import write_plan_report
-
-            write_plan_report(search, spec, writer.dir / "report.html")
-        manifest = writer.finish(manifest)
+        pages["report.html"] = plan_report(search, spec)
+    manifest = build_bundle(spec, ir, target, opts, writer, tolerance=tolerance,
+                            progress=progress, timings=timings, search=search, pages=pages)
     if record:
         bundle = str(out.resolve())
         manifest["run_id"] = record_run("compile", {**manifest, "bundle": bundle}, opts.db)

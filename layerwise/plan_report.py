@@ -59,6 +59,12 @@ def _row(c: dict) -> str:
 
 def write_plan_report(search: dict, spec: str, path: Path) -> Path:
     """Write the search's report page (self-contained, no script)."""
+    path.write_text(plan_report(search, spec), encoding="utf-8")
+    return path
+
+
+def plan_report(search: dict, spec: str) -> str:
+    """The search's report page as HTML (self-contained, no script)."""
     rows = "".join(_row(c) for c in search["candidates"])
     chosen = search.get("chosen", {})
     page = (
@@ -75,5 +81,4 @@ def write_plan_report(search: dict, spec: str, path: Path) -> Path:
         "<h2>Candidates</h2><table><tr><th>dropped</th><th>precision</th><th>fp32 kept</th>"
         "<th>quality loss</th><th>measured on</th><th>p50 ms</th><th>MiB</th></tr>"
         f"{rows}</table></body></html>")
-    path.write_text(page, encoding="utf-8")
-    return path
+    return page

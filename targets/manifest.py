@@ -82,9 +82,9 @@ def fix_batch(specs: list[dict], model_entry: dict, ir) -> list[dict]:
 def tool_versions(runner) -> dict:
     import torch
 
-    import layerwise
+    from layerwise.base import __version__
 
-    out = {"layerwise": layerwise.__version__, "torch": torch.__version__,
+    out = {"layerwise": __version__, "torch": torch.__version__,
            "python": platform.python_version(), runner.name: runner.version}
     try:
         import onnx
