@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 from layerwise.base.params import opt
 
+DB_HELP = "results database (default $LAYERWISE_DB or ~/.layerwise/runs.db; 'none' records nothing)"
+TOKEN_HELP = "file holding the agent's token (with --remote)"
+
 
 @dataclass(frozen=True)
 class CompileOptions:
@@ -55,9 +58,8 @@ class CompileOptions:
     heal_lr: float = opt(5e-5, "learning rate of --heal-steps (AdamW, cosine schedule)")
     remote: str | None = opt(None, "plan search: measure candidates' latency on the device "
                              "agent at this URL (see `layerwise agent`) instead of here")
-    token_file: str | None = opt(None, "file holding the agent's token (with --remote)")
-    db: str | None = opt(None, "results database (default $LAYERWISE_DB or ~/.layerwise/runs.db; "
-                               "'none' records nothing)")
+    token_file: str | None = opt(None, TOKEN_HELP)
+    db: str | None = opt(None, DB_HELP)
 
 
 @dataclass(frozen=True)
@@ -79,11 +81,10 @@ class ProfileOptions:
                                     "zoo: model; a Python factory must be named here)")
     trust_native: bool = opt(False, "load a native model library (a TVM bundle) compiled on "
                              "another machine: it runs its own code")
-    db: str | None = opt(None, "results database (default $LAYERWISE_DB or ~/.layerwise/runs.db; "
-                               "'none' records nothing)")
+    db: str | None = opt(None, DB_HELP)
     remote: str | None = opt(None, "profile on the device agent at this URL "
                                    "(http://HOST:8700, see `layerwise agent`) instead of here")
-    token_file: str | None = opt(None, "file holding the agent's token (with --remote)")
+    token_file: str | None = opt(None, TOKEN_HELP)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,5 @@ class AnalyzeOptions:
     budget: float | None = opt(None, "compute budget in forward-pass equivalents for 'auto'")
     batch_size: int = opt(16, "examples per batch", minimum=1)
     limit: int | None = opt(None, "use at most this many examples", minimum=1)
-    db: str | None = opt(None, "results database (default $LAYERWISE_DB or ~/.layerwise/runs.db; "
-                               "'none' records nothing)")
+    db: str | None = opt(None, DB_HELP)
     distributed: bool = opt(False, "shard the data over torch.distributed (run under torchrun)")

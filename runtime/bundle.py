@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from layerwise.base.errors import BundleError
+from layerwise.base.errors import BundleError, LayerwiseError
 
 MANIFEST = "manifest.json"
 FORMAT = "layerwise-bundle/1"
@@ -60,24 +60,19 @@ class Bundle:
         return self.dir / self.manifest["model"]["file"]
 
     def example_inputs(self) -> dict[str, np.ndarray]:
-        """The inputs the artifact was verified on (stored in the bundle), as the manifest
-        declares them."""
+        """The inputs the artifact was verified on (stored in the bundle), checked against
+        the manifest's inputs as `run` checks a user's."""
+        from layerwise.runtime.arrays import fit_arrays
+
         name = self.manifest["example_inputs"]
         try:
             with np.load(self.dir / name, allow_pickle=False) as z:
-                arrays = {spec["name"]: z[spec["name"]] for spec in self.manifest["inputs"]}
-        except (OSError, ValueError, KeyError, EOFError) as e:
+                arrays = {k: z[k] for k in z.files}
+            return fit_arrays(name, arrays, self.manifest["inputs"], who="the manifest")
+        except (OSError, ValueError, EOFError, LayerwiseError) as e:
+            first = (str(e).splitlines() or [type(e).__name__])[0]
             raise BundleError(f"{self.dir.name}: {name} does not hold the inputs the manifest "
-                              f"declares ({type(e).__name__}); {RECREATE}") from e
-        for spec in self.manifest["inputs"]:
-            a = arrays[spec["name"]]
-            want = spec["shape"]
-            if (a.dtype.kind not in "biuf" or a.ndim != len(want)
-                    or any(isinstance(w, int) and w != g for w, g in zip(want, a.shape))):
-                raise BundleError(f"{self.dir.name}: example input {spec['name']!r} is "
-                                  f"{a.dtype}{list(a.shape)}, not the declared "
-                                  f"{spec['dtype']}{want}; {RECREATE}")
-        return arrays
+                              f"declares ({first}); {RECREATE}") from e
 
     def batch_dynamic(self) -> bool:
         return any(spec["shape"][:1] == ["batch"] for spec in self.manifest["inputs"])

@@ -71,7 +71,7 @@ def _split(inputs: dict[str, torch.Tensor], labels, batch_size: int) -> list[Bat
 
 
 def _from_npz(path: Path, ir, batch_size: int) -> list[Batch]:
-    from layerwise.runtime.run import fit_arrays, read_npz
+    from layerwise.runtime.arrays import fit_arrays, read_npz
 
     arrays = read_npz(path, "--data")
     fitted = fit_arrays(path, arrays, ir.input_specs(), allowed=("labels",))
