@@ -51,7 +51,7 @@ class QuantRecipe:
     quantize_bias: bool = True  # int32 bias (onnxruntime) or float bias (TensorRT)
     bias_correction: bool = True  # shift biases by the mean error each layer's int8 adds
     # cross-layer range equalization of the activations between two convs (Conv -> ReLU(6) ->
-    # Conv, targets/onnx_equalize.py), needs per-channel weights: channel c scales by
+    # Conv, the compiler's `equalize` pass), needs per-channel weights: channel c scales by
     # (range / range_c) ** exponent, the exponent by the consuming conv (depthwise: free,
     # pointwise: moves error into its weights), at most max_scale; 0 leaves them
     equalize_depthwise: float = 0.0

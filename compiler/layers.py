@@ -69,6 +69,17 @@ def classify(type_name: str, has_children: bool) -> str:
     return "module" if has_children else "op"
 
 
+def layer_of(node: fx.Node) -> str:
+    """The innermost module path of a node ('' when it belongs to no submodule)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else ""
+
+
+def in_layers(path: str, layers: tuple[str, ...] | list[str] | set[str]) -> bool:
+    """Whether module `path` is one of `layers` or inside one."""
+    return any(path == p or path.startswith(p + ".") for p in layers)
+
+
 def build_layer_table(ep: torch.export.ExportedProgram) -> list[Layer]:
     """Layer table of an exported program, ordered by first appearance in the graph."""
     graph = ep.graph

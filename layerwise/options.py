@@ -3,8 +3,10 @@ the CLI adds a flag per field, the API takes the dataclass, the server will read
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
+from layerwise.base.errors import LayerwiseError
 from layerwise.base.params import opt
 
 DB_HELP = "results database (default $LAYERWISE_DB or ~/.layerwise/runs.db; 'none' records nothing)"
@@ -103,3 +105,75 @@ class AnalyzeOptions:
     limit: int | None = opt(None, "use at most this many examples", minimum=1)
     db: str | None = opt(None, DB_HELP)
     distributed: bool = opt(False, "shard the data over torch.distributed (run under torchrun)")
+
+
+def names(text: str | None) -> tuple[str, ...]:
+    """'a, b,' -> ('a', 'b')."""
+    return tuple(p.strip() for p in (text or "").split(",") if p.strip())
+
+
+def fraction(text: str) -> float:
+    """'1%' -> 0.01, '0.01' -> 0.01 (a --max-drop)."""
+    try:
+        v = float(text[:-1]) / 100.0 if str(text).endswith("%") else float(text)
+    except ValueError as e:
+        raise LayerwiseError(f"--max-drop {text!r}: give a fraction (0.01) or a percent "
+                             "(1%)") from e
+    if not 0 <= v < 1:
+        raise LayerwiseError(f"--max-drop {text!r} must lie in [0, 100%)")
+    return v
+
+
+def check_compile(opts: CompileOptions) -> CompileOptions:
+    """`opts` with the target filled in (from --device, else onnx), after every check that
+    needs no model: the combinations of options, the device's precisions, the target's,
+    the agent's reachability. Raises LayerwiseError naming what to change."""
+    from layerwise.targets import get_target
+
+    if not opts.out:
+        raise LayerwiseError("compile needs --out DIR (the bundle directory to write)")
+    opts = _resolve_device(opts)
+    offers = get_target(opts.target).INFO.precisions
+    if opts.precision not in offers:
+        raise LayerwiseError(f"target {opts.target} offers {', '.join(offers)}, "
+                             f"not {opts.precision}")
+    if opts.max_drop is not None:
+        fraction(opts.max_drop)
+    if opts.remote is not None or opts.token_file is not None:
+        from layerwise.runtime.remote import agent_info, check_remote_options
+
+        if opts.max_drop is None:
+            raise LayerwiseError("--remote on compile measures the plan search's candidates; "
+                                 "add --max-drop (or profile a bundle with `profile --remote`)")
+        check_remote_options(opts.remote, opts.token_file, None)
+        agent_info(opts.remote, opts.token_file)  # unreachable or refused: before any work
+    if opts.max_drop is not None and not opts.data:
+        raise LayerwiseError("--max-drop needs --data (held-out inputs to measure quality on)")
+    smaller = names(opts.drop) or opts.max_drop is not None or opts.prune
+    if (opts.heal_steps and not (smaller and opts.data)) or opts.heal_steps < 0:
+        raise LayerwiseError("--heal-steps heals a model made smaller: add --drop BLOCKS, "
+                             "--prune or --max-drop, and --data (a positive step count)")
+    if opts.prune_criterion not in (None, "l2") and opts.prune and not opts.data:
+        raise LayerwiseError(f"--prune-criterion {opts.prune_criterion} scores channels on "
+                             "data: add --data (or use l2, which needs none)")
+    if names(opts.drop) and opts.max_drop is not None:
+        raise LayerwiseError("give either --drop (your blocks) or --max-drop (the search "
+                             "chooses), not both")
+    return opts
+
+
+def _resolve_device(opts: CompileOptions) -> CompileOptions:
+    """Fill the target from --device (else onnx) and check the device runs the precision."""
+    if not opts.device:
+        return dataclasses.replace(opts, target=opts.target or "onnx")
+    from layerwise.devices import load_device
+
+    dev = load_device(opts.device)
+    if opts.precision not in dev.precisions:
+        raise LayerwiseError(f"device {dev.name} runs {', '.join(dev.precisions)}, not "
+                             f"{opts.precision}: pass --precision "
+                             f"{dev.precisions[-1] if dev.precisions else 'int8'}")
+    if dev.quant.full_integer and opts.keep_fp32:
+        raise LayerwiseError(f"device {dev.name} runs full-integer models only: --keep-fp32 "
+                             "cannot apply there")
+    return dataclasses.replace(opts, target=opts.target or dev.target)

@@ -12,43 +12,57 @@ agreement for classifiers, mean cosine of the outputs otherwise. `max_drop` is a
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from layerwise.compiler.pipeline import Shrink, Teacher, shrink
 from layerwise.compiler.plan import Bounds, Candidate, NoPlanError, quality, split
 from layerwise.compiler.plan import run_search as search_plan
+from layerwise.finish import Choice, build
+from layerwise.options import CompileOptions, fraction
 
 __all__ = ["NoPlanError", "Search", "quality", "run_search", "split"]
 
 
+# prune ratios the search tries after choosing the depth (largest first) unless --prune
+SEARCH_PRUNE_RATIOS = (0.5, 0.25, 0.125)
+
+
 @dataclass
 class Search:
-    """State of one search: the lifted IR, its data splits and the target's options."""
+    """State of one search: the lifted IR, its data splits and the compile's options.
 
+    `opts.max_drop` must already be checked (layerwise.options.check_compile); the candidates
+    are shrunk by `shrink` (its drop and prune replaced per candidate, healed when it heals)
+    and finished and measured with `opts`."""
+
+    spec: str
     ir: object
-    source: object
-    target: str
-    max_drop: float
-    max_latency_ms: float | None
-    max_size_mb: float | None
+    opts: CompileOptions
     analysis_batches: list
     held: list
     progress: object
+    shrink: Shrink = field(default_factory=Shrink)
+    timings: dict = field(default_factory=dict)
     classify: bool = False
     reference: list = field(default_factory=list)
-    remote: str | None = None  # a device agent's URL: latency measured there
-    token_file: str | None = None
-    device: str | None = None  # a device profile: latency predicted for it (unless remote)
-    shrink: object = None  # (drop list, prune ratio) -> IR (healed when asked)
-    prune_ratios: tuple[float, ...] = ()  # pruning tried after the depth, largest first
+    teacher: Teacher = field(default_factory=Teacher)
     _shrunk: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.classify = self.ir.meta.get("task") == "classification"
         self.reference = self._run_torch(self.ir)
+
+    @property
+    def prune_ratios(self) -> tuple[float, ...]:
+        return (self.opts.prune,) if self.opts.prune else SEARCH_PRUNE_RATIOS
+
+    def bounds(self) -> Bounds:
+        return Bounds(fraction(self.opts.max_drop), self.opts.max_latency_ms,
+                      self.opts.max_size_mb)
 
     def _feeds(self) -> list[dict[str, torch.Tensor]]:
         return [b.inputs for b in self.held]
@@ -62,12 +76,9 @@ class Search:
         search heals), built once per plan."""
         key = (tuple(drop), prune)
         if key not in self._shrunk:
-            if self.shrink is not None:
-                self._shrunk[key] = self.shrink(list(drop), prune)
-            else:
-                from layerwise.compiler.passes.drop_layers import drop_layers
-
-                self._shrunk[key] = drop_layers(self.ir, list(drop)) if drop else self.ir
+            spec = replace(self.shrink, drop=tuple(drop), prune=prune)
+            self._shrunk[key] = shrink(self.ir, spec, self.analysis_batches, self.teacher,
+                                       self.progress)
         return self._shrunk[key]
 
     def torch_quality(self, drop: list[str], prune: float | None = None) -> float:
@@ -84,32 +95,36 @@ class Search:
         self.importance = res
         return [p for p in reversed(res["ranking"]) if p in droppable]
 
-    def measure(self, cand: Candidate, build) -> Candidate:
-        """Build cand's artifact (build(cand, out_dir) -> manifest), then measure its quality
-        on the held-out split and its latency with the target's runtime."""
+    def measure(self, cand: Candidate) -> Candidate:
+        """Build cand's artifact, then measure its quality on the held-out split and its
+        latency with the target's runtime (or on the agent, or predicted for the device)."""
         from layerwise.runtime import open_runner, profile
 
+        remote, device = self.opts.remote, self.opts.device
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "b"
-            manifest = build(cand, out)
-            runner = open_runner(self.target, out / manifest["model"]["file"])
+            manifest = build(self.spec, self.shrunk(cand.drop, cand.prune), self.opts,
+                             Choice(cand.precision, tuple(cand.keep_fp32)),
+                             self.analysis_batches, out=out, force=True, progress=self.progress,
+                             timings=self.timings, record=False)
+            runner = open_runner(self.opts.target, out / manifest["model"]["file"])
             outs = [np.concatenate([runner.run({k: v.numpy() for k, v in f.items()})[0]
                                     for f in self._feeds()])]
             cand.quality = quality(outs, self.reference, self.classify)
             cand.measured_on = manifest["verification"]["runtime"]
-            if self.remote:
+            if remote:
                 from layerwise.runtime.remote import remote_profile
 
-                prof = remote_profile(out, self.remote, self.token_file, runs=30, warmup=5)
-                cand.latency_on = f"agent {self.remote} ({prof['remote']['host']})"
-            elif self.device and self.device != "host":  # not at hand: the roofline model
+                prof = remote_profile(out, remote, self.opts.token_file, runs=30, warmup=5)
+                cand.latency_on = f"agent {remote} ({prof['remote']['host']})"
+            elif device and device != "host":  # not at hand: the roofline model
                 from layerwise.devices import predict
 
-                pred = predict(self.shrunk(cand.drop, cand.prune), self.device,
+                pred = predict(self.shrunk(cand.drop, cand.prune), device,
                                precision=cand.precision if cand.precision in ("fp32", "fp16",
                                                                               "int8") else None)
                 prof = {"latency_ms": {"p50": pred["total_ms"]}}
-                cand.latency_on = f"predicted for {self.device} ({pred['basis']})"
+                cand.latency_on = f"predicted for {device} ({pred['basis']})"
             else:
                 prof = profile(out, runs=30, warmup=5)
                 cand.latency_on = "this machine"
@@ -118,15 +133,19 @@ class Search:
         return cand
 
 
-def run_search(s: Search, build, int8: bool, others: tuple[str, ...] = ()
-               ) -> tuple[Candidate, dict]:
-    """Run compiler/plan's search over `s` (build(cand, out_dir) -> manifest makes a
-    candidate's artifact); returns the chosen candidate and the search record."""
+def run_search(s: Search) -> tuple[Candidate, dict]:
+    """Run compiler/plan's search over `s`: depth, width, then int8 where the target has it
+    (and dynamic int8 for a transformer's linears); returns the chosen candidate and the
+    search record."""
+    from layerwise.targets import get_target
+
+    precisions = get_target(s.opts.target).INFO.precisions
+    attention = any(layer.kind == "attention" for layer in s.ir.layers)
+    others = tuple(p for p in ("int8-dynamic",) if attention and p in precisions)
     order = s.ranking()
-    bounds = Bounds(s.max_drop, s.max_latency_ms, s.max_size_mb)
-    best, record = search_plan(order, s.torch_quality, lambda c: s.measure(c, build), bounds,
-                               prune_ratios=s.prune_ratios, int8=int8, others=others,
-                               progress=s.progress)
+    best, record = search_plan(order, s.torch_quality, s.measure, s.bounds(),
+                               prune_ratios=s.prune_ratios, int8="int8" in precisions,
+                               others=others, progress=s.progress)
     record.update({"quality_metric": "top-1 agreement" if s.classify else "mean cosine",
                    "held_out_batches": len(s.held),
                    "importance_methods": s.importance.get("methods", [])})

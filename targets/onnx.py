@@ -38,6 +38,7 @@ def emit(ir, out_dir: Path, opts=None) -> dict:
     import tempfile
 
     from layerwise.base.recipe import recipe_from_plan
+    from layerwise.compiler.passes.equalize import equalized
     from layerwise.targets.onnx_quantize import layer_nodes, quantize_model
 
     precision = plan.get("precision", "int8")
@@ -51,6 +52,7 @@ def emit(ir, out_dir: Path, opts=None) -> dict:
         if precision == "int8":
             info = quantize_model(src, out_dir / "model.onnx", ir.calibration, recipe,
                                   set(plan["keep_fp32"]))
+            info["equalized_activations"] = equalized(ir)
         else:
             import onnx
 

@@ -17,9 +17,8 @@ graph): every quantized Conv/Gemm is also run on the fp32 model's own input with
 weights, and its bias absorbs the mean output shift the weights' rounding adds. Only the
 weights' shift is corrected: the input's quantization shift is left out, and so is an
 empirical layer-by-layer correction inside the int8 model (both did worse; README: INT8
-recipes). Before calibration, the recipe's range equalization
-(targets/onnx_equalize.py) rescales the channels between two convs so one per-tensor scale
-fits them all.
+recipes). The recipe's range equalization (the compiler's `equalize` pass) has already
+rescaled the channels between two convs on the IR, so one per-tensor scale fits them all.
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ from layerwise.base.errors import TargetError
 from layerwise.base.recipe import QuantRecipe
 from layerwise.cpp_ext import HISTOGRAM_METHODS, StreamingHistogram, clip_range
 from layerwise.devices.cpu import cpu_flags, has_vnni, is_x86
-from layerwise.targets.onnx_equalize import equalize
 from layerwise.targets.onnx_session import ort_session as _session
 
 
@@ -308,19 +306,8 @@ def quantize_model(fp32_path: Path, out_path: Path, batches: list[dict[str, np.n
         if recipe.transformer_asymmetric:
             recipe = replace(recipe, symmetric_activations=False)
         exclude += linears_after(model, set(recipe.float_linears_after))
-    with tempfile.TemporaryDirectory() as tmp:
-        equalized = 0
-        if recipe.per_channel and (recipe.equalize_depthwise or recipe.equalize_pointwise):
-            equalized = equalize(model, stack_batches(batches),
-                                 depthwise=recipe.equalize_depthwise,
-                                 pointwise=recipe.equalize_pointwise,
-                                 max_scale=recipe.equalize_max_scale, exclude=set(exclude))
-            if equalized:  # the rescaled fp32 model is what gets calibrated and quantized
-                fp32_path = Path(tmp) / "equalized.onnx"
-                onnx.save(model, str(fp32_path))
-        info = _quantize_calibrated(fp32_path, out_path, batches, recipe, exclude=exclude,
-                                    model=model)
-    return {**info, "equalized_activations": equalized}
+    return _quantize_calibrated(fp32_path, out_path, batches, recipe, exclude=exclude,
+                                model=model)
 
 
 def _quantize_calibrated(fp32_path: Path, out_path: Path, batches: list[dict[str, np.ndarray]],

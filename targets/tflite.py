@@ -35,6 +35,7 @@ import torch
 
 from layerwise.base.errors import TargetError
 from layerwise.base.recipe import QuantRecipe
+from layerwise.compiler.passes.equalize import equalized
 from layerwise.targets import TargetInfo
 from layerwise.targets.tflite_calibrate import calibrate_ranges
 
@@ -64,10 +65,7 @@ def emit(ir, out_dir: Path, opts=None) -> dict:
     precision = getattr(opts, "precision", "fp32") or "fp32"
     if precision not in INFO.precisions:
         raise TargetError(f"tflite emits {', '.join(INFO.precisions)}, not {precision!r}")
-    ranges, equalized = None, 0
-    if precision == "int8":
-        ir, equalized = _equalized(ir)
-        ranges = _plan_ranges(ir)
+    ranges = _plan_ranges(ir) if precision == "int8" else None
     path = Path(out_dir) / FILE
     stats = emit_tflite(ir, path, precision=precision, ranges=ranges)
     dynamic = _runs_batch_one(ir, path)
@@ -77,7 +75,7 @@ def emit(ir, out_dir: Path, opts=None) -> dict:
         stats = emit_tflite(ir, path, precision=precision, ranges=ranges, batch=1)
     return {"file": FILE, "files": [FILE], "format": "tflite", "precision": precision,
             "batch": stats["batch"], "dynamic_batch": dynamic, "ops": stats["ops"],
-            **({"equalized_activations": equalized} if equalized else {})}
+            **({"equalized_activations": n} if (n := equalized(ir)) else {})}
 
 
 def _runs_batch_one(ir, path: Path) -> bool:
@@ -133,18 +131,6 @@ def emit_tflite(ir, path: Path, precision: str = "fp32",
     batch = batch or (next(iter(ir.example_inputs.values())).shape[0] if ir.example_inputs
                       else 1)
     return {"batch": int(batch), "ops": counts}
-
-
-def _equalized(ir):
-    """(the IR with the recipe's cross-layer range equalization, activations equalized)."""
-    recipe = (ir.annotations.get("quantize") or {}).get("recipe", {})
-    dw, pw = recipe.get("equalize_depthwise", 0.0), recipe.get("equalize_pointwise", 0.0)
-    if not (dw or pw) or not recipe.get("per_channel", True):
-        return ir, 0
-    from layerwise.targets.tflite_equalize import equalize_ir
-
-    return equalize_ir(ir, _calibration_batches(ir), depthwise=dw, pointwise=pw,
-                       max_scale=recipe.get("equalize_max_scale", 16.0))
 
 
 def _calibration_batches(ir) -> list[dict]:
@@ -352,7 +338,7 @@ class Lowering:
 
     def fail(self, node, why: str,
              hint: str = "Use --target onnx for this model, or report the op") -> TargetError:
-        from layerwise.targets.tflite_mixed import layer_of
+        from layerwise.compiler.layers import layer_of
 
         layer = layer_of(node) or "(top level)"
         return TargetError(

@@ -39,6 +39,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from layerwise.compiler.layers import layer_of
+
 aten = torch.ops.aten
 NORMS = {aten.native_layer_norm.default}
 # LiteRT 2.x has no int8 kernel for these (probed with the Interpreter)
@@ -67,12 +69,6 @@ HYBRID = ("reads a {} output (long-tailed: per-tensor int8 loses accuracy), so L
           "hybrid kernel: int8 weights, the input quantized per row as it runs")
 HUGE = 1e30  # calibration ignores values beyond this (finfo.min masks)
 MASK_MARGIN = 10.0  # full integer: masked scores sit this far below the real ones' minimum
-
-
-def layer_of(node) -> str:
-    """The innermost module path of a node ('' when it belongs to no submodule)."""
-    stack = node.meta.get("nn_module_stack") or {}
-    return list(stack.values())[-1][0] if stack else ""
 
 
 def _is_float(val) -> bool:

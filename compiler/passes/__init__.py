@@ -2,11 +2,13 @@
 `run_passes`, which names a failing pass and lints the graph after each.
 
 Each entry maps a pass name to "module:function"; modules are imported when a pass is used.
+A pass takes the IR and, as keywords, the arguments its Step carries.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from layerwise.base.errors import LayerwiseError
 
@@ -14,6 +16,8 @@ PASSES: dict[str, str] = {
     "legalize_views": "layerwise.compiler.passes.legalize:legalize_views",
     "unguard_softmax": "layerwise.compiler.passes.unguard_softmax:unguard_softmax",
     "quantize": "layerwise.compiler.passes.quantize:quantize",
+    "equalize": "layerwise.compiler.passes.equalize:equalize",
+    "heal": "layerwise.compiler.passes.heal:heal",
     "drop_layers": "layerwise.compiler.passes.drop_layers:drop_layers",
     "prune": "layerwise.compiler.passes.prune:prune",
 }
@@ -26,15 +30,29 @@ def get_pass(name: str) -> Callable:
     return find("layerwise.passes", name, PASSES, LayerwiseError, "pass")
 
 
-def run_passes(ir, names: list[str]):
-    """Apply passes in order; returns the final IR. After each pass the graph is linted
-    (topological order, node ownership). An error names the pass and the passes run before
-    it: a user error (LayerwiseError) keeps its type, anything else is a PassError."""
+@dataclass(frozen=True)
+class Step:
+    """One pass of a pipeline: its name, its keyword arguments, what progress says."""
+
+    name: str
+    args: dict = field(default_factory=dict)
+    note: str = ""
+
+
+def run_passes(ir, steps: list[str | Step], progress: Callable[[str], None] | None = None):
+    """Apply passes (names or Steps) in order; returns the final IR. After each pass the
+    graph is linted (topological order, node ownership). An error names the pass and the
+    passes run before it: a user error (LayerwiseError) keeps its type, anything else is a
+    PassError."""
     done: list[str] = []
-    for name in names:
+    for item in steps:
+        step = item if isinstance(item, Step) else Step(item)
+        name = step.name
         fn = get_pass(name)
+        if progress is not None and step.note:
+            progress(step.note)
         try:
-            ir = fn(ir)
+            ir = fn(ir, **step.args)
             ir.program.graph.lint()
         except LayerwiseError as e:
             raise type(e)(f"pass {name!r} (after {', '.join(done) or 'no other pass'}): "

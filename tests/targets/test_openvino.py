@@ -95,9 +95,8 @@ def test_int8_from_our_qdq_runs_int8_convolutions(bundles, tmp_path, monkeypatch
     runtime = runner.compiled.get_runtime_model()
     convs = [op.get_rt_info()["runtimePrecision"].astype(str) for op in runtime.get_ordered_ops()
              if op.get_rt_info()["layerType"].astype(str) == "Convolution"]
-    # every conv runs an int8 kernel (u8 or i8 input: the plugin's pick depends on the CPU;
-    # an Intel AVX-512 VNNI machine ran the 17 convs fed by the signed residual stream in
-    # i8 under zero-point-0, an AMD Zen 5 runs all in u8)
+    # every conv runs an int8 kernel (u8 or i8 input: the plugin's pick depends on the CPU,
+    # e.g. i8 for the convs fed by the signed residual stream under zero-point-0)
     assert len(convs) >= 50 and set(convs) <= {"u8", "i8"}
     if not zero_point_0:
         return

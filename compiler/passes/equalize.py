@@ -1,19 +1,28 @@
-"""Cross-layer range equalization on the IR's graph, ahead of the tflite target's int8.
+"""`equalize`: cross-layer range equalization on the IR, ahead of static int8 for every
+target whose recipe asks for it (onnx, openvino, tflite) — Nagel et al. 2019, "Data-Free
+Quantization", section 4.1, with measured ranges in place of the weights' ranges.
 
-The same method as the ONNX targets' (targets/onnx_equalize.py: Nagel et al. 2019, section
-4.1, with measured ranges): where conv A (and its batch norm) -> ReLU / ReLU6 -> conv B, each
-channel c of the activation is scaled up by s_c = (R / r_c) ** alpha (r_c its largest value
-over calibration, R the tensor's, alpha by B's kind, 1 <= s_c <= max_scale), in A's batch
-norm (or A's weights and bias), and B's input channel c down by 1 / s_c. The tflite emitter
-reads the IR, so the weights change here and the IR is exported again; the result computes
-what the original does (ReLU6 clips a scaled channel at 6 / s_c of its own range, above what
-calibration saw) with every channel of the activation near the per-tensor int8 range.
+Per-tensor int8 activations fit one scale to all channels of a tensor; where the channels of
+a ReLU6 output span very different ranges (MobileNetV2) the small channels keep a few levels
+only. Where conv A (and its batch norm) -> ReLU / ReLU6 -> conv B, each channel c of the
+activation is scaled up by s_c = (R / r_c) ** alpha (r_c its largest value over calibration,
+R the tensor's, 1 <= s_c <= max_scale) in A's batch norm (or A's weights and bias), and B's
+input channel c down by 1 / s_c. With per-output-channel weights the scaling is free on A,
+and on B too when B is depthwise; into a pointwise B it moves error into B's weights, hence
+the recipe's smaller exponent there (SmoothQuant's migration strength).
+
+ReLU is positively homogeneous; ReLU6 is not: a scaled channel clips at 6 / s_c of its
+original range, which lies above what calibration saw (s_c <= R / r_c), and the int8 model
+clips each channel near r_c anyway. Assumes per-channel weights (the pass does nothing
+otherwise); pairs touching a layer the plan keeps in fp32 are left alone.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from layerwise.compiler.layers import in_layers, layer_of
 
 aten = torch.ops.aten
 ACTIVATIONS = {aten.relu.default, aten.hardtanh.default, aten.clamp.default}
@@ -37,10 +46,11 @@ def _zero_floor(act) -> bool:
     return lo is not None and float(lo) == 0.0
 
 
-def equalizable(gm) -> list[tuple]:
+def equalizable(gm, exclude: tuple[str, ...] = ()) -> list[tuple]:
     """(A, batch norm or None, activation, B, "dw" | "pw") for every conv A -> [batch norm]
     -> ReLU / ReLU6 / clamp(0, x) -> conv B where each tensor between them has one reader,
-    and the weights (and the batch norm's affine) are constants only they read."""
+    the weights (and the batch norm's affine) are constants only they read, and neither
+    conv belongs to a layer in `exclude` (layer-table paths)."""
     out = []
     for a in gm.graph.nodes:
         if a.target is not aten.convolution.default or not _own_attr(a.args[1]) or (
@@ -64,7 +74,7 @@ def equalizable(gm) -> list[tuple]:
         groups = int(b.args[8])
         kind = ("dw" if groups > 1 and groups == w.shape[0] and w.shape[1] == 1
                 else "pw" if groups == 1 else None)
-        if kind:
+        if kind and not (in_layers(layer_of(a), exclude) or in_layers(layer_of(b), exclude)):
             out.append((a, bn, act, b, kind))
     return out
 
@@ -89,12 +99,36 @@ def channel_maxima(gm, nodes: list, batches: list[dict]) -> dict:
     return top
 
 
+def equalize(ir):
+    """The pass: equalize `ir` by the recipe of its `quantize` annotation over
+    ir.calibration (static int8 with per-channel weights only; otherwise `ir` unchanged).
+    Returns a new IR when any activation was equalized; the count goes into its record."""
+    plan = ir.annotations.get("quantize") or {}
+    recipe = plan.get("recipe") or {}
+    dw, pw = recipe.get("equalize_depthwise", 0.0), recipe.get("equalize_pointwise", 0.0)
+    if plan.get("precision") != "int8" or not (dw or pw) or not recipe.get("per_channel", True):
+        return ir
+    batches = [{k: torch.from_numpy(v) for k, v in b.items()} for b in ir.calibration]
+    out, _ = equalize_ir(ir, batches, depthwise=dw, pointwise=pw,
+                         max_scale=recipe.get("equalize_max_scale", 16.0),
+                         exclude=tuple(plan.get("keep_fp32", ())))
+    return out
+
+
+def equalized(ir) -> int:
+    """How many activations the `equalize` pass equalized in `ir` (0 when it did not run)."""
+    return sum(p.get("activations", 0) for p in ir.annotations.get("passes", [])
+               if p.get("name") == "equalize")
+
+
 def equalize_ir(ir, batches: list[dict], *, depthwise: float, pointwise: float,
-                max_scale: float):
-    """(the equalized IR, how many activations were equalized); the IR itself when none
-    was (its weights are not touched: a new IR is exported)."""
+                max_scale: float, exclude: tuple[str, ...] = ()):
+    """(the equalized IR, how many activations were equalized) over `batches` (input name
+    -> tensor); the IR itself when none was (its weights are not touched: a new IR is
+    exported)."""
     gm = ir.module()
-    pairs = [p for p in equalizable(gm) if (depthwise if p[4] == "dw" else pointwise) > 0]
+    pairs = [p for p in equalizable(gm, exclude)
+             if (depthwise if p[4] == "dw" else pointwise) > 0]
     if not pairs or not batches:
         return ir, 0
     top = channel_maxima(gm, [p[2] for p in pairs], batches)

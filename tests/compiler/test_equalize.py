@@ -1,4 +1,4 @@
-"""Cross-layer range equalization on the IR (targets/tflite_equalize.py), planted: a conv whose
+"""Cross-layer range equalization on the IR (compiler/passes/equalize.py), planted: a conv whose
 output channels span ranges 100x apart, through batch norm and ReLU6, into a depthwise and
 then a pointwise conv."""
 
@@ -9,13 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("ai_edge_litert")
-
 from layerwise.compiler.frontend import lift
-from layerwise.runtime import open_runner
+from layerwise.compiler.passes.equalize import (channel_maxima, equalizable, equalize_ir,
+                                                equalized)
+from layerwise.compiler.pipeline import finish
 from layerwise.sources import Source
-from layerwise.targets.tflite import calibrate_ranges, emit_tflite
-from layerwise.targets.tflite_equalize import channel_maxima, equalizable, equalize_ir
 
 SPREAD = np.geomspace(0.02, 2.0, 8)  # each channel's scale: 100x apart
 
@@ -70,7 +68,36 @@ def test_channels_reach_the_tensor_range_and_the_function_is_kept(spread):
                                atol=1e-5)
 
 
+def test_the_pass_follows_the_recipe_and_leaves_fp32_layers(spread):
+    """Run as a pipeline step after quantize: static int8 with an equalizing recipe
+    equalizes both pairs over ir.calibration; a pair touching a layer kept in fp32, another
+    precision or a recipe without equalization leaves the IR as it is."""
+    from dataclasses import replace
+
+    from layerwise.base.recipe import QuantRecipe
+
+    ir, batches = spread
+    ir.calibration = [{"x": b["x"][i:i + 1].numpy()} for b in batches for i in range(4)]
+    recipe = QuantRecipe(equalize_depthwise=1.0, equalize_pointwise=0.5)
+
+    def run(keep=(), precision="int8", r=recipe):
+        return finish(ir, [], [], {"recipe": r, "keep_fp32": list(keep),
+                                   "precision": precision})
+
+    assert equalized(run()) == 2
+    assert equalized(run(keep=["dw"])) == 0  # both pairs touch the depthwise conv
+    assert equalized(run(keep=["pw"])) == 1
+    assert equalized(run(precision="int8-dynamic")) == 0
+    assert equalized(run(r=replace(recipe, equalize_depthwise=0.0))) == 1
+    assert equalized(run(r=replace(recipe, per_channel=False))) == 0
+    assert "quantize" not in ir.annotations  # finish works on a copy
+
+
 def test_equalized_int8_is_closer_to_fp32(spread, tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    from layerwise.runtime import open_runner
+    from layerwise.targets.tflite import calibrate_ranges, emit_tflite
+
     ir, batches = spread
     eq, _ = equalize_ir(ir, batches, depthwise=1.0, pointwise=0.5, max_scale=16.0)
     x = {"x": torch.randn(8, 3, 16, 16)}
