@@ -8,9 +8,9 @@ from __future__ import annotations
 
 
 def analyze(*args, **kwargs) -> dict:
-    """See layerwise.analysis.pipeline.analyze. (The module is not named `analyze`: importing
+    """See layerwise.analysis.analyze_model.analyze. (The module is not named `analyze`: importing
     it would rebind this package attribute to the module.)"""
-    from layerwise.analysis.pipeline import analyze as _analyze
+    from layerwise.analysis.analyze_model import analyze as _analyze
 
     return _analyze(*args, **kwargs)
 

@@ -30,7 +30,7 @@ from layerwise.devices.latency.calibrate import best_rounds, calibrate_host
 from layerwise.devices.latency.roofline import predict
 from layerwise.runtime import open_bundle
 from layerwise.runtime.profile import batch_inputs
-from layerwise.runtime.session import open_runner
+from layerwise.runtime.runners import open_runner
 from layerwise.targets import onnx as onnx_target
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "models.py"

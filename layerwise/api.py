@@ -175,10 +175,14 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
     if opts.max_drop is None:
         small = shrink(ir, plan, batches, progress=progress)
     else:
+        from layerwise.judge import make_judge
         from layerwise.plan import Search, run_search, split
 
+        labelled = _load_data(opts, ir, source, progress, opts.eval) if opts.eval else None
         batches, held = split(batches)
-        s = Search(spec, ir, opts, batches, held, progress, shrink=plan, timings=timings)
+        judge = make_judge(held, labelled, opts.metric,
+                           ir.meta.get("task") == "classification")
+        s = Search(spec, ir, opts, batches, judge, progress, shrink=plan, timings=timings)
         best, search = run_search(s)
         small = s.shrunk(best.drop, best.prune)
         choice = Choice(best.precision, tuple(best.keep_fp32))
@@ -186,11 +190,12 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
                  progress=progress, timings=timings, search=search)
 
 
-def _load_data(opts, ir, source, progress: Progress) -> list:
+def _load_data(opts, ir, source, progress: Progress, spec: str | None = None) -> list:
     from layerwise.sources.data import load_batches
 
-    progress(f"loading data {opts.data}")
-    return load_batches(opts.data, ir, getattr(source, "tokenizer", None), batch_size=8)
+    spec = spec or opts.data
+    progress(f"loading data {spec}")
+    return load_batches(spec, ir, getattr(source, "tokenizer", None), batch_size=8)
 
 
 __all__ = ["AnalyzeOptions", "CompileOptions", "ProfileOptions", "analyze", "compile",

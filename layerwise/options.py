@@ -41,8 +41,17 @@ class CompileOptions:
                                   "(default: the target's recipe)")
     keep_fp32: str | None = opt(None, "comma-separated layer paths kept in fp32 under a lower "
                                 "precision")
-    max_drop: str | None = opt(None, "search the plan: largest quality loss allowed on held-out "
-                               "--data, e.g. 1% (drops blocks, tries int8)")
+    max_drop: str | None = opt(None, "search the plan: largest quality loss allowed, e.g. 1%: "
+                               "of fidelity to the original on held-out --data, or points "
+                               "of the --eval task metric (drops blocks, prunes, tries int8)")
+    eval: str | None = opt(None, "plan search: labelled data the bound is judged on (an "
+                           "image folder with a subfolder per class, a .tsv of text<TAB>label, "
+                           "an .npz with inputs and labels, module:factory); half decides, "
+                           "half is held out for the manifest's figures")
+    metric: str | None = opt(None, "task metric on --eval: accuracy, macro_f1, "
+                             "centroid_accuracy (embeddings) or module:function(outputs, "
+                             "labels) -> float (default: accuracy for classifiers, else "
+                             "centroid_accuracy)")
     max_latency_ms: float | None = opt(None, "plan search: latency bound (target runtime, batch 1)")
     max_size_mb: float | None = opt(None, "plan search: model size bound in MiB")
     passes: str | None = opt(None, "extra passes (comma-separated names, plugins included) run "
@@ -156,6 +165,14 @@ def check_compile(opts: CompileOptions) -> CompileOptions:
     if opts.prune_criterion not in (None, "l2") and opts.prune and not opts.data:
         raise LayerwiseError(f"--prune-criterion {opts.prune_criterion} scores channels on "
                              "data: add --data (or use l2, which needs none)")
+    if (opts.eval or opts.metric) and opts.max_drop is None:
+        raise LayerwiseError("--eval and --metric judge the plan search: add --max-drop")
+    if opts.metric and not opts.eval:
+        raise LayerwiseError("--metric needs --eval (labelled data to compute it on)")
+    if opts.metric:
+        from layerwise.judge import resolve_metric
+
+        resolve_metric(opts.metric)  # an unknown name or a module that fails: before any work
     if names(opts.drop) and opts.max_drop is not None:
         raise LayerwiseError("give either --drop (your blocks) or --max-drop (the search "
                              "chooses), not both")

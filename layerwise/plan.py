@@ -5,8 +5,8 @@ held-out split) and the measurement of a candidate (its artifact built, verified
 held-out split by the target's runtime and timed here, on a device agent, or predicted for a
 device profile).
 
-Quality is label-free fidelity to the original model on the held-out split: top-1
-agreement for classifiers, mean cosine of the outputs otherwise. `max_drop` is a fraction.
+Quality comes from the judge (layerwise/judge.py): label-free fidelity to the original
+model on the held-out split of --data, or the task metric on labelled --eval data.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from layerwise.compiler.pipeline import Shrink, Teacher, shrink
 from layerwise.compiler.plan import Bounds, Candidate, NoPlanError, quality, split
 from layerwise.compiler.plan import run_search as search_plan
 from layerwise.finish import Choice, build
+from layerwise.judge import Judge
 from layerwise.options import CompileOptions, fraction
 
 __all__ = ["NoPlanError", "Search", "quality", "run_search", "split"]
@@ -43,18 +43,15 @@ class Search:
     ir: object
     opts: CompileOptions
     analysis_batches: list
-    held: list
+    judge: Judge
     progress: object
     shrink: Shrink = field(default_factory=Shrink)
     timings: dict = field(default_factory=dict)
-    classify: bool = False
-    reference: list = field(default_factory=list)
     teacher: Teacher = field(default_factory=Teacher)
     _shrunk: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.classify = self.ir.meta.get("task") == "classification"
-        self.reference = self._run_torch(self.ir)
+        self.judge.set_reference(lambda batches: _run_torch(self.ir, batches))
 
     @property
     def prune_ratios(self) -> tuple[float, ...]:
@@ -64,12 +61,6 @@ class Search:
         return Bounds(fraction(self.opts.max_drop), self.opts.max_latency_ms,
                       self.opts.max_size_mb)
 
-    def _feeds(self) -> list[dict[str, torch.Tensor]]:
-        return [b.inputs for b in self.held]
-
-    def _run_torch(self, ir) -> list[np.ndarray]:
-        outs = [ir.run(f)[0].numpy() for f in self._feeds()]
-        return [np.concatenate(outs)]
 
     def shrunk(self, drop: list[str], prune: float | None = None):
         """The IR with `drop` removed and `prune` of its channels pruned (healed when the
@@ -82,8 +73,7 @@ class Search:
         return self._shrunk[key]
 
     def torch_quality(self, drop: list[str], prune: float | None = None) -> float:
-        return quality(self._run_torch(self.shrunk(drop, prune)), self.reference,
-                       self.classify)
+        return self.judge.quality(_run_torch(self.shrunk(drop, prune), self.judge.batches))
 
     def ranking(self) -> list[str]:
         """Droppable blocks, least important first (ensemble of the auto method set)."""
@@ -108,9 +98,11 @@ class Search:
                              self.analysis_batches, out=out, force=True, progress=self.progress,
                              timings=self.timings, record=False)
             runner = open_runner(self.opts.target, out / manifest["model"]["file"])
-            outs = [np.concatenate([runner.run({k: v.numpy() for k, v in f.items()})[0]
-                                    for f in self._feeds()])]
-            cand.quality = quality(outs, self.reference, self.classify)
+            cand.quality = self.judge.quality(_run_runner(runner, self.judge.batches))
+            if self.judge.metric is not None:  # the chosen plan's figure on unseen data
+                cand.metrics = {"decide": self.judge.reference["search"] - (1.0 - cand.quality),
+                                "test": self.judge.score(_run_runner(runner, self.judge.test),
+                                                         self.judge.test)}
             cand.measured_on = manifest["verification"]["runtime"]
             if remote:
                 from layerwise.runtime.remote import remote_profile
@@ -146,7 +138,17 @@ def run_search(s: Search) -> tuple[Candidate, dict]:
     best, record = search_plan(order, s.torch_quality, s.measure, s.bounds(),
                                prune_ratios=s.prune_ratios, int8="int8" in precisions,
                                others=others, progress=s.progress)
-    record.update({"quality_metric": "top-1 agreement" if s.classify else "mean cosine",
-                   "held_out_batches": len(s.held),
+    record.update({**s.judge.record(),
                    "importance_methods": s.importance.get("methods", [])})
     return best, record
+
+
+def _run_torch(ir, batches: list) -> np.ndarray:
+    """The IR's first output on `batches`, concatenated."""
+    return np.concatenate([ir.run(b.inputs)[0].numpy() for b in batches])
+
+
+def _run_runner(runner, batches: list) -> np.ndarray:
+    """The artifact's first output on `batches`, concatenated."""
+    return np.concatenate([runner.run({k: v.numpy() for k, v in b.inputs.items()})[0]
+                           for b in batches])

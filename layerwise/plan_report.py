@@ -63,6 +63,20 @@ def write_plan_report(search: dict, spec: str, path: Path) -> Path:
     return path
 
 
+def _task(search: dict) -> str:
+    """The task metric of the original and the chosen plan on both splits of --eval."""
+    task = search.get("task_metric")
+    chosen = search.get("chosen", {}).get("task_metric")
+    if not task or not chosen:
+        return ""
+    ref = task["reference"]
+    return (f"<p>{html.escape(task['name'])}: original {ref['decide']:.4f} / "
+            f"{ref['test']:.4f}, chosen plan {chosen['decide']:.4f} / {chosen['test']:.4f} "
+            f"(deciding split of {task['decide_examples']} / held-back test split of "
+            f"{task['test_examples']} labelled examples, the latter never seen by the "
+            "search)</p>")
+
+
 def plan_report(search: dict, spec: str) -> str:
     """The search's report page as HTML (self-contained, no script)."""
     rows = "".join(_row(c) for c in search["candidates"])
@@ -76,6 +90,7 @@ def plan_report(search: dict, spec: str) -> str:
         f"({html.escape(search['quality_metric'])} on {search['held_out_batches']} held-out "
         f"batches). Chosen: drop {len(chosen.get('drop', []))} block(s) "
         f"{html.escape(str(chosen.get('drop', [])))}, {chosen.get('precision', '')}.</p>"
+        f"{_task(search)}"
         f"<h2>Pareto frontier (quality loss vs latency)</h2>"
         f"{_plot(search['candidates'], search['pareto'], search['bound']['max_drop'])}"
         "<h2>Candidates</h2><table><tr><th>dropped</th><th>precision</th><th>fp32 kept</th>"

@@ -6,6 +6,6 @@ Imports numpy and the backend runtimes only, never torch: it must install on a d
 from layerwise.runtime.bundle import Bundle, open_bundle
 from layerwise.runtime.compare import compare
 from layerwise.runtime.profile import profile
-from layerwise.runtime.session import open_runner
+from layerwise.runtime.runners import open_runner
 
 __all__ = ["Bundle", "compare", "open_bundle", "open_runner", "profile"]

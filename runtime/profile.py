@@ -11,7 +11,7 @@ import numpy as np
 
 from layerwise.base.errors import LayerwiseError
 from layerwise.runtime.bundle import Bundle, open_bundle
-from layerwise.runtime.session import PROFILE_VARIANTS, open_runner
+from layerwise.runtime.runners import PROFILE_VARIANTS, open_runner
 
 
 def batch_inputs(bundle: Bundle, batch: int | None) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ from layerwise.base.errors import LayerwiseError
 from layerwise.runtime.arrays import fit_arrays, read_npz
 from layerwise.runtime.bundle import open_bundle
 from layerwise.runtime.profile import check_threads
-from layerwise.runtime.session import open_runner
+from layerwise.runtime.runners import open_runner
 
 
 def _open_output(dst: Path) -> tuple[int, Path]:

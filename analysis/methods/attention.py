@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from layerwise.analysis.engine import nodes_in
+from layerwise.analysis.execution import nodes_in
 from layerwise.analysis.methods import MethodError, MethodInfo, Requests, Result
 from layerwise.analysis.stats import Mean
 

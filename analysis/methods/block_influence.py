@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from layerwise.analysis.engine import site_requests
+from layerwise.analysis.execution import site_requests
 from layerwise.analysis.methods import MethodInfo, Requests, Result
 from layerwise.analysis.stats import CosineStats, tokens
 

@@ -5,7 +5,7 @@ distribution). Detail: the Fisher trace of every parameter tensor."""
 
 from __future__ import annotations
 
-from layerwise.analysis.engine import block_params
+from layerwise.analysis.execution import block_params
 from layerwise.analysis.methods import MethodInfo, Requests, Result
 from layerwise.analysis.stats import Mean
 

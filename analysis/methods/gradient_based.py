@@ -3,7 +3,7 @@ parameters of |w * dL/dw|, the estimated loss change from zeroing each weight.""
 
 from __future__ import annotations
 
-from layerwise.analysis.engine import block_params
+from layerwise.analysis.execution import block_params
 from layerwise.analysis.methods import MethodInfo, Requests, Result
 from layerwise.analysis.stats import Mean
 

@@ -4,7 +4,7 @@ norm profile across blocks as detail (vanishing or exploding gradients)."""
 
 from __future__ import annotations
 
-from layerwise.analysis.engine import site_requests
+from layerwise.analysis.execution import site_requests
 from layerwise.analysis.methods import MethodInfo, Requests, Result
 from layerwise.analysis.stats import Mean
 

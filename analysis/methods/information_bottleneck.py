@@ -11,7 +11,7 @@ import math
 import numpy as np
 import torch
 
-from layerwise.analysis.engine import site_requests
+from layerwise.analysis.execution import site_requests
 from layerwise.analysis.methods import MethodInfo, Requests, Result
 from layerwise.analysis.stats import CrossMoments, pooled
 from layerwise.analysis.tasks import first_float

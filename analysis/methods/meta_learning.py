@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from layerwise.analysis.history import FEATURES, block_features, valid_records
+from layerwise.analysis.records import FEATURES, block_features, valid_records
 from layerwise.analysis.methods import MethodError, MethodInfo, Result
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from layerwise.analysis.engine import site_requests
+from layerwise.analysis.execution import site_requests
 from layerwise.analysis.methods import MethodError, MethodInfo, Requests, Result
 from layerwise.analysis.native import mutual_information_ksg
 from layerwise.analysis.stats import pooled

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from layerwise.analysis.engine import nodes_in, site_requests
+from layerwise.analysis.execution import nodes_in, site_requests
 from layerwise.analysis.methods import MethodInfo, Requests, Result
 from layerwise.analysis.stats import Mean, tokens
 

@@ -5,7 +5,7 @@ With classification outputs the detail also gives the model's predictive entropy
 
 from __future__ import annotations
 
-from layerwise.analysis.engine import site_requests
+from layerwise.analysis.execution import site_requests
 from layerwise.analysis.methods import MethodInfo, Requests, Result
 from layerwise.analysis.stats import Mean
 from layerwise.analysis.tasks import first_float

@@ -20,13 +20,16 @@ class Candidate:
     measured_on: str = "torch"
     latency_on: str | None = None
     prune: float | None = None
+    # the task metric (with --eval) on the deciding split and on the held-back test split
+    metrics: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"drop": self.drop, "prune": self.prune, "precision": self.precision,
                 "keep_fp32": self.keep_fp32,
                 "quality": self.quality, "quality_drop": 1.0 - self.quality,
                 "latency_ms": self.latency_ms, "size_bytes": self.size_bytes,
-                "quality_measured_on": self.measured_on, "latency_measured_on": self.latency_on}
+                "quality_measured_on": self.measured_on, "latency_measured_on": self.latency_on,
+                **({"task_metric": self.metrics} if self.metrics else {})}
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@
   normalised like ImageNet;
 - a text file, one example per line, tokenized by the model's tokenizer (Source.tokenizer) to
   the sequence length of the IR's example inputs;
+- a `.tsv` file, `text<TAB>label` per line: labelled text (labels numbered in sorted order);
 - `module:factory`, a callable returning a DataLoader or any iterable of batches (dicts of
   named tensors, or (inputs, labels) pairs).
 """
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from layerwise.analysis.engine import Batch
+from layerwise.analysis.execution import Batch
 from layerwise.base.errors import LayerwiseError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -37,6 +38,8 @@ def load_batches(spec: str, ir, tokenizer: Any = None, batch_size: int = 16,
     p = Path(spec)
     if p.suffix == ".npz" and p.is_file():
         batches = _from_npz(p, ir, batch_size)
+    elif p.suffix == ".tsv" and p.is_file():
+        batches = _from_tsv(p, ir, tokenizer, batch_size)
     elif p.is_dir():
         batches = _from_images(p, ir, batch_size)
     elif p.is_file():
@@ -135,11 +138,28 @@ def _read_text(path: Path) -> str:
 
 
 def _from_text(path: Path, ir, tokenizer, batch_size: int) -> list[Batch]:
-    text = _read_text(path)
+    lines = [ln.strip() for ln in _read_text(path).splitlines() if ln.strip()]
+    return _split(_tokenized(path, lines, ir, tokenizer), None, batch_size)
+
+
+def _from_tsv(path: Path, ir, tokenizer, batch_size: int) -> list[Batch]:
+    rows = [ln.rstrip("\r").rsplit("\t", 1) for ln in _read_text(path).splitlines() if ln.strip()]
+    bad = next((i for i, r in enumerate(rows) if len(r) != 2 or not r[0].strip()
+                or not r[1].strip()), None)
+    if bad is not None:
+        raise DataError(f"{path} line {bad + 1} is not `text<TAB>label`; give one labelled "
+                        "example per line")
+    names = sorted({r[1].strip() for r in rows})
+    labels = torch.tensor([names.index(r[1].strip()) for r in rows])
+    return _split(_tokenized(path, [r[0].strip() for r in rows], ir, tokenizer), labels,
+                  batch_size)
+
+
+def _tokenized(path: Path, lines: list[str], ir, tokenizer) -> dict[str, torch.Tensor]:
+    """`lines` tokenized to the IR's sequence length, by input name."""
     if tokenizer is None:
         raise DataError(f"{path} is text, but the model has no tokenizer; give a .npz of "
                         "token ids instead")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise DataError(f"{path} has no non-empty lines")
     ex = ir.example_inputs
@@ -154,7 +174,7 @@ def _from_text(path: Path, ir, tokenizer, batch_size: int) -> list[Batch]:
     missing = [n for n in ex if n not in enc]
     if missing:
         raise DataError(f"the tokenizer gives no {missing} for the model's inputs")
-    return _split({n: enc[n].to(ex[n].dtype) for n in ex}, None, batch_size)
+    return {n: enc[n].to(ex[n].dtype) for n in ex}
 
 
 def _from_factory(spec: str) -> list[Batch]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from layerwise.analysis import analyze
-from layerwise.analysis.engine import Context, merge_states, run_baseline
+from layerwise.analysis.execution import Context, merge_states, run_baseline
 from layerwise.analysis.ensemble import aggregate, spearman
 from layerwise.analysis.methods import MethodError, get_method
 from layerwise.analysis.select import select_methods
@@ -184,7 +184,7 @@ def test_streaming_states_merge_like_one_pass():
 def test_shared_state_merges_across_workers():
     """Two halves of the data observed separately and merged give the one-pass result."""
     ir, data, paths = planted("mlp")
-    from layerwise.analysis.engine import Batch, run_shared
+    from layerwise.analysis.execution import Batch, run_shared
 
     method = get_method("block_influence")
     whole = Context.build(ir, [Batch(b) for b in data], get_task("fidelity"))
@@ -196,7 +196,7 @@ def test_shared_state_merges_across_workers():
         run_baseline(ctx)
         st = method.start(ctx)
         probe = ctx.probe(tuple(sorted(method.requests(ctx).taps)))
-        from layerwise.analysis.engine import Observation
+        from layerwise.analysis.execution import Observation
         for i, b in enumerate(ctx.batches):
             outs, taps = probe(b.inputs)
             method.observe(st, Observation(i, b, outs, taps, {}, {}, {}, None), ctx)

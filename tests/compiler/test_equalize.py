@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from layerwise.compiler.frontend import lift
-from layerwise.compiler.passes.equalize import (channel_maxima, equalizable, equalize_ir,
-                                                equalized)
+from layerwise.compiler.passes.equalize import channel_maxima, equalizable, equalize_ir, equalized
 from layerwise.compiler.pipeline import finish
 from layerwise.sources import Source
 

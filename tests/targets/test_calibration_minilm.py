@@ -9,7 +9,7 @@ import pytest
 
 from layerwise.base.recipe import QuantRecipe
 from layerwise.runtime import open_bundle
-from layerwise.targets.onnx_quantize import calibrate
+from layerwise.targets.onnx.quantize import calibrate
 
 
 @pytest.fixture(scope="module")

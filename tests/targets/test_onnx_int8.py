@@ -113,7 +113,7 @@ def test_range_equalization_lowers_mobilenet_int8_error(tmp_path):
     from layerwise.compiler.pipeline import finish
     from layerwise.sources import lift_spec
     from layerwise.targets import onnx as onnx_target
-    from layerwise.targets.onnx_quantize import _session, u8s8_saturates
+    from layerwise.targets.onnx.quantize import _session, u8s8_saturates
 
     ir = lift_spec("zoo:mobilenet-v2")
     calib = photo_crops(32, seed=2)

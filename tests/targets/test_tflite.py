@@ -255,8 +255,8 @@ def test_calibration_methods_and_channel_means():
 def test_bias_correction_is_the_mean_error_of_rounded_weights(depthwise):
     """E[x] . (W - W_int8) per output channel equals the mean output change the rounded
     weights make (inputs constant across space: no border effect)."""
-    from layerwise.targets.tflite_graph import symmetric_per_channel
-    from layerwise.targets.tflite_nn import rounding_shift
+    from layerwise.targets.tflite.graph import symmetric_per_channel
+    from layerwise.targets.tflite.nn import rounding_shift
 
     g = torch.Generator().manual_seed(0)
     C = 6

@@ -34,7 +34,7 @@ from layerwise.base.errors import TargetError
 from layerwise.runtime.native_trust import trust
 from layerwise.runtime.tvm import allow_threads, host_cores
 from layerwise.targets import TargetInfo
-from layerwise.targets.tvm_tune import DB_FILES
+from layerwise.targets.tvm.tune import DB_FILES
 
 INFO = TargetInfo(name="tvm", runtime="tvm", precisions=("fp32",), extra="tvm",
                   legalize=("unguard_softmax",))
@@ -213,7 +213,7 @@ def _run_tuning(tvm, mod, target, db_dir: Path, trials: int) -> None:
         log = Path(tmp) / "tune.log"
         with open(log, "w") as f:
             proc = subprocess.run(
-                [sys.executable, "-m", "layerwise.targets.tvm_tune", str(mod_json),
+                [sys.executable, "-m", "layerwise.targets.tvm.tune", str(mod_json),
                  str(tgt_json), str(db_dir), str(trials)],
                 stdout=f, stderr=subprocess.STDOUT,
                 # candidates are measured on as many threads as the bundle will run on

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from layerwise.analysis.engine import Batch, Context, run_baseline, run_shared
+from layerwise.analysis.execution import Batch, Context, run_baseline, run_shared
 from layerwise.analysis.ensemble import aggregate
 from layerwise.analysis.methods import METHODS, MethodError, get_method
 from layerwise.analysis.select import BACKWARD, MEASURED, PRIORS, model_kind, select_methods
@@ -136,7 +136,7 @@ def analyze(ir: IR, batches: Iterable | None = None, methods: str | list[str] = 
     baseline = _last_collective(ctx) if distributed else ctx.baseline
     history_record = None
     if data and (shard is None or shard.rank == 0):  # data-free scores teach meta_learning nothing
-        from layerwise.analysis.history import make_record
+        from layerwise.analysis.records import make_record
 
         target = "layer_ablation" if "layer_ablation" in scores else "ensemble"
         history_record = make_record(ctx, scores.get(target, ensemble), target)

@@ -1,6 +1,6 @@
 """MetaSchedule tuning worker for the TVM target, run as its own process (torch-free):
 
-    python -m layerwise.targets.tvm_tune MOD.json TARGET.json WORK_DIR TRIALS
+    python -m layerwise.targets.tvm.tune MOD.json TARGET.json WORK_DIR TRIALS
 
 MOD.json is a fused Relax module (tvm.ir.save_json); the tuning records go to WORK_DIR's
 JSON database (database_workload.json, database_tuning_record.json), which MetaSchedule

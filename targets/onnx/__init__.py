@@ -39,7 +39,7 @@ def emit(ir, out_dir: Path, opts=None) -> dict:
 
     from layerwise.base.recipe import recipe_from_plan
     from layerwise.compiler.passes.equalize import equalized
-    from layerwise.targets.onnx_quantize import layer_nodes, quantize_model
+    from layerwise.targets.onnx.quantize import layer_nodes, quantize_model
 
     precision = plan.get("precision", "int8")
     recipe = recipe_from_plan(plan)
@@ -56,7 +56,7 @@ def emit(ir, out_dir: Path, opts=None) -> dict:
         else:
             import onnx
 
-            from layerwise.targets.onnx_precisions import convert
+            from layerwise.targets.onnx.precisions import convert
 
             exclude = layer_nodes(onnx.load(str(src)), set(plan["keep_fp32"]))
             info = convert(src, out_dir / "model.onnx", precision, recipe, exclude)

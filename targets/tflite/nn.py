@@ -16,9 +16,9 @@ import operator
 import numpy as np
 import torch
 
-from layerwise.targets.tflite_fuse import absorb_activation
-from layerwise.targets.tflite_graph import QParams, symmetric_per_channel
-from layerwise.targets.tflite_ops import permuted
+from layerwise.targets.tflite.fuse import absorb_activation
+from layerwise.targets.tflite.graph import QParams, symmetric_per_channel
+from layerwise.targets.tflite.ops import permuted
 
 aten = torch.ops.aten
 NN: dict = {}
@@ -441,7 +441,7 @@ def _layer_norm_int8(cx, node, x):
     squares in int32; per-tensor int8 squares (SQUARED_DIFFERENCE, MEAN, RSQRT, as TFLite's
     converter writes it) zero most of them, as their spread is the square of the rows'.
     Assumes eps is far below the rows' variance (it is dropped)."""
-    from layerwise.targets.tflite_graph import qparams_for_range
+    from layerwise.targets.tflite.graph import qparams_for_range
 
     _, shape, w, b = node.args[:4]
 

@@ -14,7 +14,7 @@ import operator
 import numpy as np
 import torch
 
-from layerwise.targets.tflite_graph import TYPES, QParams, Value, identity
+from layerwise.targets.tflite.graph import TYPES, QParams, Value, identity
 
 aten = torch.ops.aten
 OPS: dict = {}
@@ -113,7 +113,7 @@ NEGATED = {"EQUAL": "NOT_EQUAL", "NOT_EQUAL": "EQUAL"}  # exact with NaN too
 
 @reg(*BINARY)
 def binary(cx, node):
-    from layerwise.targets.tflite_fuse import absorb_activation, match_hardswish
+    from layerwise.targets.tflite.fuse import absorb_activation, match_hardswish
 
     name = BINARY[node.target]
     a, b = node.args[0], node.args[1]
@@ -213,7 +213,7 @@ def pow_scalar(cx, node):
 
 @reg(aten.hardtanh.default, aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default)
 def clamp(cx, node):
-    from layerwise.targets.tflite_fuse import ACT, clamp_bounds
+    from layerwise.targets.tflite.fuse import ACT, clamp_bounds
 
     lo, hi, chain = clamp_bounds(cx, node)
     last = chain[-1]
@@ -471,7 +471,7 @@ def argmax(cx, node):
     dim = node.args[1] % len(x.shape)
     perm = drop_axes(x.perm, [dim])
     out = cx.out(node, permuted(cx.shape(node), perm), perm)
-    from layerwise.targets.tflite_graph import TYPES
+    from layerwise.targets.tflite.graph import TYPES
 
     cx.b.op("ARG_MAX", [x, cx.b.int_const([x.perm.index(dim)], "axis")], [out], "ArgMax",
             outputType=TYPES[out.dtype])

@@ -37,7 +37,7 @@ from layerwise.base.errors import TargetError
 from layerwise.base.recipe import QuantRecipe
 from layerwise.compiler.passes.equalize import equalized
 from layerwise.targets import TargetInfo
-from layerwise.targets.tflite_calibrate import calibrate_ranges
+from layerwise.targets.tflite.calibrate import calibrate_ranges
 
 # LiteRT full-integer: int8 asymmetric activations, per-channel int8 weights, bias
 # correction, float logits, range equalization on the IR (README: INT8 recipes)
@@ -107,7 +107,7 @@ def emit_tflite(ir, path: Path, precision: str = "fp32",
     at this batch (the example inputs' first rows; needs a graph with a dynamic batch) instead
     of the example batch."""
     _require_litert()
-    from layerwise.targets.tflite_graph import write_model
+    from layerwise.targets.tflite.graph import write_model
 
     if precision == "int8" and not ranges:
         raise TargetError("int8 tflite needs activation ranges: pass calibrate_ranges(ir, "
@@ -160,9 +160,9 @@ class Lowering:
     def __init__(self, ir, int8: bool, ranges: dict, *, float_outputs: bool = True,
                  bias_correction: bool = True, full_integer: bool = False,
                  recipe: dict | None = None, batch: int | None = None) -> None:
-        from layerwise.targets.tflite_calibrate import Ranges
-        from layerwise.targets.tflite_graph import ModelBuilder
-        from layerwise.targets.tflite_mixed import hybrid_linears, mask_ranges, plan_float
+        from layerwise.targets.tflite.calibrate import Ranges
+        from layerwise.targets.tflite.graph import ModelBuilder
+        from layerwise.targets.tflite.mixed import hybrid_linears, mask_ranges, plan_float
 
         self.ir = ir
         self.gm = ir.module()
@@ -302,7 +302,7 @@ class Lowering:
     def const_tensor(self, a: np.ndarray, name: str = "const", perm=None):
         q = None
         if self.int8 and a.dtype.kind == "f":
-            from layerwise.targets.tflite_graph import qparams_for_range
+            from layerwise.targets.tflite.graph import qparams_for_range
 
             q = qparams_for_range(a.min() if a.size else 0, a.max() if a.size else 0)
         return self.b.const(a, name, q=q, perm=perm)
@@ -311,7 +311,7 @@ class Lowering:
         """int8 parameters for a node's float output from its calibrated range (None in fp32)."""
         if not self.int8 or self.dtype(node).kind != "f":
             return None
-        from layerwise.targets.tflite_graph import qparams_for_range
+        from layerwise.targets.tflite.graph import qparams_for_range
 
         if node.name not in self.ranges:
             raise self.fail(node, "has no calibrated range for int8 (calibrate_ranges "
@@ -347,9 +347,9 @@ class Lowering:
     # ------------------------------------------------------------ the walk
 
     def run(self):
-        from layerwise.targets.tflite_graph import identity
-        from layerwise.targets.tflite_nn import NN
-        from layerwise.targets.tflite_ops import OPS
+        from layerwise.targets.tflite.graph import identity
+        from layerwise.targets.tflite.nn import NN
+        from layerwise.targets.tflite.ops import OPS
 
         assert not set(OPS) & set(NN), set(OPS) & set(NN)
         converters = {**OPS, **NN}

@@ -36,7 +36,7 @@ from layerwise.base.errors import TargetError
 from layerwise.base.recipe import QuantRecipe
 from layerwise.cpp_ext import HISTOGRAM_METHODS, StreamingHistogram, clip_range
 from layerwise.devices.cpu import cpu_flags, has_vnni, is_x86
-from layerwise.targets.onnx_session import ort_session as _session
+from layerwise.targets.onnx.session import ort_session as _session
 
 
 def float_tensors(model) -> list[str]:

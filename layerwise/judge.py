@@ -1,0 +1,111 @@
+"""How the plan search judges a candidate: label-free fidelity to the original model on the
+held-out split of --data (the default), or the user's task metric on labelled --eval data.
+
+A task metric turns into the search's quality as 1 - (the original's metric - the
+candidate's), both on the same examples, so `--max-drop 1%` allows one point of the metric
+to be lost. Half of --eval (alternate batches) decides; the other half is never seen by the
+search and gives the figures the manifest reports for the chosen plan.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from layerwise.base.errors import LayerwiseError
+from layerwise.compiler.plan import quality, split
+from layerwise.compiler.plan.metrics import METRICS, default_metric
+
+
+@dataclass
+class Judge:
+    """Scores outputs on `batches` (the split the search decides on); with a task metric,
+    `test` holds the batches kept back for the report."""
+
+    batches: list
+    classify: bool
+    metric_name: str | None = None
+    metric: Callable | None = None
+    test: list = field(default_factory=list)
+    reference: dict = field(default_factory=dict)  # split -> the original's outputs / metric
+
+    @property
+    def labels(self) -> np.ndarray:
+        return _labels(self.batches)
+
+    def describe(self) -> str:
+        if self.metric is None:
+            return "top-1 agreement" if self.classify else "mean cosine"
+        return f"{self.metric_name} on --eval"
+
+    def set_reference(self, run: Callable[[list], np.ndarray]) -> None:
+        """Run the original model (run(batches) -> first output, concatenated) on each split."""
+        self.reference["outputs"] = run(self.batches)
+        if self.metric is not None:
+            self.reference["search"] = self.score(self.reference["outputs"], self.batches)
+            self.reference["test"] = self.score(run(self.test), self.test)
+
+    def score(self, outputs: np.ndarray, batches: list) -> float:
+        """The task metric of `outputs` on `batches`' labels."""
+        value = self.metric(outputs, _labels(batches))
+        try:
+            return float(value)
+        except (TypeError, ValueError) as e:
+            raise LayerwiseError(f"--metric {self.metric_name} returned {value!r}; it must "
+                                 "return a number (higher is better)") from e
+
+    def quality(self, outputs: np.ndarray) -> float:
+        """The search's quality of `outputs` on the deciding split (1.0: the original's)."""
+        if self.metric is None:
+            return quality([outputs], [self.reference["outputs"]], self.classify)
+        return 1.0 - (self.reference["search"] - self.score(outputs, self.batches))
+
+    def record(self) -> dict:
+        out = {"quality_metric": self.describe(), "held_out_batches": len(self.batches)}
+        if self.metric is not None:
+            out["task_metric"] = {
+                "name": self.metric_name, "decide_examples": len(self.labels),
+                "test_examples": len(_labels(self.test)),
+                "reference": {"decide": self.reference["search"],
+                              "test": self.reference["test"]},
+                "max_drop_means": "points of the metric lost against the original"}
+        return out
+
+
+def make_judge(held: list, eval_batches: list | None, metric: str | None,
+               classify: bool) -> Judge:
+    """The label-free judge on `held`, or the task-metric judge on `eval_batches` (labelled,
+    split in two: decide / test)."""
+    if eval_batches is None:
+        return Judge(held, classify)
+    if any(b.labels is None for b in eval_batches):
+        raise LayerwiseError("--eval data has no labels: give an image folder with a "
+                             "subfolder per class, a .tsv of text<TAB>label, or an .npz with a "
+                             "'labels' array")
+    decide, test = split(eval_batches)
+    name = metric or default_metric(classify)
+    return Judge(decide, classify, name, resolve_metric(name), test)
+
+
+def resolve_metric(name: str) -> Callable:
+    """The metric function a --metric names (built in, or module:function)."""
+    if name in METRICS:
+        return METRICS[name]
+    if ":" not in name:
+        raise LayerwiseError(f"unknown --metric {name!r}: use {', '.join(METRICS)} or "
+                             "module:function(outputs, labels) -> float")
+    module, _, attr = name.rpartition(":")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise LayerwiseError(f"cannot import --metric {name!r}: {e}") from e
+    if not callable(fn):
+        raise LayerwiseError(f"--metric {name!r} is not a function")
+    return fn
+
+
+def _labels(batches: list) -> np.ndarray:
+    return np.concatenate([np.asarray(b.labels) for b in batches]) if batches else np.zeros(0)

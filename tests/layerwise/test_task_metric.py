@@ -1,0 +1,118 @@
+"""The plan search judged by the user's task metric on labelled --eval data: a planted block
+that the task does not need is dropped where label-free fidelity would keep it; the metrics,
+the labelled formats and the mistakes around them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from layerwise.base.errors import LayerwiseError
+from layerwise.compiler.plan.metrics import accuracy, centroid_accuracy, macro_f1
+from tests.conftest import FIXTURES, ROOT
+from tests.fixtures.models import noisy_mlp, noisy_mlp_labels
+
+SPEC = f"{FIXTURES}:noisy_mlp"
+
+
+def _compile(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "layerwise", "compile", SPEC, "--db", "none",
+                           *args], capture_output=True, text=True, cwd=ROOT, check=False,
+                          timeout=900)
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    """Unlabelled --data and labelled --eval for noisy_mlp."""
+    root = tmp_path_factory.mktemp("sets")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 16, generator=g)
+    np.savez(root / "data.npz", x=x.numpy())
+    xe = torch.randn(256, 16, generator=g)
+    np.savez(root / "eval.npz", x=xe.numpy(), labels=noisy_mlp_labels(xe).numpy())
+    np.savez(root / "unlabelled.npz", x=xe.numpy())
+    return root
+
+
+def test_metrics_on_known_answers():
+    scores = np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0], [0.0, 5.0]])
+    assert accuracy(scores, np.array([0, 1, 1, 1])) == 0.75
+    # class 0: tp 1, fp 1, fn 0 -> 2/3; class 1: tp 2, fp 0, fn 1 -> 4/5
+    assert macro_f1(scores, np.array([0, 1, 1, 1])) == pytest.approx((2 / 3 + 4 / 5) / 2)
+    rng = np.random.default_rng(0)
+    centres = np.eye(4) * 10
+    labels = np.repeat(np.arange(4), 20)
+    tight = centres[labels] + rng.normal(size=(80, 4))
+    assert centroid_accuracy(tight, labels) == 1.0
+    assert centroid_accuracy(rng.normal(size=(80, 4)), labels) < 0.6  # chance is 0.25
+    with pytest.raises(LayerwiseError, match="2 classes"):
+        centroid_accuracy(tight, np.zeros(80, int))
+
+
+def test_task_metric_drops_the_block_the_task_does_not_need(tmp_path, sets):
+    model = noisy_mlp()[0]
+    x = torch.from_numpy(np.load(sets / "eval.npz")["x"])
+    with torch.no_grad():
+        skipped = model.head(model.blocks[2](model.blocks[0](model.inp(x))))
+        cos = torch.nn.functional.cosine_similarity(model(x), skipped).mean().item()
+    assert cos < 0.98  # label-free fidelity at --max-drop 2% keeps the middle block
+
+    out = tmp_path / "b"
+    proc = _compile("--data", str(sets / "data.npz"), "--eval", str(sets / "eval.npz"),
+                    "--metric", "accuracy", "--max-drop", "2%", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads((out / "manifest.json").read_text())["search"]
+    assert s["quality_metric"] == "accuracy on --eval"
+    task = s["task_metric"]
+    assert task["decide_examples"] == task["test_examples"] == 128
+    assert s["chosen"]["drop"] == ["blocks.1"]
+    chosen = s["chosen"]["task_metric"]
+    # without the planted block the model computes the task itself: better on both splits
+    assert chosen["test"] > task["reference"]["test"] + 0.05
+    assert chosen["decide"] > task["reference"]["decide"]
+    assert "held-back test split of 128" in (out / "report.html").read_text()
+
+
+def test_custom_metric_and_mistakes(tmp_path, sets):
+    out = tmp_path / "b"
+    common = ("--data", str(sets / "data.npz"), "--max-drop", "2%", "--out", str(out))
+    for args, words in (
+            (("--eval", str(sets / "unlabelled.npz")), "has no labels"),
+            (("--eval", str(sets / "eval.npz"), "--metric", "top5"), "unknown --metric"),
+            (("--eval", str(sets / "eval.npz"), "--metric", "no_such_module:f"),
+             "cannot import --metric")):
+        proc = _compile(*common, *args)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        line, = [ln for ln in proc.stderr.splitlines() if ln.startswith("layerwise:")]
+        assert words in line and "Traceback" not in proc.stderr
+        assert not out.exists()
+    proc = _compile("--eval", str(sets / "eval.npz"), "--out", str(out))
+    assert proc.returncode == 2 and "add --max-drop" in proc.stderr
+
+
+def test_labelled_text_from_tsv(tmp_path):
+    """`text<TAB>label` lines become MiniLM token batches with labels numbered in sorted
+    order; a line without a label is refused naming it."""
+    from layerwise.sources import load_source
+    from layerwise.sources.data import DataError, load_batches
+
+    source = load_source("zoo:minilm-l6")
+
+    class Shapes:  # what the loader reads of an IR: the example inputs
+        example_inputs = source.inputs
+
+    path = tmp_path / "t.tsv"
+    path.write_text("the cat sat\tspam\nhello there\tham\nbuy now\tspam\n")
+    (b,) = load_batches(str(path), Shapes(), source.tokenizer, batch_size=8)
+    assert b.labels.tolist() == [1, 0, 1]
+    ids = b.inputs["input_ids"]
+    assert ids.shape[0] == 3 and ids.shape[1] == source.inputs["input_ids"].shape[1]
+    assert source.tokenizer.decode(ids[1], skip_special_tokens=True) == "hello there"
+    path.write_text("no label here\n")
+    with pytest.raises(DataError, match="line 1 is not `text<TAB>label`"):
+        load_batches(str(path), Shapes(), source.tokenizer)
