@@ -35,6 +35,9 @@ class Shrink:
     criterion: str | None = None
     heal_steps: int = 0
     heal_lr: float = 5e-5
+    heal_budget_s: float | None = None
+    heal_hidden: float = 1.0
+    heal_augment: bool = False
 
     def smaller(self) -> bool:
         return bool(self.drop or self.prune)
@@ -69,11 +72,19 @@ def shrink_steps(ir, spec: Shrink, batches: list, teacher: Teacher | None = None
         if not teacher.outputs:
             teacher.outputs = [ir.run(f)[0] for f in feeds]
         classify = ir.meta.get("task") == "classification"
+        # every fifth batch is held out: the healing curve and the early stop
+        train = [i for i in range(len(feeds)) if len(feeds) < 5 or i % 5 != 4]
+        held = [i for i in range(len(feeds)) if i not in train]
+        judged = held or train  # the heal record's quality before/after
         steps.append(Step("heal", {
-            "teacher": ir, "batches": feeds, "steps": spec.heal_steps, "lr": spec.heal_lr,
-            "classify": classify, "targets": teacher.outputs,
-            "evaluate": _fidelity(feeds, teacher.outputs, classify)},
-            f"healing: {spec.heal_steps} distillation steps"))
+            "teacher": ir, "batches": [feeds[i] for i in train], "steps": spec.heal_steps,
+            "lr": spec.heal_lr, "classify": classify,
+            "targets": [teacher.outputs[i] for i in train], "hidden": spec.heal_hidden,
+            "budget_s": spec.heal_budget_s, "held": [feeds[i] for i in held] or None,
+            "augment": spec.heal_augment,
+            "evaluate": _fidelity([feeds[i] for i in judged],
+                                  [teacher.outputs[i] for i in judged], classify)},
+            f"healing: up to {spec.heal_steps} distillation steps"))
     return steps
 
 

@@ -157,7 +157,7 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
     from layerwise.compiler.frontend import lift as lift_source
     from layerwise.compiler.pipeline import Shrink, shrink
     from layerwise.finish import Choice, build
-    from layerwise.options import check_compile, names
+    from layerwise.options import check_compile, names, seconds
     from layerwise.targets.bundle import BundleWriter
 
     opts = check_compile(options or CompileOptions())
@@ -170,7 +170,7 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
     timings = {"lift_s": time.perf_counter() - t0}
     batches = _load_data(opts, ir, source, progress) if opts.data else []
     plan = Shrink(names(opts.drop), opts.prune, opts.prune_criterion, opts.heal_steps,
-                  opts.heal_lr)
+                  opts.heal_lr, seconds(opts.heal_budget), opts.heal_hidden, opts.heal_augment)
     choice, search = Choice(opts.precision, names(opts.keep_fp32)), None
     if opts.max_drop is None:
         small = shrink(ir, plan, batches, progress=progress)

@@ -67,6 +67,12 @@ class CompileOptions:
     heal_steps: int = opt(0, "after dropping or pruning: distil the original model into the "
                           "smaller one for this many steps on --data (0: off)", minimum=0)
     heal_lr: float = opt(5e-5, "learning rate of --heal-steps (AdamW, cosine schedule)")
+    heal_budget: str | None = opt(None, "time budget of healing, e.g. 90s or 5m: it stops at "
+                                  "--heal-steps or the budget, whichever comes first")
+    heal_hidden: float = opt(1.0, "weight of the hidden-state loss: each kept block's output "
+                             "matched to the original's (0: the output only)", minimum=0)
+    heal_augment: bool = opt(False, "heal on perturbed copies of --data (text: tokens "
+                             "swapped within each sentence; images: flips and shifts)")
     remote: str | None = opt(None, "plan search: measure candidates' latency on the device "
                              "agent at this URL (see `layerwise agent`) instead of here")
     token_file: str | None = opt(None, TOKEN_HELP)
@@ -133,6 +139,22 @@ def fraction(text: str) -> float:
     return v
 
 
+def seconds(text: str | None) -> float | None:
+    """'90s' -> 90, '5m' -> 300, '1.5h' -> 5400, '30' -> 30 (a --heal-budget)."""
+    if text is None:
+        return None
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    t = str(text).strip().lower()
+    try:
+        v = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError as e:
+        raise LayerwiseError(f"--heal-budget {text!r}: give seconds (90, 90s), minutes (5m) or "
+                             "hours (1h)") from e
+    if v <= 0:
+        raise LayerwiseError(f"--heal-budget {text!r} must be positive")
+    return v
+
+
 def check_compile(opts: CompileOptions) -> CompileOptions:
     """`opts` with the target filled in (from --device, else onnx), after every check that
     needs no model: the combinations of options, the device's precisions, the target's,
@@ -159,6 +181,10 @@ def check_compile(opts: CompileOptions) -> CompileOptions:
     if opts.max_drop is not None and not opts.data:
         raise LayerwiseError("--max-drop needs --data (held-out inputs to measure quality on)")
     smaller = names(opts.drop) or opts.max_drop is not None or opts.prune
+    seconds(opts.heal_budget)
+    if opts.heal_budget and not opts.heal_steps:
+        raise LayerwiseError("--heal-budget bounds healing: add --heal-steps (the most steps "
+                             "to run)")
     if (opts.heal_steps and not (smaller and opts.data)) or opts.heal_steps < 0:
         raise LayerwiseError("--heal-steps heals a model made smaller: add --drop BLOCKS, "
                              "--prune or --max-drop, and --data (a positive step count)")

@@ -36,6 +36,7 @@ from torch import fx, nn
 from torch.export import Dim
 
 from layerwise.base.errors import LayerwiseError
+from layerwise.compiler.capture import Capture
 from layerwise.compiler.ir import IR
 from layerwise.compiler.layers import build_layer_table
 from layerwise.compiler.passes.prune_groups import (
@@ -149,7 +150,7 @@ def _scores(gm, groups: list[Group], criterion: str, feeds, probes: int) -> dict
     gen = torch.Generator().manual_seed(0)  # the same probes every run
     for feed in feeds:
         if criterion == "activation":
-            cap = _Capture(gm, points)
+            cap = Capture(gm, points)
             with torch.no_grad():
                 cap.run_feed(feed)
             values = cap.values
@@ -158,7 +159,7 @@ def _scores(gm, groups: list[Group], criterion: str, feeds, probes: int) -> dict
                     x = values[name].double().abs()
                     scores[g.id] += _unit_sum(x, seg, g.units) / _count(x, seg)
         else:
-            cap = _Capture(gm, points, perturb=True)
+            cap = Capture(gm, points, perturb=True)
             with torch.enable_grad():
                 outs = [o for o in cap.run_feed(feed) if o.is_floating_point()]
                 for _ in range(probes):
@@ -183,31 +184,6 @@ def _scores(gm, groups: list[Group], criterion: str, feeds, probes: int) -> dict
 
 def _on(seg: Segment, axis: int) -> Segment:
     return Segment(seg.group, axis, seg.outer, seg.period, seg.start, seg.inner)
-
-
-class _Capture(fx.Interpreter):
-    """Runs the graph, keeping the values of some nodes (and, with `perturb`, adding a zero
-    tensor that requires grad to each, so gradients there can be read)."""
-
-    def __init__(self, gm, names: set[str], perturb: bool = False) -> None:
-        super().__init__(gm)
-        self.names, self.perturb = names, perturb
-        self.values: dict[str, torch.Tensor] = {}
-        self.eps: dict[str, torch.Tensor] = {}
-
-    def run_node(self, n):
-        val = super().run_node(n)
-        if n.name in self.names and isinstance(val, torch.Tensor):
-            if self.perturb and val.is_floating_point():
-                self.eps[n.name] = torch.zeros_like(val, requires_grad=True)
-                val = val + self.eps[n.name]
-            self.values[n.name] = val
-        return val
-
-    def run_feed(self, feed: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        args = [feed[p.target] for p in self.module.graph.nodes if p.op == "placeholder"]
-        out = self.run(*args)
-        return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
 def _feeds(ir: IR, batches) -> list[dict[str, torch.Tensor]]:

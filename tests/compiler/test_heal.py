@@ -78,3 +78,47 @@ def test_heal_takes_the_teachers_outputs_once_computed():
         torch.testing.assert_close(a.run(data[0])[0], b.run(data[0])[0], rtol=0, atol=0)
     with pytest.raises(HealError, match="3 teacher outputs for 4 batches"):
         heal(student, ir, data, steps=5, targets=targets[:3])
+
+
+def test_hidden_states_budget_and_early_stop():
+    """Intermediate distillation matches every block both models keep; a time budget ends
+    the run before its step count; the healing curve is measured on held-out inputs and the
+    student kept is the one with the lowest held-out loss."""
+    import time
+
+    ir, data, paths = planted("transformer", batches=8)
+    student = drop_layers(ir, [paths[0]])
+    kept = [b.path for b in student.layers if b.block]
+    t0 = time.perf_counter()
+    healed = heal(student, ir, data[:6], steps=100_000, lr=3e-3, hidden=1.0, budget_s=3.0,
+                  held=data[6:], eval_every=5)
+    spent = time.perf_counter() - t0
+    record = healed.annotations["passes"][-1]
+    assert record["matched_blocks"] == len(kept) > 0 and record["width_maps"] == 0
+    assert 5 < record["steps"] < 100_000 and record["seconds"] < spent
+    curve = record["curve"]
+    assert len(curve) >= 2 and all(c["step"] % 5 == 0 for c in curve[:-1])
+    best = min(curve, key=lambda c: c["held_loss"])
+    assert record["kept_step"] in (best["step"], record["steps"])
+    assert record["held_examples"] == sum(next(iter(b.values())).shape[0] for b in data[6:])
+
+
+def test_augmented_batches_keep_their_frame():
+    """Text: tokens move only among a sequence's own attended inner positions; the first and
+    last attended tokens and the padding stay. Images: a flip and a shift of the same pixels."""
+    from layerwise.compiler.passes.heal import _augmented
+
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.arange(1, 41).reshape(2, 20)
+    mask = torch.ones(2, 20, dtype=torch.long)
+    mask[1, 12:] = 0
+    out = _augmented({"input_ids": ids, "attention_mask": mask}, gen)
+    new = out["input_ids"]
+    assert not torch.equal(new, ids) and torch.equal(out["attention_mask"], mask)
+    assert torch.equal(new[:, 0], ids[:, 0])
+    assert new[0, 19] == ids[0, 19] and new[1, 11] == ids[1, 11]
+    assert torch.equal(new[1, 12:], ids[1, 12:])
+    assert set(new[1, :12].tolist()) <= set(ids[1, :12].tolist())
+    x = torch.randn(1, 3, 8, 8)
+    y = _augmented({"x": x}, gen)["x"]
+    assert y.shape == x.shape and torch.allclose(y.abs().sum(), x.abs().sum())

@@ -100,11 +100,15 @@ def test_search_measures_latency_on_the_agent(tmp_path, data):
 def test_drop_and_heal_from_the_cli(tmp_path, data):
     out = tmp_path / "b"
     proc = _compile("--data", str(data), "--drop", "blocks.0,blocks.2", "--heal-steps", "120",
-                    "--heal-lr", "1e-3", "--out", str(out), "--json")
+                    "--heal-lr", "1e-3", "--heal-budget", "5m", "--out", str(out), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())
     dropped, healed = [p for p in m["plan"]["passes"] if p["name"] in ("drop_layers", "heal")]
     assert dropped["dropped"] == ["blocks.0", "blocks.2"] and healed["steps"] == 120
+    # the four kept blocks' outputs matched to the original's; 2 of 12 batches held out
+    assert healed["matched_blocks"] == 4 and healed["hidden_weight"] == 1.0
+    assert healed["examples"] == 80 and healed["held_examples"] == 16
+    assert healed["curve"][-1]["step"] == 120 and 0 < healed["kept_step"] <= 120
     assert healed["quality_after"] > healed["quality_before"], healed
     assert [b["path"] for b in m["layers"]["blocks"]] == ["blocks.1", "blocks.3", "blocks.4",
                                                          "blocks.5"]
@@ -112,6 +116,9 @@ def test_drop_and_heal_from_the_cli(tmp_path, data):
     # healing without a smaller model is refused before any work
     proc = _compile("--data", str(data), "--heal-steps", "10", "--out", str(tmp_path / "c"))
     assert proc.returncode == 2 and "--heal-steps heals a model made smaller" in proc.stderr
+    proc = _compile("--data", str(data), "--drop", "blocks.0", "--heal-steps", "10",
+                    "--heal-budget", "2x", "--out", str(tmp_path / "c"))
+    assert proc.returncode == 2 and "--heal-budget '2x'" in proc.stderr
 
 
 def test_search_prunes_the_dead_half(tmp_path, data):
