@@ -48,6 +48,10 @@ class QuantRecipe:
     # (NNCF's mixed preset for transformers; closer to fp32 than symmetric, README: INT8 recipes)
     transformer_asymmetric: bool = False
     float_linears_after: tuple[str, ...] = ("Gelu",)
+    # models with attention: "layerwise" (the QDQ recipe above) or "nncf" (NNCF's transformer
+    # model type: SmoothQuant, int8 attention; OpenVINO only, which runs its graphs fastest,
+    # README: INT8 recipes)
+    transformer_quantizer: str = "layerwise"
     quantize_bias: bool = True  # int32 bias (onnxruntime) or float bias (TensorRT)
     bias_correction: bool = True  # shift biases by the mean error each layer's int8 adds
     # cross-layer range equalization of the activations between two convs (Conv -> ReLU(6) ->

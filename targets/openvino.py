@@ -1,10 +1,14 @@
 """OpenVINO target: OpenVINO's converter reads the IR's ExportedProgram directly into
 OpenVINO IR (model.xml + model.bin, fp32 weights), run by the OpenVINO CPU runtime.
 
-INT8: the ONNX target's QDQ model (layerwise's calibration, bias correction and per-layer
-fp32 choice, under the openvino recipe) goes through OpenVINO's ONNX frontend, which turns
-each QuantizeLinear/DequantizeLinear pair into a FakeQuantize; the CPU plugin runs the
-quantized ops with its int8 kernels, as it does for NNCF's models.
+INT8 of a CNN: the ONNX target's QDQ model (layerwise's calibration, range equalization,
+bias correction and per-layer fp32 choice, under the openvino recipe) goes through
+OpenVINO's ONNX frontend, which turns each QuantizeLinear/DequantizeLinear pair into a
+FakeQuantize; the CPU plugin runs the quantized ops with its int8 kernels. INT8 of a model
+with attention (a Softmax), under the recipe's transformer_quantizer "nncf": the fp32 ONNX
+model converted by OpenVINO and quantized by NNCF's transformer model type (SmoothQuant,
+int8 attention, every linear int8), the layers kept in fp32 as NNCF's ignored scope — the
+vendor's quantizer gives its own runtime the faster graph there (README: INT8 recipes).
 
 Verification pins INFERENCE_PRECISION_HINT=f32: on CPUs with bf16 support OpenVINO would
 otherwise run bf16 and miss an fp32 tolerance.
@@ -25,7 +29,8 @@ from layerwise.targets import TargetInfo
 # recipe option (README: INT8 recipes)
 INFO = TargetInfo(name="openvino", runtime="openvino", precisions=("fp32", "bf16", "int8"),
                   extra="openvino", legalize=("unguard_softmax",),
-                  recipe=QuantRecipe(equalize_depthwise=1.0, equalize_pointwise=0.5))
+                  recipe=QuantRecipe(equalize_depthwise=1.0, equalize_pointwise=0.5,
+                                     transformer_quantizer="nncf"))
 
 
 def emit(ir, out_dir: Path, opts=None) -> dict:
@@ -80,6 +85,53 @@ def _convert(ir, plan, ov):
     # what the ONNX exporter needs beyond this target's own legalizations (already run)
     ir = run_passes(ir, [p for p in onnx_target.INFO.legalize if p not in INFO.legalize])
     with tempfile.TemporaryDirectory() as tmp:
+        if plan["recipe"].get("transformer_quantizer") == "nncf" and _has_attention(ir):
+            return _nncf_int8(ir, plan, ov, onnx_target, Path(tmp))
         entry = onnx_target.emit(ir, Path(tmp))
         model = ov.convert_model(str(Path(tmp) / entry["file"]))
     return model, entry["quantization"]
+
+
+def _has_attention(ir) -> bool:
+    import torch
+
+    aten = torch.ops.aten
+    return any(n.target in (aten._softmax.default, aten.softmax.int)
+               for n in ir.program.graph.nodes)
+
+
+def _nncf_int8(ir, plan, ov, onnx_target, tmp: Path):
+    """(NNCF's int8 model of the IR's fp32 ONNX export, what was done)."""
+    import dataclasses
+    import logging
+    import re
+    import time
+
+    import onnx
+
+    try:
+        import nncf
+    except ImportError as e:
+        raise TargetError("int8 of a transformer for OpenVINO needs NNCF: pip install "
+                          "'layerwise[openvino]'") from e
+    from layerwise.targets.onnx.quantize import layer_nodes
+
+    if not ir.calibration:
+        raise TargetError("INT8 needs calibration data: pass --data with a few hundred inputs")
+    fp32 = dataclasses.replace(ir, annotations={k: v for k, v in ir.annotations.items()
+                                                if k != "quantize"})
+    entry = onnx_target.emit(fp32, tmp)
+    path = tmp / entry["file"]
+    model = ov.convert_model(str(path))
+    keep = layer_nodes(onnx.load(str(path), load_external_data=False), set(plan["keep_fp32"]))
+    # OpenVINO's ONNX frontend names a Gemm's MatMul "<node>/WithoutBiases"
+    ignored = nncf.IgnoredScope(patterns=[rf"^{re.escape(n)}(/WithoutBiases)?$" for n in keep],
+                                validate=False) if keep else None
+    logging.getLogger("nncf").setLevel(logging.WARNING)
+    t0 = time.perf_counter()
+    quantized = nncf.quantize(model, nncf.Dataset(list(ir.calibration)),
+                              subset_size=len(ir.calibration),
+                              model_type=nncf.ModelType.TRANSFORMER, ignored_scope=ignored)
+    return quantized, {"quantizer": f"nncf {nncf.__version__}", "model_type": "transformer",
+                       "calibration_examples": len(ir.calibration),
+                       "excluded_nodes": len(keep), "seconds": time.perf_counter() - t0}

@@ -117,3 +117,38 @@ def test_int8_from_our_qdq_runs_int8_convolutions(bundles, tmp_path, monkeypatch
         else:
             assert lo == 0.0
     assert signed >= 17
+
+
+def test_transformer_int8_is_nncf_quantized_and_keeps_fp32_layers(bundles, tmp_path):
+    """INT8 of MiniLM for OpenVINO goes through NNCF's transformer model type: every linear
+    runs an int8 kernel in the CPU plugin, the embeddings stay close to fp32 on sentences it
+    did not calibrate on, and the layers kept in fp32 run their linears in f32."""
+    from layerwise import api
+    from layerwise.text import stdlib_sentences
+    from tests.targets.test_precisions import _cosine, _encode
+
+    s = stdlib_sentences()
+    (tmp_path / "calib.txt").write_text("\n".join(s[0::2]) + "\n")
+    feeds = _encode(s[1::2])
+    fp32_path, _ = bundles("zoo:minilm-l6", "openvino")
+    ref = open_runner("openvino", fp32_path / "model.xml").run(feeds)[0]
+
+    def build(name: str, keep: str | None = None):
+        m = api.compile("zoo:minilm-l6", api.CompileOptions(
+            target="openvino", out=str(tmp_path / name), precision="int8",
+            data=str(tmp_path / "calib.txt"), keep_fp32=keep, db="none"))
+        runner = open_runner("openvino", tmp_path / name / "model.xml")
+        out = runner.run(feeds)[0]
+        linears = [op.get_rt_info()["runtimePrecision"].astype(str)
+                   for op in runner.compiled.get_runtime_model().get_ordered_ops()
+                   if op.get_rt_info()["layerType"].astype(str) == "FullyConnected"]
+        return m, out, linears
+
+    m, out, linears = build("q")
+    q = m["model"]["quantization"]
+    assert q["quantizer"].startswith("nncf") and q["model_type"] == "transformer"
+    assert len(linears) == 36 and set(linears) <= {"u8", "i8"}
+    assert _cosine(ref, out).mean() > 0.99
+    m, out, linears = build("k", "bert.encoder.layer.0")
+    assert m["model"]["quantization"]["excluded_nodes"] >= 6
+    assert linears.count("f32") >= 6 and _cosine(ref, out).mean() > 0.99
