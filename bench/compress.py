@@ -1,6 +1,7 @@
 """Compression figures, each beside its baseline measured in the same run.
 
     python bench/compress.py [--json] [--eval N] [--calib N] [--runs N] [--skip-minilm]
+                             [--skip-task | --only-task]
 
 MobileNetV2 (real ImageNet weights) INT8: layerwise's calibrated QDQ model run by
 onnxruntime and by OpenVINO, against NNCF's own `nncf.quantize` (default preset) on
@@ -237,18 +238,33 @@ def main() -> None:
     p.add_argument("--calib", type=int, default=100)
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--skip-minilm", action="store_true")
+    p.add_argument("--skip-task", action="store_true",
+                   help="leave out MiniLM on the labelled man-page task (plan searches)")
+    p.add_argument("--only-task", action="store_true", help="run only the labelled task")
     args = p.parse_args()
     res = {}
     # NNCF draws progress bars on stdout: keep stdout for the result (--json)
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
         (Path(tmp) / "m").mkdir()
-        res["mobilenet_v2_int8"] = mobilenet_int8(args.eval, args.calib, args.runs,
-                                                  Path(tmp) / "m")
-        if not args.skip_minilm:
+        if not args.only_task:
+            res["mobilenet_v2_int8"] = mobilenet_int8(args.eval, args.calib, args.runs,
+                                                      Path(tmp) / "m")
+        if not args.skip_task:
+            from minilm_task import minilm_task
+
+            (Path(tmp) / "task").mkdir()
+            res["minilm_task"] = minilm_task(Path(tmp) / "task", args.runs)
+        if not args.skip_minilm and not args.only_task:
             (Path(tmp) / "t").mkdir()
             res["minilm_precisions"] = minilm_precisions(args.runs, Path(tmp) / "t")
     if args.json:
         print(json.dumps(res, indent=2))
+        return
+    if "minilm_task" in res:
+        from minilm_task import print_table
+
+        print_table(res["minilm_task"])
+    if "mobilenet_v2_int8" not in res:
         return
     r = res["mobilenet_v2_int8"]
     print(f"MobileNetV2 INT8 — {r['eval_inputs']} eval photos "

@@ -26,23 +26,26 @@ PER_PAGE = 4
 def _text(path: Path) -> str:
     """The prose of a troff page: macro lines dropped, escapes removed."""
     try:
-        raw = gzip.open(path, "rt", errors="replace").read() if path.suffix == ".gz" \
-            else path.read_text(errors="replace")
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", errors="replace") as f:
+                raw = f.read()
+        else:
+            raw = path.read_text(errors="replace")
     except (OSError, EOFError):
         return ""
     if raw.startswith(".so "):
         return ""  # a link to another page
     lines = []
-    for ln in raw.splitlines():
-        if ln.startswith((".", "'")):
-            if ln[:3] in (".PP", ".LP", ".P ", ".IP", ".TP", ".SH", ".SS") or ln == ".P":
+    for raw_line in raw.splitlines():
+        if raw_line.startswith((".", "'")):
+            if raw_line[:3] in (".PP", ".LP", ".P ", ".IP", ".TP", ".SH", ".SS") \
+                    or raw_line == ".P":
                 lines.append("\n")  # paragraph break
             continue
-        ln = re.sub(r"\\f(\[[^\]]*\]|\(..|.)", "", ln)
+        ln = re.sub(r"\\f(\[[^\]]*\]|\(..|.)", "", raw_line)
         ln = re.sub(r"\\\(..|\\\[[^\]]*\]|\\[*n]\(?..|\\s[-+]?\d+", " ", ln)
         ln = ln.replace("\\-", "-").replace("\\&", "").replace("\\e", "\\").replace("\\ ", " ")
-        ln = re.sub(r"\\.", "", ln)
-        lines.append(ln)
+        lines.append(re.sub(r"\\.", "", ln))
     return " ".join(lines)
 
 

@@ -181,7 +181,7 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
         labelled = _load_data(opts, ir, source, progress, opts.eval) if opts.eval else None
         batches, held = split(batches)
         judge = make_judge(held, labelled, opts.metric,
-                           ir.meta.get("task") == "classification")
+                           ir.meta.get("task") == "classification", opts.confidence)
         s = Search(spec, ir, opts, batches, judge, progress, shrink=plan, timings=timings)
         best, search = run_search(s)
         small = s.shrunk(best.drop, best.prune)

@@ -55,6 +55,30 @@ def compile_summary(m: dict, out: str) -> None:
                    "op limits: they run on its host CPU, not the accelerator[/yellow]")
     elif d:
         _out.print(f"  {d['device']}: every op within its op limits")
+    if "search" in m:
+        search_table(m["search"])
+
+
+def search_table(s: dict) -> None:
+    """The plan search's Pareto frontier, the chosen plan and, with --eval, its task metric."""
+    t = Table(title=f"plan search: Pareto frontier ({s['quality_metric']}, bound "
+                    f"{100 * s['bound']['max_drop']:.2f}%)")
+    for col in ("dropped", "prune", "precision", "quality loss", "p50 ms", "MiB"):
+        t.add_column(col, justify="left" if col == "dropped" else "right")
+    chosen = s.get("chosen", {})
+    for c in s.get("pareto", []):
+        mark = " ◀ chosen" if (c["drop"], c["prune"], c["precision"]) == (
+            chosen.get("drop"), chosen.get("prune"), chosen.get("precision")) else ""
+        t.add_row(f"{len(c['drop'])} block(s){mark}", str(c["prune"] or "—"), c["precision"],
+                  f"{100 * c['quality_drop']:.2f}%", f"{c['latency_ms']:.3f}",
+                  f"{c['size_bytes'] / 2**20:.1f}")
+    _out.print(t)
+    task = s.get("task_metric")
+    if task and chosen.get("task_metric"):
+        ref, got = task["reference"], chosen["task_metric"]
+        _out.print(f"  {task['name']} on the held-back half of --eval ({task['test_examples']} "
+                   f"examples the search never saw): original {ref['test']:.4f}, chosen "
+                   f"{got['test']:.4f} ({100 * (got['test'] - ref['test']):+.2f} points)")
 
 
 def profile_table(r: dict) -> None:

@@ -52,6 +52,9 @@ class CompileOptions:
                              "centroid_accuracy (embeddings) or module:function(outputs, "
                              "labels) -> float (default: accuracy for classifiers, else "
                              "centroid_accuracy)")
+    confidence: float = opt(0.9, "with --eval: the bound must hold at this one-sided "
+                            "confidence (paired bootstrap of the deciding examples; 0: the "
+                            "point estimate)", minimum=0)
     max_latency_ms: float | None = opt(None, "plan search: latency bound (target runtime, batch 1)")
     max_size_mb: float | None = opt(None, "plan search: model size bound in MiB")
     passes: str | None = opt(None, "extra passes (comma-separated names, plugins included) run "
@@ -193,6 +196,8 @@ def check_compile(opts: CompileOptions) -> CompileOptions:
                              "data: add --data (or use l2, which needs none)")
     if (opts.eval or opts.metric) and opts.max_drop is None:
         raise LayerwiseError("--eval and --metric judge the plan search: add --max-drop")
+    if not 0 <= opts.confidence < 1:
+        raise LayerwiseError(f"--confidence {opts.confidence} must lie in [0, 1)")
     if opts.metric and not opts.eval:
         raise LayerwiseError("--metric needs --eval (labelled data to compute it on)")
     if opts.metric:

@@ -98,9 +98,10 @@ class Search:
                              self.analysis_batches, out=out, force=True, progress=self.progress,
                              timings=self.timings, record=False)
             runner = open_runner(self.opts.target, out / manifest["model"]["file"])
-            cand.quality = self.judge.quality(_run_runner(runner, self.judge.batches))
+            outs = _run_runner(runner, self.judge.batches)
+            cand.quality = self.judge.quality(outs)
             if self.judge.metric is not None:  # the chosen plan's figure on unseen data
-                cand.metrics = {"decide": self.judge.reference["search"] - (1.0 - cand.quality),
+                cand.metrics = {"decide": self.judge.score(outs, self.judge.batches),
                                 "test": self.judge.score(_run_runner(runner, self.judge.test),
                                                          self.judge.test)}
             cand.measured_on = manifest["verification"]["runtime"]

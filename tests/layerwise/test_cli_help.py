@@ -26,4 +26,4 @@ def test_help_lists_the_options(command, capsys):
 def test_percent_in_help_is_shown_as_written(capsys):
     with pytest.raises(SystemExit):
         _parser().parse_args(["compile", "--help"])
-    assert "e.g. 1% (drops blocks" in " ".join(capsys.readouterr().out.split())
+    assert "e.g. 1%: of fidelity" in " ".join(capsys.readouterr().out.split())

@@ -76,6 +76,8 @@ def test_task_metric_drops_the_block_the_task_does_not_need(tmp_path, sets):
     assert chosen["test"] > task["reference"]["test"] + 0.05
     assert chosen["decide"] > task["reference"]["decide"]
     assert "held-back test split of 128" in (out / "report.html").read_text()
+    assert "plan search: Pareto frontier (accuracy on --eval" in proc.stdout
+    assert "◀ chosen" in proc.stdout and "128 examples the search never saw" in proc.stdout
 
 
 def test_custom_metric_and_mistakes(tmp_path, sets):
@@ -116,3 +118,31 @@ def test_labelled_text_from_tsv(tmp_path):
     path.write_text("no label here\n")
     with pytest.raises(DataError, match="line 1 is not `text<TAB>label`"):
         load_batches(str(path), Shapes(), source.tokenizer)
+
+
+def test_the_bound_is_judged_pessimistically():
+    """A candidate one point worse than the original on 400 examples: the point estimate
+    says a 1% loss; at 90% confidence (paired bootstrap) the loss counted is larger, and a
+    candidate identical to the original loses nothing either way."""
+    from layerwise.analysis.execution import Batch
+    from layerwise.judge import make_judge
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 800)
+    batches = [Batch({"x": torch.zeros(100, 1)}, torch.from_numpy(labels[i:i + 100]))
+               for i in range(0, 800, 100)]
+    point = make_judge([], batches, "accuracy", True, confidence=0.0)
+    sure = make_judge([], batches, "accuracy", True, confidence=0.9)
+    decide = point.labels
+    ref = np.eye(4)[np.where(rng.random(len(decide)) < 0.8, decide, (decide + 1) % 4)]
+    for judge in (point, sure):
+        judge.set_reference(lambda b, r=ref: r if b is judge.batches else np.eye(4)[
+            np.concatenate([x.labels.numpy() for x in b])])
+    worse = ref.copy()
+    right = np.flatnonzero(ref.argmax(1) == decide)[:4]  # 4 of 400 now wrong
+    worse[right] = np.roll(worse[right], 1, axis=1)
+    assert len(decide) == 400
+    assert point.quality(worse) == pytest.approx(0.99)
+    assert sure.quality(worse) < 0.99
+    assert point.quality(ref) == sure.quality(ref) == 1.0
+    assert "90% one-sided confidence" in sure.record()["task_metric"]["max_drop_means"]
