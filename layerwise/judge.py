@@ -62,6 +62,12 @@ class Judge:
             raise LayerwiseError(f"--metric {self.metric_name} returned {value!r}; it must "
                                  "return a number (higher is better)") from e
 
+    def point(self, outputs: np.ndarray) -> float:
+        """The quality of `outputs` as measured, without the confidence margin."""
+        if self.metric is None:
+            return quality([outputs], [self.reference["outputs"]], self.classify)
+        return 1.0 + self.score(outputs, self.batches) - self.reference["search"]
+
     def quality(self, outputs: np.ndarray) -> float:
         """The search's quality of `outputs` on the deciding split (1.0: the original's)."""
         if self.metric is None:

@@ -55,6 +55,8 @@ class CompileOptions:
     confidence: float = opt(0.9, "with --eval: the bound must hold at this one-sided "
                             "confidence (paired bootstrap of the deciding examples; 0: the "
                             "point estimate)", minimum=0)
+    search_budget: str | None = opt(None, "plan search: time budget (e.g. 10m): once spent, no "
+                                    "further candidate is measured (the fp32 plan always is)")
     max_latency_ms: float | None = opt(None, "plan search: latency bound (target runtime, batch 1)")
     max_size_mb: float | None = opt(None, "plan search: model size bound in MiB")
     passes: str | None = opt(None, "extra passes (comma-separated names, plugins included) run "
@@ -142,8 +144,8 @@ def fraction(text: str) -> float:
     return v
 
 
-def seconds(text: str | None) -> float | None:
-    """'90s' -> 90, '5m' -> 300, '1.5h' -> 5400, '30' -> 30 (a --heal-budget)."""
+def seconds(text: str | None, flag: str = "--heal-budget") -> float | None:
+    """'90s' -> 90, '5m' -> 300, '1.5h' -> 5400, '30' -> 30 (a time budget option)."""
     if text is None:
         return None
     units = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -151,10 +153,10 @@ def seconds(text: str | None) -> float | None:
     try:
         v = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
     except ValueError as e:
-        raise LayerwiseError(f"--heal-budget {text!r}: give seconds (90, 90s), minutes (5m) or "
+        raise LayerwiseError(f"{flag} {text!r}: give seconds (90, 90s), minutes (5m) or "
                              "hours (1h)") from e
     if v <= 0:
-        raise LayerwiseError(f"--heal-budget {text!r} must be positive")
+        raise LayerwiseError(f"{flag} {text!r} must be positive")
     return v
 
 
@@ -185,6 +187,9 @@ def check_compile(opts: CompileOptions) -> CompileOptions:
         raise LayerwiseError("--max-drop needs --data (held-out inputs to measure quality on)")
     smaller = names(opts.drop) or opts.max_drop is not None or opts.prune
     seconds(opts.heal_budget)
+    seconds(opts.search_budget, "--search-budget")
+    if opts.search_budget and opts.max_drop is None:
+        raise LayerwiseError("--search-budget bounds the plan search: add --max-drop")
     if opts.heal_budget and not opts.heal_steps:
         raise LayerwiseError("--heal-budget bounds healing: add --heal-steps (the most steps "
                              "to run)")

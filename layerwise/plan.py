@@ -12,6 +12,7 @@ model on the held-out split of --data, or the task metric on labelled --eval dat
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from layerwise.compiler.plan import Bounds, Candidate, NoPlanError, quality, spl
 from layerwise.compiler.plan import run_search as search_plan
 from layerwise.finish import Choice, build
 from layerwise.judge import Judge
-from layerwise.options import CompileOptions, fraction
+from layerwise.options import CompileOptions, fraction, seconds
 
 __all__ = ["NoPlanError", "Search", "quality", "run_search", "split"]
 
@@ -48,6 +49,7 @@ class Search:
     shrink: Shrink = field(default_factory=Shrink)
     timings: dict = field(default_factory=dict)
     teacher: Teacher = field(default_factory=Teacher)
+    order_basis: str = "ensemble importance"
     _shrunk: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -83,7 +85,38 @@ class Search:
         res = analyze(self.ir, self.analysis_batches, "auto")
         droppable = set(res["droppable"])
         self.importance = res
-        return [p for p in reversed(res["ranking"]) if p in droppable]
+        order = [p for p in reversed(res["ranking"]) if p in droppable]
+        return self.task_order(order) if self.judge.metric is not None else order
+
+    def task_order(self, order: list[str]) -> list[str]:
+        """With a task metric: the blocks in greedy order of measured task damage on the
+        deciding half of --eval (each step drops the block whose removal, with those already
+        chosen, keeps the metric highest), until a step loses over three times the bound;
+        the rest follow in `order` (the ensemble's)."""
+        from layerwise.compiler.passes.drop_layers import DropLayersError, drop_layers
+
+        self.progress("ranking blocks by measured task damage")
+        limit = 1.0 - 3 * fraction(self.opts.max_drop)
+        chosen: list[str] = []
+        rest = list(order)
+        while len(rest) > 1:
+            scores = {}
+            for p in rest:
+                try:
+                    small = drop_layers(self.ir, [*chosen, p])
+                except DropLayersError:
+                    continue
+                scores[p] = self.judge.point(_run_torch(small, self.judge.batches))
+            if not scores:
+                break
+            best = max(rest, key=lambda p: scores.get(p, -np.inf))
+            chosen.append(best)
+            rest.remove(best)
+            if scores[best] < limit:
+                break
+        self.order_basis = "measured task damage, greedy" + (
+            f" for the first {len(chosen)}" if rest else "")
+        return chosen + rest
 
     def measure(self, cand: Candidate) -> Candidate:
         """Build cand's artifact, then measure its quality on the held-out split and its
@@ -135,11 +168,14 @@ def run_search(s: Search) -> tuple[Candidate, dict]:
     precisions = get_target(s.opts.target).INFO.precisions
     attention = any(layer.kind == "attention" for layer in s.ir.layers)
     others = tuple(p for p in ("int8-dynamic",) if attention and p in precisions)
+    t0 = time.perf_counter()
     order = s.ranking()
     best, record = search_plan(order, s.torch_quality, s.measure, s.bounds(),
                                prune_ratios=s.prune_ratios, int8="int8" in precisions,
-                               others=others, progress=s.progress)
-    record.update({**s.judge.record(),
+                               others=others, progress=s.progress,
+                               budget_s=seconds(s.opts.search_budget, "--search-budget"))
+    record.update({**s.judge.record(), "drop_order_basis": s.order_basis,
+                   "wall_s": time.perf_counter() - t0,
                    "importance_methods": s.importance.get("methods", [])})
     return best, record
 

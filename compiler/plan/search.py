@@ -4,8 +4,11 @@ Depth: blocks are dropped in the given order (least important first) and the lar
 whose quality loss stays within the bound is found by bisection (never every block). Width:
 the largest prune ratio whose loss, with that depth, stays within the bound. Precision: the
 structural plan is measured in fp32, then INT8, keeping the most important blocks in fp32
-one at a time while INT8 misses the bound, then any other precisions asked for. The fastest
-measured candidate within every bound is chosen. Assumes `order` lists droppable blocks least
+one at a time while INT8 misses the bound; when no INT8 plan fits at that depth, INT8 is
+tried with fewer blocks dropped (depth and precision together: one block fewer in INT8 is
+often faster than the deeper cut in fp32); then any other precisions asked for. The fastest
+measured candidate within every bound is chosen. A time budget stops further measurements
+once spent (the fp32 plan is always measured). Assumes `order` lists droppable blocks least
 important first; `quality_of(drop, prune)` is the cheap fidelity of a structural plan (it may
 raise LayerwiseError for a plan that cannot be built, which the search notes and skips);
 `measure(candidate)` builds the artifact and fills in quality, latency and size.
@@ -69,14 +72,20 @@ def width(drop: list[str], ratios: tuple[float, ...], quality_of: QualityOf, bou
 
 def run_search(order: list[str], quality_of: QualityOf, measure: Measure, bounds: Bounds, *,
                prune_ratios: tuple[float, ...] = (), int8: bool = False,
-               others: tuple[str, ...] = (), progress: Callable[[str], None] = _noop
-               ) -> tuple[Candidate, dict]:
+               others: tuple[str, ...] = (), progress: Callable[[str], None] = _noop,
+               budget_s: float | None = None) -> tuple[Candidate, dict]:
     """Search depth, width, then precision (static INT8 keeping the most important blocks in
     fp32 until the bound holds, then each of `others`). Returns the chosen candidate and the
     search record; NoPlanError when nothing meets the bounds."""
     t0 = time.perf_counter()
     tried: list[Candidate] = []
     notes: list[str] = []
+
+    def spent() -> bool:
+        if budget_s is not None and time.perf_counter() - t0 > budget_s:
+            notes.append(f"search budget of {budget_s:.0f} s spent: measuring stopped")
+            return True
+        return False
 
     def measured(c: Candidate) -> Candidate:
         c = measure(c)
@@ -89,17 +98,24 @@ def run_search(order: list[str], quality_of: QualityOf, measure: Measure, bounds
     progress(f"measuring fp32 with {k} block(s) dropped" +
              (f", {ratio:.0%} pruned" if ratio else ""))
     chosen = [measured(Candidate(order[:k], prune=ratio))]
-    if int8:
+    if int8 and not spent():
         keep: list[str] = []
         important = [b for b in reversed(order) if b not in order[:k]]
         for attempt in range(INT8_TRIES):
             progress(f"measuring int8 (fp32 kept: {len(keep)} block(s))")
             c = measured(Candidate(order[:k], "int8", list(keep), prune=ratio))
             chosen.append(c)
-            if bounds.fits(c) or attempt == INT8_TRIES - 1 or not important:
+            if bounds.fits(c) or attempt == INT8_TRIES - 1 or not important or spent():
                 break
             keep.append(important.pop(0))
+        for j in range(k - 1, max(-1, k - 1 - INT8_TRIES), -1):
+            if any(c.precision == "int8" and bounds.fits(c) for c in chosen) or spent():
+                break
+            progress(f"measuring int8 with {j} block(s) dropped")
+            chosen.append(measured(Candidate(order[:j], "int8")))
     for precision in others:
+        if spent():
+            break
         progress(f"measuring {precision}")
         chosen.append(measured(Candidate(order[:k], precision, prune=ratio)))
     record = {
@@ -110,6 +126,7 @@ def run_search(order: list[str], quality_of: QualityOf, measure: Measure, bounds
         "candidates": [c.to_json() for c in tried],
         "pareto": [c.to_json() for c in pareto(tried)],
         "seconds": time.perf_counter() - t0,
+        "budget_s": budget_s,
     }
     fitting = [c for c in chosen if bounds.fits(c)]
     if not fitting:

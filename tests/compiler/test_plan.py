@@ -67,3 +67,32 @@ def test_pareto_keeps_only_undominated():
     b = Candidate([], quality=0.98, latency_ms=6.0, size_bytes=10)  # worse on all
     c = Candidate([], quality=0.95, latency_ms=2.0, size_bytes=20)  # faster
     assert pareto([a, b, c]) == [c, a]
+
+
+def test_int8_backs_off_depth_when_it_misses_the_bound_at_full_depth():
+    """INT8 costs 0.003 everywhere: at the depth fp32 allows (3 blocks, 0.007) no INT8 plan
+    fits 0.008, so INT8 is measured with one block fewer, which fits and is faster than the
+    deeper fp32 cut."""
+
+    def int8_costs(c: Candidate) -> Candidate:  # int8 costs the same whatever is kept
+        m = measure(Candidate(c.drop, "fp32", prune=c.prune))
+        c.quality, c.size_bytes, c.latency_on = m.quality, m.size_bytes, m.latency_on
+        c.latency_ms = m.latency_ms * (0.4 if c.precision == "int8" else 1.0)
+        if c.precision == "int8":
+            c.quality -= 0.003
+        return c
+
+    best, record = run_search(ORDER, quality_of, int8_costs, Bounds(0.008), int8=True)
+    assert best.precision == "int8" and best.drop == ["b0", "b1"] and best.keep_fp32 == []
+    measured = [(len(c["drop"]), c["precision"]) for c in record["candidates"]
+                if c["latency_ms"] is not None]
+    assert measured[0] == (3, "fp32") and measured[-1] == (2, "int8")
+
+
+def test_a_spent_budget_stops_measuring_after_the_fp32_plan():
+    best, record = run_search(ORDER, quality_of, measure, Bounds(0.012), int8=True,
+                              others=("int8-dynamic",), budget_s=0.0)
+    assert best.precision == "fp32"
+    assert [c["precision"] for c in record["candidates"] if c["latency_ms"] is not None] == [
+        "fp32"]
+    assert record["budget_s"] == 0.0 and "budget" in record["notes"][-1]

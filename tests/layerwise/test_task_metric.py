@@ -71,6 +71,10 @@ def test_task_metric_drops_the_block_the_task_does_not_need(tmp_path, sets):
     task = s["task_metric"]
     assert task["decide_examples"] == task["test_examples"] == 128
     assert s["chosen"]["drop"] == ["blocks.1"]
+    # the drop order is measured on the task: the middle block first
+    assert s["drop_order_basis"].startswith("measured task damage")
+    assert s["drop_order"][0] == "blocks.1"
+    assert s["wall_s"] >= s["seconds"] > 0
     chosen = s["chosen"]["task_metric"]
     # without the planted block the model computes the task itself: better on both splits
     assert chosen["test"] > task["reference"]["test"] + 0.05
@@ -95,6 +99,8 @@ def test_custom_metric_and_mistakes(tmp_path, sets):
         assert not out.exists()
     proc = _compile("--eval", str(sets / "eval.npz"), "--out", str(out))
     assert proc.returncode == 2 and "add --max-drop" in proc.stderr
+    proc = _compile("--search-budget", "5m", "--out", str(out))
+    assert proc.returncode == 2 and "--search-budget bounds the plan search" in proc.stderr
 
 
 def test_labelled_text_from_tsv(tmp_path):
