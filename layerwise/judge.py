@@ -34,7 +34,7 @@ class Judge:
     metric: Callable | None = None
     test: list = field(default_factory=list)
     reference: dict = field(default_factory=dict)  # split -> the original's outputs / metric
-    confidence: float = 0.9
+    confidence: float = 0.75
     resamples: int = 200
 
     @property
@@ -99,7 +99,7 @@ class Judge:
 
 
 def make_judge(held: list, eval_batches: list | None, metric: str | None,
-               classify: bool, confidence: float = 0.9) -> Judge:
+               classify: bool, confidence: float = 0.75) -> Judge:
     """The label-free judge on `held`, or the task-metric judge on `eval_batches` (labelled,
     split in two: decide / test)."""
     if eval_batches is None:

@@ -52,7 +52,7 @@ class CompileOptions:
                              "centroid_accuracy (embeddings) or module:function(outputs, "
                              "labels) -> float (default: accuracy for classifiers, else "
                              "centroid_accuracy)")
-    confidence: float = opt(0.9, "with --eval: the bound must hold at this one-sided "
+    confidence: float = opt(0.75, "with --eval: the bound must hold at this one-sided "
                             "confidence (paired bootstrap of the deciding examples; 0: the "
                             "point estimate)", minimum=0)
     search_budget: str | None = opt(None, "plan search: time budget (e.g. 10m): once spent, no "

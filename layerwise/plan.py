@@ -118,6 +118,29 @@ class Search:
             f" for the first {len(chosen)}" if rest else "")
         return chosen + rest
 
+    def layer_table(self) -> list[dict]:
+        """Every layer with a weighted op: its INT8 sensitivity (the output's relative error
+        with only that layer in int8, on up to 4 analysis batches), its share of the FLOPs
+        and its block's importance; most sensitive first."""
+        from layerwise.analysis.quant_sensitivity import sensitivity
+
+        self.progress("measuring each layer's int8 sensitivity")
+        err = sensitivity(self.ir, [b.inputs for b in self.analysis_batches[:4]])
+        from layerwise.compiler.flops import node_flops
+
+        total = sum(node_flops(n) for n in self.ir.program.graph.nodes
+                    if n.op == "call_function") or 1
+        by_path = {layer.path: layer for layer in self.ir.layers}
+        blocks = dict(self.importance.get("ensemble", {}))
+        rows = []
+        for path, e in sorted(err.items(), key=lambda kv: -kv[1]):
+            layer = by_path.get(path)
+            block = next((b for b in blocks if path.startswith(b + ".")), None)
+            rows.append({"layer": path, "int8_error": e,
+                         "flops_share": layer.flops / total if layer else None,
+                         "block": block, "block_importance": blocks.get(block)})
+        return rows
+
     def measure(self, cand: Candidate) -> Candidate:
         """Build cand's artifact, then measure its quality on the held-out split and its
         latency with the target's runtime (or on the agent, or predicted for the device)."""
@@ -170,11 +193,13 @@ def run_search(s: Search) -> tuple[Candidate, dict]:
     others = tuple(p for p in ("int8-dynamic",) if attention and p in precisions)
     t0 = time.perf_counter()
     order = s.ranking()
+    layers = s.layer_table() if "int8" in precisions else []
     best, record = search_plan(order, s.torch_quality, s.measure, s.bounds(),
                                prune_ratios=s.prune_ratios, int8="int8" in precisions,
                                others=others, progress=s.progress,
-                               budget_s=seconds(s.opts.search_budget, "--search-budget"))
-    record.update({**s.judge.record(), "drop_order_basis": s.order_basis,
+                               budget_s=seconds(s.opts.search_budget, "--search-budget"),
+                               keep_order=[r["layer"] for r in layers] or None)
+    record.update({**s.judge.record(), "drop_order_basis": s.order_basis, "layers": layers,
                    "wall_s": time.perf_counter() - t0,
                    "importance_methods": s.importance.get("methods", [])})
     return best, record

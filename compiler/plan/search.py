@@ -25,7 +25,7 @@ from layerwise.compiler.plan.pareto import pareto
 
 QualityOf = Callable[[list[str], float | None], float]
 Measure = Callable[[Candidate], Candidate]
-INT8_TRIES = 3  # INT8 with 0, 1 and 2 of the most important blocks kept in fp32
+INT8_TRIES = 3  # INT8 with 0, 1, 2 blocks (or 0, 1, 3 layers) kept in fp32
 
 
 class NoPlanError(LayerwiseError):
@@ -73,7 +73,8 @@ def width(drop: list[str], ratios: tuple[float, ...], quality_of: QualityOf, bou
 def run_search(order: list[str], quality_of: QualityOf, measure: Measure, bounds: Bounds, *,
                prune_ratios: tuple[float, ...] = (), int8: bool = False,
                others: tuple[str, ...] = (), progress: Callable[[str], None] = _noop,
-               budget_s: float | None = None) -> tuple[Candidate, dict]:
+               budget_s: float | None = None,
+               keep_order: list[str] | None = None) -> tuple[Candidate, dict]:
     """Search depth, width, then precision (static INT8 keeping the most important blocks in
     fp32 until the bound holds, then each of `others`). Returns the chosen candidate and the
     search record; NoPlanError when nothing meets the bounds."""
@@ -100,14 +101,20 @@ def run_search(order: list[str], quality_of: QualityOf, measure: Measure, bounds
     chosen = [measured(Candidate(order[:k], prune=ratio))]
     if int8 and not spent():
         keep: list[str] = []
-        important = [b for b in reversed(order) if b not in order[:k]]
+        gone = tuple(f"{b}." for b in order[:k])
+        if keep_order is None:
+            important = [b for b in reversed(order) if b not in order[:k]]
+        else:
+            important = [p for p in keep_order if p not in order[:k] and not p.startswith(gone)]
         for attempt in range(INT8_TRIES):
-            progress(f"measuring int8 (fp32 kept: {len(keep)} block(s))")
+            progress(f"measuring int8 (fp32 kept: {len(keep)})")
             c = measured(Candidate(order[:k], "int8", list(keep), prune=ratio))
             chosen.append(c)
             if bounds.fits(c) or attempt == INT8_TRIES - 1 or not important or spent():
                 break
-            keep.append(important.pop(0))
+            more = 1 if keep_order is None else 2 ** (attempt + 1) - 1 - len(keep)
+            keep += important[:more]
+            important = important[more:]
         for j in range(k - 1, max(-1, k - 1 - INT8_TRIES), -1):
             if any(c.precision == "int8" and bounds.fits(c) for c in chosen) or spent():
                 break

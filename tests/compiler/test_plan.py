@@ -96,3 +96,23 @@ def test_a_spent_budget_stops_measuring_after_the_fp32_plan():
     assert [c["precision"] for c in record["candidates"] if c["latency_ms"] is not None] == [
         "fp32"]
     assert record["budget_s"] == 0.0 and "budget" in record["notes"][-1]
+
+
+def test_int8_keeps_the_most_sensitive_layers_given():
+    """With a per-layer order (INT8 sensitivity), INT8 keeps 1 then 3 layers in fp32, never
+    one inside a dropped block."""
+    layers = ["b4.fc", "b0.fc", "b3.fc", "b4.proj", "b2.fc"]
+
+    def layer_costs(c: Candidate) -> Candidate:  # each sensitive layer kept wins 0.004
+        keep = list(c.keep_fp32)
+        m = measure(Candidate(c.drop, c.precision, [], prune=c.prune))
+        m.quality += 0.004 * sum(p in keep for p in ("b4.fc", "b3.fc", "b4.proj"))
+        m.keep_fp32 = keep
+        return m
+
+    best, record = run_search(ORDER, quality_of, layer_costs, Bounds(0.012), int8=True,
+                              keep_order=layers)
+    tried = [c["keep_fp32"] for c in record["candidates"] if c["precision"] == "int8"]
+    assert tried == [[], ["b4.fc"], ["b4.fc", "b3.fc", "b4.proj"]]  # b0.fc: b0 was dropped
+    assert best.precision == "int8" and best.keep_fp32 == ["b4.fc", "b3.fc", "b4.proj"]
+

@@ -75,6 +75,13 @@ def test_task_metric_drops_the_block_the_task_does_not_need(tmp_path, sets):
     assert s["drop_order_basis"].startswith("measured task damage")
     assert s["drop_order"][0] == "blocks.1"
     assert s["wall_s"] >= s["seconds"] > 0
+    # every weighted layer's int8 sensitivity, joined with its cost and its block's importance
+    layers = {r["layer"]: r for r in s["layers"]}
+    assert {"inp", "head", "blocks.0.fc1", "blocks.2.fc2"} <= set(layers)
+    assert layers["blocks.0.fc1"]["block"] == "blocks.0"
+    assert layers["blocks.0.fc1"]["block_importance"] is not None
+    assert all(r["int8_error"] >= 0 and 0 < r["flops_share"] < 1 for r in s["layers"]), s["layers"]
+    assert "INT8 sensitivity" in (out / "report.html").read_text()
     chosen = s["chosen"]["task_metric"]
     # without the planted block the model computes the task itself: better on both splits
     assert chosen["test"] > task["reference"]["test"] + 0.05
