@@ -7,8 +7,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from layerwise.analysis.quant_sensitivity import (fake_int8_weight, fake_uint8, sensitivity,
-                                                  weighted_ops)
+from layerwise.analysis.quant_sensitivity import (
+    fake_int8_weight,
+    fake_uint8,
+    sensitivity,
+    weighted_ops,
+)
 from layerwise.compiler.frontend import lift
 from layerwise.sources import Source
 
