@@ -70,11 +70,9 @@ class Judge:
 
     def quality(self, outputs: np.ndarray) -> float:
         """The search's quality of `outputs` on the deciding split (1.0: the original's)."""
-        if self.metric is None:
-            return quality([outputs], [self.reference["outputs"]], self.classify)
+        if self.metric is None or self.confidence <= 0:
+            return self.point(outputs)
         diff = self.score(outputs, self.batches) - self.reference["search"]
-        if self.confidence <= 0:
-            return 1.0 + diff
         labels, ref = self.labels, self.reference["outputs"]
         rng = np.random.default_rng(0)  # the same resamples for every candidate
         diffs = []

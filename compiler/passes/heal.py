@@ -182,7 +182,8 @@ class _Distiller:
             p.requires_grad_(True)
         trainable = self.params + [p for m in self.maps.values() for p in m.parameters()]
         opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
-        ref = [_first(self.gm_teacher_run(f)).detach() for f in held]
+        with torch.no_grad():
+            ref = [_first(self.teacher.run_feed(f)) for f in held]
         best: tuple[float, dict | None, int] = (math.inf, None, 0)
         t0 = time.perf_counter()
         for step in range(steps):
@@ -214,10 +215,6 @@ class _Distiller:
                 self.kept_step = best[2]
         for p in self.params:
             p.requires_grad_(False)
-
-    def gm_teacher_run(self, feed: dict):
-        with torch.no_grad():
-            return self.teacher.run_feed(feed)
 
 
 def _first(out) -> torch.Tensor:
