@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--trust-native", action="store_true", help="load a native model library "
                      "(a TVM bundle) compiled on another machine: it runs its own code")
 
+    dif = _diff_parser(sub, SourceOptions)
+
     eng = sub.add_parser("build-engine", help="build the TensorRT engine of a tensorrt bundle")
     eng.add_argument("bundle", help="bundle directory written by `compile --target tensorrt`")
 
@@ -83,10 +85,26 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("--model", default=None, help="only this SPEC")
     leader.add_argument("--metric", default="p50", help="p50 | rel_err | size (lower is better)")
 
-    for s in (ins, comp, ana, prof, dev, pred, run, eng, runs, leader):
+    for s in (ins, comp, ana, prof, dev, pred, run, dif, eng, runs, leader):
         s.add_argument("--json", action="store_true", help="print JSON for scripts")
         s.add_argument("--quiet", action="store_true", help="no progress display")
     return p
+
+
+def _diff_parser(sub, source_options) -> argparse.ArgumentParser:
+    dif = sub.add_parser("diff", help="where a bundle departs from the original model, layer "
+                         "by layer (each layer's output error, run by the bundle's runtime)")
+    dif.add_argument("bundle", help="bundle directory (onnx, tensorrt, openvino or tflite)")
+    dif.add_argument("--reference", default=None, help="the original model's spec (default: "
+                     "the spec in the bundle's manifest)")
+    dif.add_argument("--inputs", default=None, help=".npz of named inputs (default: the "
+                     "bundle's example inputs); the first row is compared")
+    dif.add_argument("--depth", choices=["all", "blocks"], default="all",
+                     help="every layer, or the blocks only")
+    dif.add_argument("--top", type=int, default=0, help="show only the N layers of largest "
+                     "error, with the blocks (0: all)")
+    add_arguments(dif, source_options)
+    return dif
 
 
 @contextlib.contextmanager
@@ -181,6 +199,8 @@ def _run(args: argparse.Namespace) -> int:
                             trust_native=args.trust_native)
         _emit(args, result, lambda r: print(f"wrote {r['output']}: " + ", ".join(
             f"{o['name']}{o['shape']}" for o in r["outputs"])))
+    elif args.command == "diff":
+        _diff(args, show)
     elif args.command == "build-engine":
         from layerwise.targets.tensorrt import build_engine
 
@@ -199,6 +219,16 @@ def _run(args: argparse.Namespace) -> int:
                              limit=args.limit)
         _emit(args, result, lambda r: report.leaderboard_table(r, args.metric))
     return 0
+
+
+def _diff(args: argparse.Namespace, show: bool) -> None:
+    from layerwise.diff import diff, render
+    from layerwise.spec import SourceOptions
+
+    with _progress(show) as step:
+        result = diff(args.bundle, args.reference, args.inputs, depth=args.depth,
+                      source_options=from_namespace(SourceOptions, args), progress=step)
+    _emit(args, result, lambda r: print(render(r, args.top)))
 
 
 def _emit(args, result: dict, render) -> None:
