@@ -72,6 +72,16 @@ def _base(name: str) -> str:
     return name[:-2] if name.endswith(":0") else name
 
 
+def node_scopes(node) -> list[str]:
+    """The module paths the torch exporter recorded for an ONNX node (outermost first)."""
+    meta = {p.key: p.value for p in node.metadata_props}
+    try:
+        scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
+    except (ValueError, SyntaxError):
+        return []
+    return [s for s in scopes if isinstance(s, str)]
+
+
 def _onnx_taps(target: str, model: Path) -> Taps:
     import onnx
 
@@ -80,23 +90,15 @@ def _onnx_taps(target: str, model: Path) -> Taps:
     for node in g.node:
         if node.op_type == "Constant":
             continue
-        meta = {p.key: p.value for p in node.metadata_props}
-        try:
-            s = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
-        except (ValueError, SyntaxError):
-            s = []
+        s = node_scopes(node)
         for o in node.output:
             if o:
                 names.append(o)
-                scopes[o] = [x for x in s if isinstance(x, str)]
+                scopes[o] = s
                 producer_scope[o] = set(scopes[o])
     leaving = {o.name for o in g.output}
     for node in g.node:
-        meta = {p.key: p.value for p in node.metadata_props}
-        try:
-            mine = set(ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]")))
-        except (ValueError, SyntaxError):
-            mine = set()
+        mine = set(node_scopes(node))
         for i in node.input:
             if i in producer_scope and not producer_scope[i] <= mine:
                 leaving.add(i)

@@ -23,7 +23,6 @@ rescaled the channels between two convs on the IR, so one per-tensor scale fits 
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import io
 import tempfile
@@ -36,6 +35,7 @@ from layerwise.base.errors import TargetError
 from layerwise.base.recipe import QuantRecipe
 from layerwise.cpp_ext import HISTOGRAM_METHODS, StreamingHistogram, clip_range
 from layerwise.devices.cpu import cpu_flags, has_vnni, is_x86
+from layerwise.runtime.taps import node_scopes
 from layerwise.targets.onnx.session import ort_session as _session
 
 
@@ -140,12 +140,7 @@ def layer_nodes(model, layers: set[str]) -> list[str]:
         if any(i in weights and i.startswith(prefixes) for i in node.input):
             picked.append(node.name)
             continue
-        meta = {p.key: p.value for p in node.metadata_props}
-        try:
-            scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
-        except (ValueError, SyntaxError):
-            scopes = []
-        if any(s in layers for s in scopes):
+        if any(s in layers for s in node_scopes(node)):
             picked.append(node.name)
     return picked
 
