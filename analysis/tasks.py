@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from layerwise.base.errors import LayerwiseError
+from layerwise.compiler.plan.metrics import auc, f1_of_predictions
 
 
 class TaskError(LayerwiseError):
@@ -77,27 +78,15 @@ def _recall_at_k(out: torch.Tensor, ref: torch.Tensor, labels, k: int) -> float:
 
 
 def _f1_macro(pred: torch.Tensor, y: torch.Tensor) -> float:
-    scores = []
-    for c in torch.unique(torch.cat([pred, y])):
-        tp = ((pred == c) & (y == c)).sum().item()
-        fp = ((pred == c) & (y != c)).sum().item()
-        fn = ((pred != c) & (y == c)).sum().item()
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return float(sum(scores) / len(scores)) if scores else float("nan")
+    return f1_of_predictions(pred.numpy(), y.numpy())
 
 
 def _auc(score: torch.Tensor, y: torch.Tensor) -> float:
-    """Rank-based ROC AUC of binary labels."""
-    s, y = score.reshape(-1).double(), y.reshape(-1).bool()
-    pos, neg = int(y.sum()), int((~y).sum())
-    if pos == 0 or neg == 0:
+    """Rank-based ROC AUC of binary labels (nan without both classes)."""
+    y = y.reshape(-1).bool().numpy()
+    if y.all() or not y.any():
         return float("nan")
-    ranks = torch.empty_like(s)
-    ranks[s.argsort()] = torch.arange(1, len(s) + 1, dtype=s.dtype)
-    for v in torch.unique(s):  # average ranks of ties
-        tie = s == v
-        ranks[tie] = ranks[tie].mean()
-    return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
+    return auc(score.reshape(-1).double().numpy(), y.astype(int))
 
 
 def _ndcg_at_k(score: torch.Tensor, rel: torch.Tensor, k: int) -> float:

@@ -76,9 +76,11 @@ def search_table(s: dict) -> None:
     task = s.get("task_metric")
     if task and chosen.get("task_metric"):
         ref, got = task["reference"], chosen["task_metric"]
-        _out.print(f"  {task['name']} on the held-back half of --eval ({task['test_examples']} "
-                   f"examples the search never saw): original {ref['test']:.4f}, chosen "
-                   f"{got['test']:.4f} ({100 * (got['test'] - ref['test']):+.2f} points)")
+        change = (f"{100 * (got['test'] / ref['test'] - 1):+.2f}%" if task.get("lower_is_better")
+                  else f"{100 * (got['test'] - ref['test']):+.2f} points")
+        _out.print(f"  {task['name']} on the held-back half of {task.get('source', '--eval')} "
+                   f"({task['test_examples']} examples the search never saw): original "
+                   f"{ref['test']:.4f}, chosen {got['test']:.4f} ({change})")
 
 
 def profile_table(r: dict) -> None:

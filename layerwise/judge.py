@@ -3,8 +3,11 @@ held-out split of --data (the default), or the user's task metric on labelled --
 
 A task metric turns into the search's quality as 1 + (the candidate's metric - the
 original's), both on the same examples, so `--max-drop 1%` allows one point of the metric
-to be lost. A few hundred labelled examples measure a metric only to a point or two, so by
-default the difference is the pessimistic one: its lower `confidence` quantile over a paired
+to be lost; for a metric where lower is better (perplexity) it is the original's divided by
+the candidate's, so `--max-drop 1%` allows it to rise by about 1 %.
+
+A few hundred labelled examples measure a metric only to a point or two, so by default the
+difference is the pessimistic one: its lower `confidence` quantile over a paired
 bootstrap of the deciding examples (the same resampled examples for both models). Half of
 --eval (alternate batches) decides; the other half is never seen by the search and gives the
 figures the manifest reports for the chosen plan.
@@ -21,6 +24,7 @@ import numpy as np
 from layerwise.base.errors import LayerwiseError
 from layerwise.compiler.plan import quality, split
 from layerwise.compiler.plan.metrics import METRICS, default_metric
+from layerwise.compiler.plan.metrics import metric as builtin
 
 
 @dataclass
@@ -36,6 +40,7 @@ class Judge:
     reference: dict = field(default_factory=dict)  # split -> the original's outputs / metric
     confidence: float = 0.75
     resamples: int = 200
+    source: str = "--eval"  # where the labelled examples come from
 
     @property
     def labels(self) -> np.ndarray:
@@ -44,7 +49,7 @@ class Judge:
     def describe(self) -> str:
         if self.metric is None:
             return "top-1 agreement" if self.classify else "mean cosine"
-        return f"{self.metric_name} on --eval"
+        return f"{self.metric_name} on {self.source}"
 
     def set_reference(self, run: Callable[[list], np.ndarray]) -> None:
         """Run the original model (run(batches) -> first output, concatenated) on each split."""
@@ -62,35 +67,57 @@ class Judge:
             raise LayerwiseError(f"--metric {self.metric_name} returned {value!r}; it must "
                                  "return a number (higher is better)") from e
 
+    def gain(self, value: float, reference: float) -> float:
+        """What a candidate's metric `value` gains over the original's (negative: a loss)."""
+        if getattr(self.metric, "lower_is_better", False):
+            return reference / value - 1.0 if value > 0 else -np.inf
+        return value - reference
+
     def point(self, outputs: np.ndarray) -> float:
         """The quality of `outputs` as measured, without the confidence margin."""
         if self.metric is None:
             return quality([outputs], [self.reference["outputs"]], self.classify)
-        return 1.0 + self.score(outputs, self.batches) - self.reference["search"]
+        return 1.0 + self.gain(self.score(outputs, self.batches), self.reference["search"])
 
     def quality(self, outputs: np.ndarray) -> float:
         """The search's quality of `outputs` on the deciding split (1.0: the original's)."""
         if self.metric is None or self.confidence <= 0:
             return self.point(outputs)
-        diff = self.score(outputs, self.batches) - self.reference["search"]
+        diff = self.gain(self.score(outputs, self.batches), self.reference["search"])
         labels, ref = self.labels, self.reference["outputs"]
+        parts, pool = getattr(self.metric, "parts", None), getattr(self.metric, "pool", None)
+        if parts is not None:  # resample per-example parts, computed once per model
+            if "parts" not in self.reference:
+                self.reference["parts"] = parts(ref, labels)
+            mine, theirs = parts(outputs, labels), self.reference["parts"]
+
+            def value(which, idx):
+                return float(pool(*(p[idx] for p in which)))
+        else:
+            mine, theirs = outputs, ref
+
+            def value(which, idx):
+                return float(self.metric(which[idx], labels[idx]))
         rng = np.random.default_rng(0)  # the same resamples for every candidate
         diffs = []
         for _ in range(self.resamples):
             idx = rng.integers(0, len(labels), len(labels))
-            diffs.append(float(self.metric(outputs[idx], labels[idx]))
-                         - float(self.metric(ref[idx], labels[idx])))
+            diffs.append(self.gain(value(mine, idx), value(theirs, idx)))
         return 1.0 + min(diff, float(np.quantile(diffs, 1.0 - self.confidence)))
 
     def record(self) -> dict:
         out = {"quality_metric": self.describe(), "held_out_batches": len(self.batches)}
         if self.metric is not None:
             out["task_metric"] = {
-                "name": self.metric_name, "decide_examples": len(self.labels),
+                "name": self.metric_name, "source": self.source,
+                "lower_is_better": bool(getattr(self.metric, "lower_is_better", False)),
+                "decide_examples": len(self.labels),
                 "test_examples": len(_labels(self.test)),
                 "reference": {"decide": self.reference["search"],
                               "test": self.reference["test"]},
-                "max_drop_means": "points of the metric lost against the original" + (
+                "max_drop_means": ("relative rise of the metric (lower is better)"
+                                   if getattr(self.metric, "lower_is_better", False)
+                                   else "points of the metric lost against the original") + (
                     f", at {self.confidence:.0%} one-sided confidence (paired bootstrap of "
                     "the deciding examples)" if self.confidence > 0 else "")}
         return out
@@ -100,24 +127,32 @@ def make_judge(held: list, eval_batches: list | None, metric: str | None,
                classify: bool, confidence: float = 0.75) -> Judge:
     """The label-free judge on `held`, or the task-metric judge on `eval_batches` (labelled,
     split in two: decide / test)."""
+    fn = resolve_metric(metric) if metric else None
+    source = "--eval"
+    if eval_batches is None and getattr(fn, "token_labels", False):
+        eval_batches = held  # a language model's metric needs no labels: the text is its own
+        source = "held-out --data"
     if eval_batches is None:
         return Judge(held, classify)
+    if getattr(fn, "token_labels", False):
+        eval_batches = [_token_labelled(b) for b in eval_batches]
     if any(b.labels is None for b in eval_batches):
         raise LayerwiseError("--eval data has no labels: give an image folder with a "
                              "subfolder per class, a .tsv of text<TAB>label, or an .npz with a "
                              "'labels' array")
     decide, test = split(eval_batches)
     name = metric or default_metric(classify)
-    return Judge(decide, classify, name, resolve_metric(name), test, confidence=confidence)
+    return Judge(decide, classify, name, resolve_metric(name), test, confidence=confidence,
+                 source=source)
 
 
 def resolve_metric(name: str) -> Callable:
     """The metric function a --metric names (built in, or module:function)."""
-    if name in METRICS:
-        return METRICS[name]
+    if builtin(name) is not None:
+        return builtin(name)
     if ":" not in name:
-        raise LayerwiseError(f"unknown --metric {name!r}: use {', '.join(METRICS)} or "
-                             "module:function(outputs, labels) -> float")
+        raise LayerwiseError(f"unknown --metric {name!r}: use {', '.join(METRICS)}, "
+                             "recall@K, ndcg@K or module:function(outputs, labels) -> float")
     module, _, attr = name.rpartition(":")
     try:
         fn = getattr(importlib.import_module(module), attr)
@@ -126,6 +161,19 @@ def resolve_metric(name: str) -> Callable:
     if not callable(fn):
         raise LayerwiseError(f"--metric {name!r} is not a function")
     return fn
+
+
+def _token_labelled(batch):
+    """`batch` with its token ids as labels (padding: -1), unless it has labels."""
+    from layerwise.analysis.execution import Batch
+
+    if batch.labels is not None or "input_ids" not in batch.inputs:
+        return batch
+    ids = batch.inputs["input_ids"].clone()
+    mask = batch.inputs.get("attention_mask")
+    if mask is not None:
+        ids[mask == 0] = -1
+    return Batch(batch.inputs, ids)
 
 
 def _labels(batches: list) -> np.ndarray:

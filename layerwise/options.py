@@ -48,8 +48,10 @@ class CompileOptions:
                            "image folder with a subfolder per class, a .tsv of text<TAB>label, "
                            "an .npz with inputs and labels, module:factory); half decides, "
                            "half is held out for the manifest's figures")
-    metric: str | None = opt(None, "task metric on --eval: accuracy, macro_f1, "
-                             "centroid_accuracy (embeddings) or module:function(outputs, "
+    metric: str | None = opt(None, "task metric on --eval: accuracy, macro_f1; for "
+                             "embeddings centroid_accuracy, linear_probe, recall@K; ndcg@K, "
+                             "auc (recommendation); perplexity (language models: on held-out "
+                             "--data when there is no --eval); or module:function(outputs, "
                              "labels) -> float (default: accuracy for classifiers, else "
                              "centroid_accuracy)")
     confidence: float = opt(0.75, "with --eval: the bound must hold at this one-sided "
@@ -203,12 +205,12 @@ def check_compile(opts: CompileOptions) -> CompileOptions:
         raise LayerwiseError("--eval and --metric judge the plan search: add --max-drop")
     if not 0 <= opts.confidence < 1:
         raise LayerwiseError(f"--confidence {opts.confidence} must lie in [0, 1)")
-    if opts.metric and not opts.eval:
-        raise LayerwiseError("--metric needs --eval (labelled data to compute it on)")
     if opts.metric:
         from layerwise.judge import resolve_metric
 
-        resolve_metric(opts.metric)  # an unknown name or a module that fails: before any work
+        fn = resolve_metric(opts.metric)  # an unknown name or a failing module: before any work
+        if not opts.eval and not getattr(fn, "token_labels", False):
+            raise LayerwiseError("--metric needs --eval (labelled data to compute it on)")
     if names(opts.drop) and opts.max_drop is not None:
         raise LayerwiseError("give either --drop (your blocks) or --max-drop (the search "
                              "chooses), not both")

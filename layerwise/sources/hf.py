@@ -39,14 +39,25 @@ def load_hf_folder(path: str, opts: SourceOptions) -> Source:
     for attr in ("use_cache",):
         if hasattr(config, attr):
             setattr(config, attr, False)
+    task, auto = "feature-extraction", AutoModel
+    if is_causal_lm(config):  # the folder's own class: keep its LM head (logits out)
+        from transformers import AutoModelForCausalLM
+
+        task, auto = "text-generation", AutoModelForCausalLM
     try:
-        model = AutoModel.from_pretrained(folder, config=config, local_files_only=True,
-                                          attn_implementation="eager")
+        model = auto.from_pretrained(folder, config=config, local_files_only=True,
+                                     attn_implementation="eager")
     except (OSError, ValueError, TypeError, KeyError, RuntimeError) as e:
         raise SourceError(f"cannot load the model in {path!r}: {_first_line(e)}") from e
     tokenizer, notes = _tokenizer(folder, config)
     inputs, modality = _inputs(model, config, tokenizer, opts, notes)
-    return Source(path, model, inputs, modality, "feature-extraction", notes, tokenizer=tokenizer)
+    return Source(path, model, inputs, modality, task, notes, tokenizer=tokenizer)
+
+
+def is_causal_lm(config) -> bool:
+    """Whether the config names a decoder with its language-modelling head."""
+    return any(a.endswith(("ForCausalLM", "LMHeadModel"))
+               for a in getattr(config, "architectures", None) or [])
 
 
 def _first_line(e: BaseException) -> str:

@@ -159,3 +159,39 @@ def test_the_bound_is_judged_pessimistically():
     assert sure.quality(worse) < 0.99
     assert point.quality(ref) == sure.quality(ref) == 1.0
     assert "90% one-sided confidence" in sure.record()["task_metric"]["max_drop_means"]
+
+
+def test_perplexity_judges_a_language_model_on_held_out_text(tmp_path):
+    """A causal LM folder loads with its head (logits out); --metric perplexity needs no
+    labels: the held-out --data text is its own, and the bound is a relative rise."""
+    import shutil
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from layerwise.sources.zoo import minilm_path
+    from tests.conftest import TOKENIZER_FILES
+
+    torch.manual_seed(0)
+    folder = tmp_path / "lm"
+    GPT2LMHeadModel(GPT2Config(vocab_size=30522, n_embd=32, n_layer=2, n_head=2,
+                               n_positions=64)).save_pretrained(folder)
+    for f in TOKENIZER_FILES:
+        if (minilm_path() / f).exists():
+            shutil.copy(minilm_path() / f, folder / f)
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(f"line {i} of the text the model reads, then {i * 7 % 13}"
+                              for i in range(64)))
+    out = tmp_path / "b"
+    proc = subprocess.run([sys.executable, "-m", "layerwise", "compile", f"hf:{folder}",
+                           "--db", "none", "--data", str(text), "--metric", "perplexity",
+                           "--max-drop", "5%", "--out", str(out)], capture_output=True,
+                          text=True, cwd=ROOT, check=False, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["task"] == "text-generation" and m["outputs"][0]["shape"][-1] == 30522
+    task = m["search"]["task_metric"]
+    assert task["name"] == "perplexity" and task["source"] == "held-out --data"
+    assert task["lower_is_better"] and "rise" in task["max_drop_means"]
+    chosen = m["search"]["chosen"]["task_metric"]
+    assert chosen["decide"] <= task["reference"]["decide"] * 1.05
+    assert "perplexity on held-out --data" in proc.stdout
