@@ -35,7 +35,7 @@ from layerwise.targets import onnx as onnx_target
 
 
 def flops(ir) -> int:
-    return sum(layer.flops for layer in ir.layers if layer.depth == 1)
+    return ir.flops
 
 
 def export(ir, out: Path):

@@ -121,6 +121,13 @@ class IR:
         return sum(self.program.state_dict[n].numel() for n in sig.parameters
                    if n in self.program.state_dict)
 
+    @property
+    def flops(self) -> int:
+        """FLOPs of one run of the whole graph (ops outside any submodule included)."""
+        from layerwise.compiler.flops import node_flops
+
+        return sum(node_flops(n) for n in self.program.graph.nodes if n.op == "call_function")
+
     # ------------------------------------------------------------ serialization
 
     def save(self, path: str | Path) -> Path:

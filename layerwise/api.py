@@ -122,8 +122,7 @@ def inspect(spec: str, source_options=None, progress: Progress = _noop) -> dict:
     from layerwise.compiler.layers import blocks
 
     ir = lift(spec, source_options, progress)
-    top = [layer for layer in ir.layers if layer.depth == 1]
-    total = sum(layer.flops for layer in top) or 1
+    total = ir.flops or 1
     batch = next(iter(ir.example_inputs.values())).shape[0] if ir.example_inputs else 1
     return {
         "spec": spec,

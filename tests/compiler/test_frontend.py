@@ -104,3 +104,16 @@ def test_dropping_an_lstm_layer_removes_its_weights():
         seq, _ = one(module.embed(ir.example_inputs["tokens"]))
         expected = module.head(seq[:, -1])
     torch.testing.assert_close(small.run()[0], expected)
+
+
+def test_flops_share_counts_the_whole_graph_for_a_module_list():
+    """Blocks in an nn.ModuleList sit at depth 2 (the list itself runs no op): the shares are
+    of the whole graph's FLOPs, so the top-level parts sum to one."""
+    from layerwise import api
+    from tests.conftest import FIXTURES
+
+    r = api.inspect(f"{FIXTURES}:residual_mlp")
+    shares = {la["path"]: la["flops_share"] for la in r["layers"]}
+    parts = ["inp", "head", *(f"blocks.{i}" for i in range(6))]
+    assert sum(shares[p] for p in parts) == pytest.approx(1.0, abs=0.01)
+    assert max(shares.values()) <= 1.0
