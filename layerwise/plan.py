@@ -50,6 +50,7 @@ class Search:
     timings: dict = field(default_factory=dict)
     teacher: Teacher = field(default_factory=Teacher)
     order_basis: str = "ensemble importance"
+    deadline: float | None = None  # perf_counter time past which the search stops searching
     _shrunk: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -58,6 +59,9 @@ class Search:
     @property
     def prune_ratios(self) -> tuple[float, ...]:
         return (self.opts.prune,) if self.opts.prune else SEARCH_PRUNE_RATIOS
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.perf_counter() > self.deadline
 
     def bounds(self) -> Bounds:
         return Bounds(fraction(self.opts.max_drop), self.opts.max_latency_ms,
@@ -99,7 +103,7 @@ class Search:
         limit = 1.0 - 3 * fraction(self.opts.max_drop)
         chosen: list[str] = []
         rest = list(order)
-        while len(rest) > 1:
+        while len(rest) > 1 and not self.past_deadline():
             scores = {}
             for p in rest:
                 try:
@@ -115,7 +119,8 @@ class Search:
             if scores[best] < limit:
                 break
         self.order_basis = "measured task damage, greedy" + (
-            f" for the first {len(chosen)}" if rest else "")
+            f" for the first {len(chosen)}" if rest else "") + (
+            " (search budget spent)" if self.past_deadline() else "")
         return chosen + rest
 
     def layer_table(self) -> list[dict]:
@@ -192,15 +197,29 @@ def run_search(s: Search) -> tuple[Candidate, dict]:
     attention = any(layer.kind == "attention" for layer in s.ir.layers)
     others = tuple(p for p in ("int8-dynamic",) if attention and p in precisions)
     t0 = time.perf_counter()
+    budget = seconds(s.opts.search_budget, "--search-budget")
+    basis, seed = "--search-budget", ()
+    if budget is None:
+        # the default: the whole compile within 3x a plain compile at the target's default
+        # quantized precision, which is measured first (and stays a candidate); a compile
+        # lifts once and builds its choice once, so the search itself gets 2x
+        s.progress("measuring the plain compile the search must beat")
+        plain_precision = "int8" if "int8" in precisions else "fp32"
+        seed = (s.measure(Candidate([], plain_precision)),)
+        plain = s.timings.get("lift_s", 0.0) + time.perf_counter() - t0
+        budget = 2 * plain
+        basis = (f"default: the compile within 3x a plain {plain_precision} compile "
+                 f"({plain:.1f} s measured)")
+    s.deadline = t0 + budget
     order = s.ranking()
-    layers = s.layer_table() if "int8" in precisions else []
+    layers = s.layer_table() if "int8" in precisions and not s.past_deadline() else []
     best, record = search_plan(order, s.torch_quality, s.measure, s.bounds(),
                                prune_ratios=s.prune_ratios, int8="int8" in precisions,
-                               others=others, progress=s.progress,
-                               budget_s=seconds(s.opts.search_budget, "--search-budget"),
-                               keep_order=[r["layer"] for r in layers] or None)
+                               others=others, progress=s.progress, budget_s=budget,
+                               started=t0, keep_order=[r["layer"] for r in layers] or None,
+                               seed=seed)
     record.update({**s.judge.record(), "drop_order_basis": s.order_basis, "layers": layers,
-                   "wall_s": time.perf_counter() - t0,
+                   "wall_s": time.perf_counter() - t0, "budget_basis": basis,
                    "importance_methods": s.importance.get("methods", [])})
     return best, record
 

@@ -7,11 +7,12 @@ structural plan is measured in fp32, then INT8, keeping the most important block
 one at a time while INT8 misses the bound; when no INT8 plan fits at that depth, INT8 is
 tried with fewer blocks dropped (depth and precision together: one block fewer in INT8 is
 often faster than the deeper cut in fp32); then any other precisions asked for. The fastest
-measured candidate within every bound is chosen. A time budget stops further measurements
-once spent (the fp32 plan is always measured). Assumes `order` lists droppable blocks least
-important first; `quality_of(drop, prune)` is the cheap fidelity of a structural plan (it may
-raise LayerwiseError for a plan that cannot be built, which the search notes and skips);
-`measure(candidate)` builds the artifact and fills in quality, latency and size.
+measured candidate within every bound is chosen. A time budget stops the search once
+spent (the depth and width found so far stand; the fp32 plan is always measured). Assumes
+`order` lists droppable blocks least important first; `quality_of(drop, prune)` is the cheap
+fidelity of a structural plan (it may raise LayerwiseError for a plan that cannot be built,
+which the search notes and skips); `measure(candidate)` builds the artifact and fills in
+quality, latency and size.
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ def _noop(_: str) -> None:
 
 
 def depth(order: list[str], quality_of: QualityOf, bounds: Bounds, tried: list[Candidate],
-          progress: Callable[[str], None] = _noop) -> int:
-    """Largest k such that dropping order[:k] loses at most the bound (bisection)."""
+          progress: Callable[[str], None] = _noop, *,
+          spent: Callable[[], bool] = lambda: False) -> int:
+    """Largest k such that dropping order[:k] loses at most the bound (bisection); once
+    `spent()`, the largest k found so far."""
     lo, hi = 0, len(order) - 1  # never drop every block
-    while lo < hi:
+    while lo < hi and not spent():
         mid = (lo + hi + 1) // 2
         progress(f"trying to drop {mid} block(s)")
         q = quality_of(order[:mid], None)
@@ -54,10 +57,13 @@ def depth(order: list[str], quality_of: QualityOf, bounds: Bounds, tried: list[C
 
 def width(drop: list[str], ratios: tuple[float, ...], quality_of: QualityOf, bounds: Bounds, *,
           tried: list[Candidate], notes: list[str],
-          progress: Callable[[str], None] = _noop) -> float | None:
+          progress: Callable[[str], None] = _noop,
+          spent: Callable[[], bool] = lambda: False) -> float | None:
     """The largest of `ratios` whose loss, with `drop`, stays within the bound; None when
     none does or the model has nothing to prune."""
     for ratio in sorted(ratios, reverse=True):
+        if spent():
+            return None
         progress(f"trying to prune {ratio:.0%} of the channels")
         try:
             q = quality_of(drop, ratio)
@@ -73,32 +79,41 @@ def width(drop: list[str], ratios: tuple[float, ...], quality_of: QualityOf, bou
 def run_search(order: list[str], quality_of: QualityOf, measure: Measure, bounds: Bounds, *,
                prune_ratios: tuple[float, ...] = (), int8: bool = False,
                others: tuple[str, ...] = (), progress: Callable[[str], None] = _noop,
-               budget_s: float | None = None,
-               keep_order: list[str] | None = None) -> tuple[Candidate, dict]:
+               budget_s: float | None = None, started: float | None = None,
+               keep_order: list[str] | None = None,
+               seed: tuple[Candidate, ...] = ()) -> tuple[Candidate, dict]:
     """Search depth, width, then precision (static INT8 keeping the most important blocks in
-    fp32 until the bound holds, then each of `others`). Returns the chosen candidate and the
-    search record; NoPlanError when nothing meets the bounds."""
-    t0 = time.perf_counter()
-    tried: list[Candidate] = []
+    fp32 until the bound holds, then each of `others`). `seed`: candidates already measured
+    (never measured again); `budget_s` counts from `started` (a perf_counter time; default
+    now). Returns the chosen candidate and the search record; NoPlanError when nothing
+    meets the bounds."""
+    t0 = time.perf_counter() if started is None else started
+    tried: list[Candidate] = list(seed)
     notes: list[str] = []
 
     def spent() -> bool:
         if budget_s is not None and time.perf_counter() - t0 > budget_s:
-            notes.append(f"search budget of {budget_s:.0f} s spent: measuring stopped")
+            note = f"search budget of {budget_s:.0f} s spent: searching stopped"
+            if note not in notes:
+                notes.append(note)
             return True
         return False
 
     def measured(c: Candidate) -> Candidate:
+        for old in seed:
+            if (old.drop, old.precision, old.keep_fp32, old.prune) == (
+                    c.drop, c.precision, c.keep_fp32, c.prune):
+                return old
         c = measure(c)
         tried.append(c)
         return c
 
-    k = depth(order, quality_of, bounds, tried, progress)
+    k = depth(order, quality_of, bounds, tried, progress, spent=spent)
     ratio = width(order[:k], prune_ratios, quality_of, bounds, tried=tried, notes=notes,
-                  progress=progress) if prune_ratios else None
+                  progress=progress, spent=spent) if prune_ratios else None
     progress(f"measuring fp32 with {k} block(s) dropped" +
              (f", {ratio:.0%} pruned" if ratio else ""))
-    chosen = [measured(Candidate(order[:k], prune=ratio))]
+    chosen = [*seed, measured(Candidate(order[:k], prune=ratio))]
     if int8 and not spent():
         keep: list[str] = []
         gone = tuple(f"{b}." for b in order[:k])
@@ -132,7 +147,7 @@ def run_search(order: list[str], quality_of: QualityOf, measure: Measure, bounds
         "notes": notes,
         "candidates": [c.to_json() for c in tried],
         "pareto": [c.to_json() for c in pareto(tried)],
-        "seconds": time.perf_counter() - t0,
+        "seconds": time.perf_counter() - t0,  # from `started`
         "budget_s": budget_s,
     }
     fitting = [c for c in chosen if bounds.fits(c)]

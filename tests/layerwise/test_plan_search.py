@@ -54,6 +54,26 @@ def test_reachable_bound_drops_identity_like_blocks(tmp_path, data):
     assert s["pareto"] and all(c["latency_ms"] for c in s["pareto"])
     assert (out / "report.html").read_text().count("<svg") == 1
     assert m["verification"]["passed"]
+    # the default budget: a plain int8 compile measured first (a candidate), then the
+    # search bounded to twice its time (the whole compile within 3x)
+    assert s["budget_basis"].startswith("default: the compile within 3x a plain int8")
+    plain = [c for c in s["candidates"] if not c["drop"] and c["precision"] == "int8"
+             and not c["keep_fp32"] and c["prune"] is None]
+    assert len(plain) == 1 and plain[0]["latency_ms"] > 0
+    assert s["budget_s"] > 0 and s["wall_s"] >= s["seconds"]
+
+
+def test_an_explicit_budget_replaces_the_default(tmp_path, data):
+    out = tmp_path / "b"
+    proc = _compile("--data", str(data), "--max-drop", "2%", "--search-budget", "1s",
+                    "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads((out / "manifest.json").read_text())["search"]
+    assert s["budget_basis"] == "--search-budget" and s["budget_s"] == 1
+    assert any("search budget of 1 s spent" in n for n in s["notes"])
+    # the depth found before the budget ran out stands: at most the three near-identity
+    # blocks, each within the bound
+    assert set(s["chosen"]["drop"]) <= {"blocks.1", "blocks.3", "blocks.5"}
 
 
 def test_impossible_bound_exits_2(tmp_path, data):
