@@ -1,7 +1,7 @@
 """Compression figures, each beside its baseline measured in the same run.
 
     python bench/compress.py [--json] [--eval N] [--calib N] [--runs N] [--skip-minilm]
-                             [--skip-task | --only-task]
+                             [--skip-task | --only-task] [--skip-digits | --only-digits]
 
 MobileNetV2 (real ImageNet weights) INT8: layerwise's calibrated QDQ model run by
 onnxruntime and by OpenVINO, against NNCF's own `nncf.quantize` (default preset) on
@@ -15,6 +15,9 @@ ratios), which the machine's drift between rounds does not move. Our OpenVINO bu
 in layerwise's runtime, which compiles the model for each input shape it is fed; NNCF's model
 is timed as saved (dynamic batch) and also reshaped to the timed shape by hand, so the
 quantization itself is compared apart from the runtime's shape specialisation.
+
+A residual CNN trained here on scikit-learn's labelled digits (bench/digits_task.py):
+FP32, NNCF INT8 and accuracy control, layerwise's plans on accuracy; against torch eager too.
 
 MiniLM (real weights) on real sentences (even ones calibrate, odd ones evaluate): mean
 cosine of each precision's embeddings to FP32, p50 latency at batch 1 (sequence 32) and
@@ -241,7 +244,12 @@ def main() -> None:
     p.add_argument("--skip-task", action="store_true",
                    help="leave out MiniLM on the labelled man-page task (plan searches)")
     p.add_argument("--only-task", action="store_true", help="run only the labelled task")
+    p.add_argument("--skip-digits", action="store_true",
+                   help="leave out the CNN trained here on the labelled digits (plan searches)")
+    p.add_argument("--only-digits", action="store_true", help="run only the digits CNN")
     args = p.parse_args()
+    if args.only_digits:
+        args.only_task = args.skip_task = True
     res = {}
     # NNCF draws progress bars on stdout: keep stdout for the result (--json)
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
@@ -249,6 +257,11 @@ def main() -> None:
         if not args.only_task:
             res["mobilenet_v2_int8"] = mobilenet_int8(args.eval, args.calib, args.runs,
                                                       Path(tmp) / "m")
+        if not args.skip_digits and (args.only_digits or not args.only_task):
+            from digits_task import digits_task
+
+            (Path(tmp) / "digits").mkdir()
+            res["digits_task"] = digits_task(Path(tmp) / "digits", args.runs)
         if not args.skip_task:
             from minilm_task import minilm_task
 
@@ -264,6 +277,10 @@ def main() -> None:
         from minilm_task import print_table
 
         print_table(res["minilm_task"])
+    if "digits_task" in res:
+        from digits_task import print_table as print_digits
+
+        print_digits(res["digits_task"])
     if "mobilenet_v2_int8" not in res:
         return
     r = res["mobilenet_v2_int8"]

@@ -167,7 +167,9 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
     progress("exporting with torch.export")
     ir = lift_source(source)
     timings = {"lift_s": time.perf_counter() - t0}
+    t1 = time.perf_counter()
     batches = _load_data(opts, ir, source, progress) if opts.data else []
+    timings["data_s"] = time.perf_counter() - t1
     plan = Shrink(names(opts.drop), opts.prune, opts.prune_criterion, opts.heal_steps,
                   opts.heal_lr, seconds(opts.heal_budget), opts.heal_hidden, opts.heal_augment)
     choice, search = Choice(opts.precision, names(opts.keep_fp32)), None
@@ -181,7 +183,8 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
         batches, held = split(batches)
         judge = make_judge(held, labelled, opts.metric,
                            ir.meta.get("task") == "classification", opts.confidence)
-        s = Search(spec, ir, opts, batches, judge, progress, shrink=plan, timings=timings)
+        s = Search(spec, ir, opts, batches, judge, progress, shrink=plan, timings=timings,
+                   started=t0)
         best, search = run_search(s)
         small = s.shrunk(best.drop, best.prune)
         choice = Choice(best.precision, tuple(best.keep_fp32))

@@ -51,7 +51,7 @@ def build(spec: str, ir, opts: CompileOptions, choice: Choice, calibration: list
     if search is not None:
         from layerwise.plan_report import plan_report
 
-        pages["report.html"] = plan_report(search, spec)
+        pages["report.html"] = plan_report(search, spec, ir.annotations.get("passes", []))
     manifest = build_bundle(spec, ir, target, opts, writer,
                             tolerance=opts.tolerance or (0.5 if quantized else 1e-4),
                             progress=progress, timings=timings, search=search, pages=pages)

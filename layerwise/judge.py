@@ -56,7 +56,13 @@ class Judge:
         self.reference["outputs"] = run(self.batches)
         if self.metric is not None:
             self.reference["search"] = self.score(self.reference["outputs"], self.batches)
-            self.reference["test"] = self.score(run(self.test), self.test)
+            self.reference["test_outputs"] = run(self.test)
+            self.reference["test"] = self.score(self.reference["test_outputs"], self.test)
+
+    def test_fidelity(self, outputs: np.ndarray) -> float:
+        """Label-free fidelity of `outputs` on the held-back test split to the original's
+        (top-1 agreement for a classifier, else mean cosine): data no step has seen."""
+        return quality([outputs], [self.reference["test_outputs"]], self.classify)
 
     def score(self, outputs: np.ndarray, batches: list) -> float:
         """The task metric of `outputs` on `batches`' labels."""

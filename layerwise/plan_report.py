@@ -99,8 +99,62 @@ def _layers(search: dict) -> str:
             f"<th>block importance</th></tr>{body}</table>")
 
 
-def plan_report(search: dict, spec: str) -> str:
-    """The search's report page as HTML (self-contained, no script)."""
+def _heal(passes: list[dict], search: dict) -> str:
+    """What the chosen plan's heal saw and what it kept, with its curve."""
+    rec = next((p for p in passes if isinstance(p, dict) and p.get("name") == "heal"), None)
+    if rec is None:
+        return ""
+    metric = html.escape(search.get("quality_metric", "fidelity"))
+    text = (f"<h2>Healing</h2><p>The heal saw {rec.get('examples', '?')} examples of --data "
+            f"({rec.get('batches', '?')} batches) for {rec.get('steps', '?')} steps "
+            f"({rec.get('seconds', 0):.0f} s, {rec.get('matched_blocks', 0)} hidden states "
+            f"matched, augmentation {'on' if rec.get('augment') else 'off'})")
+    if rec.get("held_examples"):
+        text += (f"; {rec['held_examples']} held-out examples of --data chose the student "
+                 f"kept (step {rec.get('kept_step', '?')})")
+    text += ".</p><ul>"
+    if rec.get("quality_before") is not None:
+        text += (f"<li>fidelity to the original on held-out --data: "
+                 f"{rec['quality_before']:.4f} before, {rec['quality_after']:.4f} after</li>")
+    chosen = search.get("chosen", {}).get("task_metric") or {}
+    if chosen.get("test_fidelity") is not None:
+        task = search.get("task_metric", {})
+        text += (f"<li>on the held-back half of {html.escape(task.get('source', '--eval'))} "
+                 f"({task.get('test_examples', '?')} examples neither the heal nor the "
+                 f"search saw): fidelity {chosen['test_fidelity']:.4f}, "
+                 f"{html.escape(task.get('name', ''))} {chosen['test']:.4f} (original "
+                 f"{task['reference']['test']:.4f})</li>")
+    return (f"{text}</ul><p>Fidelity: top-1 agreement with the original for a classifier, "
+            f"else mean cosine; the search's own quality is {metric}.</p>"
+            f"{_curve(rec.get('curve') or [])}")
+
+
+def _curve(curve: list[dict]) -> str:
+    if len(curve) < 2:
+        return ""
+    w, h, m = 560, 220, 40
+    steps = [c["step"] for c in curve]
+    ys = [c["loss"] for c in curve] + [c["held_loss"] for c in curve]
+    top = max(ys) * 1.1 or 1.0
+
+    span = max(steps[-1] - steps[0], 1)
+
+    def line(key: str, colour: str) -> str:
+        pts = " ".join(f"{m + (c['step'] - steps[0]) / span * (w - m - 10):.1f},"
+                       f"{h - m - c[key] / top * (h - m - 10):.1f}" for c in curve)
+        return f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{pts}"/>'
+
+    return (f'<svg width="{w}" height="{h}" role="img" aria-label="healing curve">'
+            f'<line x1="{m}" y1="{h - m}" x2="{w - 10}" y2="{h - m}" stroke="#999"/>'
+            f'<line x1="{m}" y1="10" x2="{m}" y2="{h - m}" stroke="#999"/>'
+            f'{line("loss", "#3b6fb6")}{line("held_loss", "#c0392b")}'
+            f'<text x="{w / 2}" y="{h - 10}" font-size="11" text-anchor="middle">step '
+            f'({steps[0]}–{steps[-1]}); blue: training loss, red: held-out loss</text></svg>')
+
+
+def plan_report(search: dict, spec: str, passes: list[dict] | None = None) -> str:
+    """The search's report page as HTML (self-contained, no script); `passes`: the chosen
+    plan's pass records (its heal, if any)."""
     rows = "".join(_row(c) for c in search["candidates"])
     chosen = search.get("chosen", {})
     page = (
@@ -117,5 +171,5 @@ def plan_report(search: dict, spec: str) -> str:
         f"{_plot(search['candidates'], search['pareto'], search['bound']['max_drop'])}"
         "<h2>Candidates</h2><table><tr><th>dropped</th><th>precision</th><th>fp32 kept</th>"
         "<th>quality loss</th><th>measured on</th><th>p50 ms</th><th>MiB</th></tr>"
-        f"{rows}</table>{_layers(search)}</body></html>")
+        f"{rows}</table>{_heal(passes or [], search)}{_layers(search)}</body></html>")
     return page

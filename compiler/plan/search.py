@@ -8,7 +8,8 @@ one at a time while INT8 misses the bound; when no INT8 plan fits at that depth,
 tried with fewer blocks dropped (depth and precision together: one block fewer in INT8 is
 often faster than the deeper cut in fp32); then any other precisions asked for. The fastest
 measured candidate within every bound is chosen. A time budget stops the search once
-spent (the depth and width found so far stand; the fp32 plan is always measured). Assumes
+spent (the depth and width found so far stand; the fp32 plan is measured unless a seed
+candidate, measured before the search, fits the bounds). Assumes
 `order` lists droppable blocks least important first; `quality_of(drop, prune)` is the cheap
 fidelity of a structural plan (it may raise LayerwiseError for a plan that cannot be built,
 which the search notes and skips); `measure(candidate)` builds the artifact and fills in
@@ -111,9 +112,11 @@ def run_search(order: list[str], quality_of: QualityOf, measure: Measure, bounds
     k = depth(order, quality_of, bounds, tried, progress, spent=spent)
     ratio = width(order[:k], prune_ratios, quality_of, bounds, tried=tried, notes=notes,
                   progress=progress, spent=spent) if prune_ratios else None
-    progress(f"measuring fp32 with {k} block(s) dropped" +
-             (f", {ratio:.0%} pruned" if ratio else ""))
-    chosen = [*seed, measured(Candidate(order[:k], prune=ratio))]
+    chosen = list(seed)
+    if not (spent() and any(bounds.fits(c) for c in seed)):  # else: out of time, seed fits
+        progress(f"measuring fp32 with {k} block(s) dropped" +
+                 (f", {ratio:.0%} pruned" if ratio else ""))
+        chosen.append(measured(Candidate(order[:k], prune=ratio)))
     if int8 and not spent():
         keep: list[str] = []
         gone = tuple(f"{b}." for b in order[:k])

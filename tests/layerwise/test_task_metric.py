@@ -64,7 +64,8 @@ def test_task_metric_drops_the_block_the_task_does_not_need(tmp_path, sets):
 
     out = tmp_path / "b"
     proc = _compile("--data", str(sets / "data.npz"), "--eval", str(sets / "eval.npz"),
-                    "--metric", "accuracy", "--max-drop", "2%", "--out", str(out))
+                    "--metric", "accuracy", "--max-drop", "2%", "--search-budget", "10m",
+                    "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads((out / "manifest.json").read_text())["search"]
     assert s["quality_metric"] == "accuracy on --eval"
@@ -89,6 +90,27 @@ def test_task_metric_drops_the_block_the_task_does_not_need(tmp_path, sets):
     assert "held-back test split of 128" in (out / "report.html").read_text()
     assert "plan search: Pareto frontier (accuracy on --eval" in proc.stdout
     assert "◀ chosen" in proc.stdout and "128 examples the search never saw" in proc.stdout
+
+
+def test_report_says_what_the_heal_saw_and_kept(tmp_path, sets):
+    data = tmp_path / "data.npz"  # enough batches for the heal to hold some out
+    np.savez(data, x=np.random.default_rng(2).standard_normal((160, 16)).astype(np.float32))
+    out = tmp_path / "b"
+    proc = _compile("--data", str(data), "--eval", str(sets / "eval.npz"),
+                    "--max-drop", "2%", "--heal-steps", "40", "--heal-lr", "1e-3",
+                    "--search-budget", "10m", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    heal = [p for p in m["plan"]["passes"] if p["name"] == "heal"]
+    chosen_plan = m["search"]["chosen"]
+    assert (chosen_plan["drop"] or chosen_plan["prune"]) and len(heal) == 1
+    chosen = m["search"]["chosen"]["task_metric"]
+    assert 0 < chosen["test_fidelity"] <= 1
+    page = (out / "report.html").read_text()
+    assert "<h2>Healing</h2>" in page and 'aria-label="healing curve"' in page
+    assert f"The heal saw {heal[0]['examples']} examples of --data" in page
+    assert f"{heal[0]['held_examples']} held-out examples of --data chose the student" in page
+    assert "examples neither the heal nor the search saw): fidelity" in page
 
 
 def test_custom_metric_and_mistakes(tmp_path, sets):
@@ -184,7 +206,8 @@ def test_perplexity_judges_a_language_model_on_held_out_text(tmp_path):
     out = tmp_path / "b"
     proc = subprocess.run([sys.executable, "-m", "layerwise", "compile", f"hf:{folder}",
                            "--db", "none", "--data", str(text), "--metric", "perplexity",
-                           "--max-drop", "5%", "--out", str(out)], capture_output=True,
+                           "--max-drop", "5%", "--search-budget", "10m", "--out", str(out)],
+                          capture_output=True,
                           text=True, cwd=ROOT, check=False, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())
