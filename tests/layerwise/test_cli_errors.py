@@ -88,7 +88,12 @@ def test_profile_missing_and_corrupt_bundle(tmp_path):
 def test_ctrl_c_leaves_nothing(tmp_path, stage):
     out = tmp_path / "d"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "layerwise", "compile", "timm:resnet18",
+    # a suite started in the background (`cmd &`) inherits SIGINT ignored, and so would the
+    # child: it gets Python's own handler, as a terminal's Ctrl-C finds it
+    main = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
+            " sys.argv = ['layerwise'] + sys.argv[1:]; runpy.run_module('layerwise', "
+            "run_name='__main__', alter_sys=True)")
+    proc = subprocess.Popen([sys.executable, "-c", main, "compile", "timm:resnet18",
                              "--out", str(out)], cwd=ROOT, env=env, stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True)
     deadline = time.time() + 300
