@@ -93,6 +93,31 @@ def paired_ratio(medians: dict[str, list[float]], name: str, ref: str) -> dict:
     return {"median_ratio": float(np.median(a / b)), "faster_rounds": float(np.mean(a < b))}
 
 
+def nncf_rows(fp32_onnx: Path, calib: list[dict], validation: tuple, metric,
+              model_type: str | None = None) -> dict:
+    """NNCF's INT8 and its quantize_with_accuracy_control at 1 point of `metric(outputs,
+    labels)` on `validation` (feeds, labels): name -> (OpenVINO model, seconds)."""
+    import nncf
+    import openvino as ov
+
+    fp32 = ov.convert_model(str(fp32_onnx))
+    kind = {"model_type": getattr(nncf.ModelType, model_type)} if model_type else {}
+    t0 = time.perf_counter()
+    q = nncf.quantize(fp32, nncf.Dataset(calib), subset_size=len(calib), **kind)
+    out = {"nncf int8 openvino": (q, time.perf_counter() - t0)}
+    items, labels = validation
+
+    def validate(compiled, data) -> float:
+        return metric(np.concatenate([compiled(f)[0] for f in data]), labels)
+
+    t0 = time.perf_counter()
+    qac = nncf.quantize_with_accuracy_control(
+        fp32, nncf.Dataset(calib), nncf.Dataset(items), validation_fn=validate, max_drop=0.01,
+        drop_type=nncf.DropType.ABSOLUTE, subset_size=len(calib), **kind)
+    out["nncf accuracy-control 1% openvino"] = (qac, time.perf_counter() - t0)
+    return out
+
+
 def bundle_run(path: Path):
     b = open_bundle(path)
     r = open_runner(b.target, b.model_path)

@@ -90,31 +90,10 @@ def train(x: np.ndarray, y: np.ndarray, steps: int = 600, seed: int = 0) -> Digi
     return model.eval()
 
 
-def _nncf(fp32_onnx: Path, calib: list[dict], validation: tuple) -> dict:
-    import nncf
-    import openvino as ov
-
-    fp32 = ov.convert_model(str(fp32_onnx))
-    t0 = time.perf_counter()
-    q = nncf.quantize(fp32, nncf.Dataset(calib), subset_size=len(calib))
-    out = {"nncf int8 openvino": (q, time.perf_counter() - t0)}
-    items, labels = validation
-
-    def validate(compiled, data) -> float:
-        return accuracy(np.concatenate([compiled(f)[0] for f in data]), labels)
-
-    t0 = time.perf_counter()
-    qac = nncf.quantize_with_accuracy_control(
-        fp32, nncf.Dataset(calib), nncf.Dataset(items), validation_fn=validate, max_drop=0.01,
-        drop_type=nncf.DropType.ABSOLUTE, subset_size=len(calib))
-    out["nncf accuracy-control 1% openvino"] = (qac, time.perf_counter() - t0)
-    return out
-
-
 def digits_task(tmp: Path, runs: int, *, bounds=BOUNDS, targets=("openvino", "onnx"),
                 steps: int = 600, budgeted: tuple[str, str] = ("1%", "5m")) -> dict:
     """Train, build every row, score and time it; returns the table as plain values."""
-    from compress import bundle_run, interleaved_p50, ov_run, paired_ratio
+    from compress import bundle_run, interleaved_p50, nncf_rows, ov_run, paired_ratio
 
     x, y = digits()
     perm = np.random.default_rng(0).permutation(len(y))
@@ -150,8 +129,8 @@ def digits_task(tmp: Path, runs: int, *, bounds=BOUNDS, targets=("openvino", "on
         compile_row(f"fp32 {target}", target=target)
     calib = [{"x": x[tr][i:i + 1]} for i in range(256)]
     validation = ([{"x": xe[b]} for b in batches[0::2]], ye[decide])
-    for name, (q, seconds) in _nncf(tmp / "fp32-onnx" / "model.onnx", calib,
-                                    validation).items():
+    for name, (q, seconds) in nncf_rows(tmp / "fp32-onnx" / "model.onnx", calib,
+                                    validation, accuracy).items():
         runs_by[name] = ov_run(q, static=True)
         info[name] = {"compile_s": seconds}
     plans = [(f"layerwise plan {b} {t}", t, b, None) for t in targets for b in bounds]

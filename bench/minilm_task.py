@@ -39,34 +39,9 @@ def _embed(run, feeds: dict) -> np.ndarray:
     return np.concatenate([run(f) for f in _rows(feeds, 8)])
 
 
-def _nncf(fp32_onnx: Path, calib: list[dict], validation: tuple) -> dict:
-    """NNCF's INT8 (transformer model type) and its accuracy-controlled INT8 at 1 point of
-    centroid accuracy on the deciding half: name -> (OpenVINO model, seconds)."""
-    import nncf
-    import openvino as ov
-
-    fp32 = ov.convert_model(str(fp32_onnx))
-    t0 = time.perf_counter()
-    q = nncf.quantize(fp32, nncf.Dataset(calib), subset_size=len(calib),
-                      model_type=nncf.ModelType.TRANSFORMER)
-    out = {"nncf int8 openvino": (q, time.perf_counter() - t0)}
-    items, labels = validation
-
-    def validate(compiled, data) -> float:
-        return centroid_accuracy(np.concatenate([compiled(f)[0] for f in data]), labels)
-
-    t0 = time.perf_counter()
-    qac = nncf.quantize_with_accuracy_control(
-        fp32, nncf.Dataset(calib), nncf.Dataset(items), validation_fn=validate, max_drop=0.01,
-        drop_type=nncf.DropType.ABSOLUTE, subset_size=len(calib),
-        model_type=nncf.ModelType.TRANSFORMER)
-    out["nncf accuracy-control 1% openvino"] = (qac, time.perf_counter() - t0)
-    return out
-
-
 def minilm_task(tmp: Path, runs: int, bounds=BOUNDS, targets=("openvino", "onnx")) -> dict:
     """Build every row, score and time it; returns the table as plain values."""
-    from compress import bundle_run, interleaved_p50, ov_run, paired_ratio
+    from compress import bundle_run, interleaved_p50, nncf_rows, ov_run, paired_ratio
     from man_sections import build
 
     from layerwise.sources import load_source
@@ -97,8 +72,8 @@ def minilm_task(tmp: Path, runs: int, bounds=BOUNDS, targets=("openvino", "onnx"
                                   "compile_s": time.perf_counter() - t0}
     validation = ([{k: v[b] for k, v in feeds.items()} for b in batches[0::2]],
                   labels[decide])
-    for name, (model, seconds) in _nncf(tmp / "fp32-onnx" / "model.onnx", calib_list,
-                                        validation).items():
+    for name, (model, seconds) in nncf_rows(tmp / "fp32-onnx" / "model.onnx", calib_list,
+                                        validation, centroid_accuracy, "TRANSFORMER").items():
         runs_by[name] = ov_run(model, static=True)
         info[name] = {"compile_s": seconds}
     for target in targets:
