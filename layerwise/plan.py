@@ -205,17 +205,16 @@ def run_search(s: Search) -> tuple[Candidate, dict]:
     others = tuple(p for p in ("int8-dynamic",) if attention and p in precisions)
     t0 = time.perf_counter()
     budget = seconds(s.opts.search_budget, "--search-budget")
-    basis, seed = "--search-budget", ()
+    # the plain compile at the target's default quantized precision is measured first and
+    # stays a candidate: a search out of time still has what one compile gives
+    s.progress("measuring the plain compile the search must beat")
+    plain_precision = "int8" if "int8" in precisions else "fp32"
+    seed = (s.measure(Candidate([], plain_precision)),)
+    basis = "--search-budget"
     if budget is None:
-        # the default: the whole compile within 3x a plain compile at the target's default
-        # quantized precision. That compile is measured first (and stays a candidate): from
-        # the compile's start to its artifact measured; the search ends in time for the
-        # chosen plan's own build (one more such build) to finish within 3x
-        s.progress("measuring the plain compile the search must beat")
-        plain_precision = "int8" if "int8" in precisions else "fp32"
-        seed = (s.measure(Candidate([], plain_precision)),)
-        # a plain compile: lift, load --data, build; the search's own data (--eval, the
-        # reference outputs) and the seed's measurement are not part of it
+        # the default: the whole compile within 3x that plain compile (lift, load --data,
+        # build; the search's own data and the seed's measurement are not part of it),
+        # ending in time for the chosen plan's own build
         plain = s.timings.get("lift_s", 0.0) + s.timings.get("data_s", 0.0) + s.build_s
         start = s.started if s.started is not None else t0 - s.timings.get("lift_s", 0.0)
         budget = start + 3 * plain - s.build_s - t0
