@@ -43,3 +43,31 @@ def test_one_graph_serves_prefill_and_decode(tmp_path, name):
         assert got[1].shape == (1, 2, past + seq, 16)
         for g, w in zip(got, want):
             assert np.abs(g - w).max() < 1e-4
+
+
+def test_greedy_tokens_from_an_empty_cache_equal_transformers_generate(tmp_path):
+    """Prefill from a zero-length past, then one token per step feeding the present cache
+    back: the same 12 tokens as transformers' own greedy generate."""
+    import onnxruntime as ort
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = _configs()["llama"]
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    path = tmp_path / "step.onnx"
+    torch.onnx.export(export_step(model, example_step(config)), example_step(config),
+                      str(path), dynamo=True, external_data=False)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    prompt = torch.randint(0, 512, (1, 5), generator=torch.Generator().manual_seed(3))
+    want = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12,
+                          do_sample=False)[0, 5:].tolist()
+    layers, kv, head_dim = cache_shape(config)
+    past = [np.zeros((1, kv, 0, head_dim), np.float32) for _ in range(2 * layers)]
+    ids, got = prompt.numpy(), []
+    for _ in range(12):
+        mask = np.ones((1, past[0].shape[2] + ids.shape[1]), np.int64)
+        out = sess.run(None, dict(zip(names, [ids, mask, *past])))
+        got.append(int(out[0][0, -1].argmax()))
+        past, ids = out[1:], np.array([[got[-1]]], np.int64)
+    assert got == want
