@@ -73,9 +73,13 @@ class Judge:
             raise LayerwiseError(f"--metric {self.metric_name} returned {value!r}; it must "
                                  "return a number (higher is better)") from e
 
+    @property
+    def lower_is_better(self) -> bool:
+        return bool(getattr(self.metric, "lower_is_better", False))
+
     def gain(self, value: float, reference: float) -> float:
         """What a candidate's metric `value` gains over the original's (negative: a loss)."""
-        if getattr(self.metric, "lower_is_better", False):
+        if self.lower_is_better:
             return reference / value - 1.0 if value > 0 else -np.inf
         return value - reference
 
@@ -90,20 +94,19 @@ class Judge:
         if self.metric is None or self.confidence <= 0:
             return self.point(outputs)
         diff = self.gain(self.score(outputs, self.batches), self.reference["search"])
-        labels, ref = self.labels, self.reference["outputs"]
-        parts, pool = getattr(self.metric, "parts", None), getattr(self.metric, "pool", None)
-        if parts is not None:  # resample per-example parts, computed once per model
-            if "parts" not in self.reference:
-                self.reference["parts"] = parts(ref, labels)
-            mine, theirs = parts(outputs, labels), self.reference["parts"]
+        labels = self.labels
+        # a metric may split into per-example parts and how they pool (perplexity: each
+        # example's summed loss and token count), so a resample need not recompute it;
+        # otherwise the parts are the outputs and labels themselves
+        parts = getattr(self.metric, "parts", lambda o, y: (o, y))
+        pool = getattr(self.metric, "pool", self.metric)
+        if "parts" not in self.reference:
+            self.reference["parts"] = parts(self.reference["outputs"], labels)
+        mine, theirs = parts(outputs, labels), self.reference["parts"]
 
-            def value(which, idx):
-                return float(pool(*(p[idx] for p in which)))
-        else:
-            mine, theirs = outputs, ref
+        def value(which, idx):
+            return float(pool(*(p[idx] for p in which)))
 
-            def value(which, idx):
-                return float(self.metric(which[idx], labels[idx]))
         rng = np.random.default_rng(0)  # the same resamples for every candidate
         diffs = []
         for _ in range(self.resamples):
@@ -116,13 +119,13 @@ class Judge:
         if self.metric is not None:
             out["task_metric"] = {
                 "name": self.metric_name, "source": self.source,
-                "lower_is_better": bool(getattr(self.metric, "lower_is_better", False)),
+                "lower_is_better": self.lower_is_better,
                 "decide_examples": len(self.labels),
                 "test_examples": len(_labels(self.test)),
                 "reference": {"decide": self.reference["search"],
                               "test": self.reference["test"]},
                 "max_drop_means": ("relative rise of the metric (lower is better)"
-                                   if getattr(self.metric, "lower_is_better", False)
+                                   if self.lower_is_better
                                    else "points of the metric lost against the original") + (
                     f", at {self.confidence:.0%} one-sided confidence (paired bootstrap of "
                     "the deciding examples)" if self.confidence > 0 else "")}
@@ -148,14 +151,15 @@ def make_judge(held: list, eval_batches: list | None, metric: str | None,
                              "'labels' array")
     decide, test = split(eval_batches)
     name = metric or default_metric(classify)
-    return Judge(decide, classify, name, resolve_metric(name), test, confidence=confidence,
-                 source=source)
+    return Judge(decide, classify, name, fn or resolve_metric(name), test,
+                 confidence=confidence, source=source)
 
 
 def resolve_metric(name: str) -> Callable:
     """The metric function a --metric names (built in, or module:function)."""
-    if builtin(name) is not None:
-        return builtin(name)
+    fn = builtin(name)
+    if fn is not None:
+        return fn
     if ":" not in name:
         raise LayerwiseError(f"unknown --metric {name!r}: use {', '.join(METRICS)}, "
                              "recall@K, ndcg@K or module:function(outputs, labels) -> float")

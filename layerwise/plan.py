@@ -135,10 +135,7 @@ class Search:
 
         self.progress("measuring each layer's int8 sensitivity")
         err = sensitivity(self.ir, [b.inputs for b in self.analysis_batches[:4]])
-        from layerwise.compiler.flops import node_flops
-
-        total = sum(node_flops(n) for n in self.ir.program.graph.nodes
-                    if n.op == "call_function") or 1
+        total = self.ir.flops or 1
         by_path = {layer.path: layer for layer in self.ir.layers}
         blocks = dict(self.importance.get("ensemble", {}))
         rows = []

@@ -86,21 +86,20 @@ def _onnx_taps(target: str, model: Path) -> Taps:
     import onnx
 
     g = onnx.load(str(model), load_external_data=False).graph
-    scopes, producer_scope, names = {}, {}, []
-    for node in g.node:
+    scopes, names = {}, []
+    node_scope = [node_scopes(node) for node in g.node]
+    for node, s in zip(g.node, node_scope):
         if node.op_type == "Constant":
             continue
-        s = node_scopes(node)
         for o in node.output:
             if o:
                 names.append(o)
                 scopes[o] = s
-                producer_scope[o] = set(scopes[o])
     leaving = {o.name for o in g.output}
-    for node in g.node:
-        mine = set(node_scopes(node))
+    for node, s in zip(g.node, node_scope):
+        mine = set(s)
         for i in node.input:
-            if i in producer_scope and not producer_scope[i] <= mine:
+            if i in scopes and not set(scopes[i]) <= mine:
                 leaving.add(i)
     return Taps(target, model, names, [o.name for o in g.output], scopes, leaving)
 
