@@ -187,6 +187,8 @@ class Search:
                 prof = profile(out, runs=30, warmup=5)
                 cand.latency_on = "this machine"
             cand.latency_ms = prof["latency_ms"]["p50"]
+            cand.latency_spread_ms = max(prof["latency_ms"].get("p90", cand.latency_ms)
+                                         - cand.latency_ms, 0.0)
             cand.size_bytes = manifest["sizes"]["model_bytes"]
         return cand
 

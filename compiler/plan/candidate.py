@@ -16,6 +16,8 @@ class Candidate:
     keep_fp32: list[str] = field(default_factory=list)
     quality: float = float("nan")
     latency_ms: float | None = None
+    # how far the p90 lies above the p50: latencies closer than this are a tie
+    latency_spread_ms: float = 0.0
     size_bytes: int | None = None
     measured_on: str = "torch"
     latency_on: str | None = None
@@ -27,7 +29,8 @@ class Candidate:
         return {"drop": self.drop, "prune": self.prune, "precision": self.precision,
                 "keep_fp32": self.keep_fp32,
                 "quality": self.quality, "quality_drop": 1.0 - self.quality,
-                "latency_ms": self.latency_ms, "size_bytes": self.size_bytes,
+                "latency_ms": self.latency_ms,
+                "latency_spread_ms": self.latency_spread_ms, "size_bytes": self.size_bytes,
                 "quality_measured_on": self.measured_on, "latency_measured_on": self.latency_on,
                 **({"task_metric": self.metrics} if self.metrics else {})}
 

@@ -162,6 +162,16 @@ def run_search(order: list[str], quality_of: QualityOf, measure: Measure, bounds
             f"{best.precision}) loses {100 * (1 - best.quality):.2f}% quality "
             f"({100 * max(miss, 0):.2f} points over --max-drop), latency "
             f"{best.latency_ms:.2f} ms, size {best.size_bytes / 2**20:.1f} MiB; loosen a bound")
-    best = min(fitting, key=lambda c: c.latency_ms)
+    best = fastest(fitting)
     record["chosen"] = best.to_json()
     return best, record
+
+
+def fastest(fitting: list[Candidate]) -> Candidate:
+    """The fastest candidate; those whose p50 lies within the timing spread (p90 - p50) of the
+    fastest are a tie, and of a tie the smallest artifact wins (then the faster)."""
+    first = min(fitting, key=lambda c: c.latency_ms)
+    tied = [c for c in fitting
+            if c.latency_ms - first.latency_ms <= max(first.latency_spread_ms,
+                                                      c.latency_spread_ms)]
+    return min(tied, key=lambda c: (c.size_bytes or 0, c.latency_ms))
