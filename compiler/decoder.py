@@ -45,7 +45,14 @@ class KVStep(torch.nn.Module):
         return (out.logits, *present)
 
 
-def example_step(config, batch: int = 1, seq: int = 4, past: int = 3,
+def io_names(layers: int) -> tuple[list[str], list[str]]:
+    """The step's input and output names, as onnxruntime-genai's decoders name them."""
+    kv = [f"{{}}.{i}.{k}" for i in range(layers) for k in ("key", "value")]
+    return (["input_ids", "attention_mask", *(n.format("past_key_values") for n in kv)],
+            ["logits", *(n.format("present") for n in kv)])
+
+
+def example_step(config, batch: int = 2, seq: int = 4, past: int = 3,
                  seed: int = 0) -> tuple[torch.Tensor, ...]:
     """Example inputs of `KVStep`: random ids, a full mask, random past keys and values."""
     gen = torch.Generator().manual_seed(seed)
@@ -57,10 +64,57 @@ def example_step(config, batch: int = 1, seq: int = 4, past: int = 3,
 
 
 def export_step(model: torch.nn.Module, example: tuple[torch.Tensor, ...]):
-    """torch.export of `KVStep(model)` with dynamic sequence and past length."""
+    """torch.export of `KVStep(model)` with dynamic batch, sequence and past length (one
+    past length shared by every cache tensor); the example's batch must be above 1."""
     from torch.export import Dim
 
     step = KVStep(model).eval()
     n = len(example) - 2
-    dynamic = ({1: Dim.AUTO}, {1: Dim.AUTO}, tuple({2: Dim.AUTO} for _ in range(n)))
+    batch, past = Dim("batch"), Dim("past")
+    dynamic = ({0: batch, 1: Dim.AUTO}, {0: batch, 1: Dim.AUTO},
+               tuple({0: batch, 2: past} for _ in range(n)))
     return torch.export.export(step, example, dynamic_shapes=dynamic, strict=False)
+
+
+def block_list(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
+    """The path and ModuleList of a causal LM's decoder blocks (Llama-style `model.layers`,
+    GPT-2-style `transformer.h`)."""
+    for path in ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers"):
+        mod = model
+        for part in path.split("."):
+            mod = getattr(mod, part, None)
+            if mod is None:
+                break
+        if isinstance(mod, torch.nn.ModuleList):
+            return path, mod
+    raise ValueError(f"{type(model).__name__} has no decoder block list this knows")
+
+
+def drop_blocks(model: torch.nn.Module, drop: list[int]) -> torch.nn.Module:
+    """A copy of `model` without the decoder blocks at indices `drop`: the config's layer
+    count (and per-layer lists) shrink and the kept blocks are renumbered, so the exported
+    step carries a cache for the kept blocks only."""
+    import copy
+
+    small = copy.deepcopy(model)
+    path, blocks = block_list(small)
+    keep = [i for i in range(len(blocks)) if i not in set(drop)]
+    parent = small.get_submodule(path.rsplit(".", 1)[0])
+    setattr(parent, path.rsplit(".", 1)[1], torch.nn.ModuleList(blocks[i] for i in keep))
+    for new, block in enumerate(block_list(small)[1]):
+        for mod in block.modules():
+            if hasattr(mod, "layer_idx"):
+                mod.layer_idx = new
+    config = small.config
+    config.num_hidden_layers = len(keep)
+    for name in ("layer_types",):  # per-layer attention kinds (sliding / full)
+        values = getattr(config, name, None)
+        if isinstance(values, list) and len(values) == len(blocks):
+            setattr(config, name, [values[i] for i in keep])
+    return small
+
+
+def cache_bytes_per_token(config, dtype_bytes: int = 4) -> int:
+    """Bytes the KV cache grows by per token and sequence (keys and values, every layer)."""
+    layers, kv, head_dim = cache_shape(config)
+    return 2 * layers * kv * head_dim * dtype_bytes

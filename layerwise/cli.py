@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
                      "(a TVM bundle) compiled on another machine: it runs its own code")
 
     dif = _diff_parser(sub, SourceOptions)
+    gen = _generate_parser(sub)
 
     eng = sub.add_parser("build-engine", help="build the TensorRT engine of a tensorrt bundle")
     eng.add_argument("bundle", help="bundle directory written by `compile --target tensorrt`")
@@ -85,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("--model", default=None, help="only this SPEC")
     leader.add_argument("--metric", default="p50", help="p50 | rel_err | size (lower is better)")
 
-    for s in (ins, comp, ana, prof, dev, pred, run, dif, eng, runs, leader):
+    for s in (ins, comp, ana, prof, dev, pred, run, dif, gen, eng, runs, leader):
         s.add_argument("--json", action="store_true", help="print JSON for scripts")
         s.add_argument("--quiet", action="store_true", help="no progress display")
     return p
@@ -105,6 +106,27 @@ def _diff_parser(sub, source_options) -> argparse.ArgumentParser:
                      "error, with the blocks (0: all)")
     add_arguments(dif, source_options)
     return dif
+
+
+def _generate_parser(sub) -> argparse.ArgumentParser:
+    gen = sub.add_parser("generate", help="generate text with a text-generation bundle "
+                         "(torch-free; streams to stdout)")
+    gen.add_argument("bundle", help="bundle written by `compile --task text-generation`")
+    src = gen.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="prompt text (the bundle's tokenizer encodes it)")
+    src.add_argument("--prompt-ids", help="prompt as comma-separated token ids")
+    gen.add_argument("--max-new-tokens", type=int, default=64, help="most tokens to generate")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); "
+                     "above 0: sample")
+    gen.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest "
+                     "tokens (0: all)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="sample from the smallest set "
+                     "of tokens whose probability reaches p")
+    gen.add_argument("--seed", type=int, default=None, help="sampling seed")
+    gen.add_argument("--stop", action="append", default=[], help="stop at this text "
+                     "(repeatable); the end-of-sequence token always stops")
+    gen.add_argument("--threads", type=int, default=0, help="intra-op threads (0: default)")
+    return gen
 
 
 @contextlib.contextmanager
@@ -201,6 +223,8 @@ def _run(args: argparse.Namespace) -> int:
             f"{o['name']}{o['shape']}" for o in r["outputs"])))
     elif args.command == "diff":
         _diff(args, show)
+    elif args.command == "generate":
+        _generate(args)
     elif args.command == "build-engine":
         from layerwise.targets.tensorrt import build_engine
 
@@ -229,6 +253,36 @@ def _diff(args: argparse.Namespace, show: bool) -> None:
         result = diff(args.bundle, args.reference, args.inputs, depth=args.depth,
                       source_options=from_namespace(SourceOptions, args), progress=step)
     _emit(args, result, lambda r: print(render(r, args.top)))
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from layerwise.runtime.generate import Generator, Sampling
+
+    if args.max_new_tokens < 1 or args.threads < 0:
+        raise LayerwiseError("--max-new-tokens must be >= 1 and --threads >= 0")
+    sampling = Sampling(args.temperature, args.top_k, args.top_p, args.seed)
+    gen = Generator(args.bundle, threads=args.threads)
+    if args.prompt_ids is not None:
+        try:
+            ids = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
+        except ValueError:
+            raise LayerwiseError("--prompt-ids takes comma-separated integers") from None
+        if any(not 0 <= t < gen.config["vocab_size"] for t in ids):
+            raise LayerwiseError(f"--prompt-ids must lie in [0, {gen.config['vocab_size']})")
+        r = gen.generate_ids(ids, args.max_new_tokens, sampling, on_token=None if args.json
+                             else lambda t: print(t, end=" ", flush=True))
+        if args.json:
+            print(json.dumps(r))
+        else:
+            print()
+        return
+    if args.json:
+        text = gen.generate(args.prompt, args.max_new_tokens, sampling, args.stop)
+        print(json.dumps({"prompt": args.prompt, "text": text}))
+        return
+    gen.generate(args.prompt, args.max_new_tokens, sampling, args.stop,
+                 stream=lambda piece: print(piece, end="", flush=True))
+    print()
 
 
 def _emit(args, result: dict, render) -> None:

@@ -40,6 +40,8 @@ def layer_table(r: dict, depth: int | None = None) -> None:
 
 
 def compile_summary(m: dict, out: str) -> None:
+    if m.get("task") == "text-generation":
+        return generator_summary(m, out)
     v, f = m["verification"], m["fidelity"]
     _out.print(f"[green]✓[/green] {m['spec']} → {m['target']} bundle at {out}")
     _out.print(f"  model {m['model']['file']}: {m['sizes']['model_bytes'] / 2**20:.1f} MiB, "
@@ -57,6 +59,34 @@ def compile_summary(m: dict, out: str) -> None:
         _out.print(f"  {d['device']}: every op within its op limits")
     if "search" in m:
         search_table(m["search"])
+
+
+def generator_summary(m: dict, out: str) -> None:
+    """A text-generation bundle: sizes, cache, verification by generation, the plan."""
+    v, f, z, g = m["verification"], m["fidelity"], m["sizes"], m["generation"]
+    _out.print(f"[green]✓[/green] {m['spec']} → {m['target']} generator ({m['precision']}) at "
+               f"{out}")
+    _out.print(f"  model {z['model_bytes'] / 2**20:.1f} MiB, {_si(z['params'])} params, "
+               f"{g['layers']} of {m['layers']['count']} decoder blocks; KV cache "
+               f"{z['cache_bytes_per_token'] / 1024:.1f} KiB per token"
+               + (f" ({100 * z['cache_saved_fraction']:.0f}% less than the original)"
+                  if z["cache_saved_fraction"] > 0 else ""))
+    _out.print(f"  verified with {v['runtime']}: {v['tokens_checked']} greedy tokens, "
+               f"{100 * v['token_agreement']:.0f}% the same as transformers; step logits "
+               f"rel_err {v['rel_err']:.2e} (tolerance {v.get('tolerance', 0):.0e}); vs the "
+               f"original model {100 * f['token_agreement']:.0f}% of free-running greedy tokens, "
+               f"{100 * f['teacher_forced_agreement']:.0f}% of next-token choices")
+    ppl = m["plan"].get("perplexity")
+    for p in m["plan"]["passes"]:
+        if p["name"] == "drop_blocks" and p["dropped"]:
+            _out.print(f"  dropped {', '.join(p['dropped'])}")
+        if p["name"] == "heal":
+            _out.print(f"  healed {p['steps']} steps (KL on the logits): held-out perplexity "
+                       f"{p['held_perplexity_before']:.2f} → {p['held_perplexity_after']:.2f}")
+    if ppl:
+        _out.print(f"  perplexity on {ppl['on']}: original {ppl['original']:.2f}, compiled "
+                   f"{ppl['compiled_model']:.2f}")
+    _out.print(f"  run it: layerwise generate {out} --prompt \"...\"")
 
 
 def search_table(s: dict) -> None:
@@ -84,6 +114,8 @@ def search_table(s: dict) -> None:
 
 
 def profile_table(r: dict) -> None:
+    if r.get("task") == "text-generation":
+        return generator_profile(r)
     t = Table(title=f"{r['bundle']} — {r['runtime']}, batch {r['batch']}, {r['runs']} runs, "
               f"{r['threads']} threads")
     for col in ("engine", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "per s"):
@@ -107,6 +139,27 @@ def profile_table(r: dict) -> None:
     for op in r.get("ops", [])[:15]:
         _out.print(f"  {op['op']:<24} {op['total_ms']:9.2f} ms  {op['calls']:6d} calls  "
                    f"{100 * op['share']:5.1f}%")
+
+
+def generator_profile(r: dict) -> None:
+    """A text-generation bundle's profile: TTFT, decode tokens/s, memory, per-block time."""
+    tps = r["decode_tokens_per_s"]
+    _out.print(f"{r['bundle']} — {r['runtime']}, {r['precision']}, {r['threads']} threads, "
+               f"median of {r['runs']} generations")
+    _out.print(f"time to first token ({r['prompt_len']}-token prompt): {r['ttft_ms']:.1f} ms")
+    if tps:
+        _out.print(f"decode: {tps:.1f} tokens/s ({r['new_tokens']} new tokens)")
+    _out.print(f"memory: model {r['model_bytes'] / 2**20:.1f} MiB + KV cache "
+               f"{r['cache_bytes'] / 2**20:.1f} MiB at {r['prompt_len'] + r['new_tokens']} "
+               f"tokens; peak RSS {r['peak_rss_mb']:.0f} MiB")
+    rows = r.get("per_layer") or []
+    if rows:
+        t = Table(title="decode time per block")
+        for col in ("block", "ms / token", "share"):
+            t.add_column(col, justify="left" if col == "block" else "right")
+        for row in rows:
+            t.add_row(row["layer"], f"{row['ms_per_token']:.3f}", f"{100 * row['share']:.1f}%")
+        _out.print(t)
 
 
 def runs_table(rows: list[dict]) -> None:

@@ -53,12 +53,14 @@ def profile(bundle: str, options: ProfileOptions | None = None,
         result = remote_profile(bundle, opts.remote, opts.token_file, runs=opts.runs,
                                 warmup=opts.warmup, threads=opts.threads, batch=opts.batch,
                                 per_op=opts.per_op, power_mode=opts.power_mode,
+                                prompt_len=opts.prompt_len, new_tokens=opts.new_tokens,
                                 progress=progress)
         result["run_id"] = record_run("profile", result, opts.db)
         return result
     result = run_profile(bundle, runs=opts.runs, warmup=opts.warmup, threads=opts.threads,
                          batch=opts.batch, per_op=opts.per_op, power_mode=opts.power_mode,
-                         trust_native=opts.trust_native)
+                         trust_native=opts.trust_native, prompt_len=opts.prompt_len,
+                         new_tokens=opts.new_tokens)
     if opts.baseline is None:
         result["run_id"] = record_run("profile", result, opts.db)
         return result

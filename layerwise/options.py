@@ -28,6 +28,10 @@ class CompileOptions:
                              "precisions and INT8 recipe; the plan search predicts latency on "
                              "it unless --remote measures it")
     out: str | None = opt(None, "bundle directory to write (required)")
+    task: str | None = opt(None, "text-generation: a causal LM becomes a generator (the step "
+                           "graph with its KV cache, a tokenizer; see `layerwise generate`)")
+    max_seq: int = opt(2048, "text-generation: the most tokens (prompt + new) a generation "
+                       "may hold", minimum=2)
     force: bool = opt(False, "replace an existing --out directory")
     tolerance: float | None = opt(None, "largest rel_err accepted when verifying the artifact "
                                   "(default 1e-4 for fp32; 0.5 for lossy precisions, a "
@@ -90,7 +94,12 @@ class CompileOptions:
 class ProfileOptions:
     """What `profile` takes besides the bundle directory."""
 
-    runs: int = opt(100, "timed runs", minimum=1)
+    runs: int | None = opt(None, "timed runs (default 100; a text-generation bundle: 3 "
+                           "generations)", minimum=1)
+    prompt_len: int = opt(128, "text-generation bundles: prompt tokens before the first new "
+                          "one (time to first token)", minimum=1)
+    new_tokens: int = opt(128, "text-generation bundles: tokens generated per run (decode "
+                          "tokens/s)", minimum=1)
     warmup: int = opt(10, "untimed warm-up runs", minimum=0)
     threads: int = opt(0, "intra-op threads (0: the runtime's default)", minimum=0)
     batch: int | None = opt(None, "batch size to profile (default 1 when the batch is dynamic)",
@@ -185,6 +194,12 @@ def check_compile(opts: CompileOptions) -> CompileOptions:
                                  "add --max-drop (or profile a bundle with `profile --remote`)")
         check_remote_options(opts.remote, opts.token_file, None)
         agent_info(opts.remote, opts.token_file)  # unreachable or refused: before any work
+    if opts.task not in (None, "text-generation"):
+        raise LayerwiseError(f"--task {opts.task!r} is not a compile task; the one there is: "
+                             "text-generation (a causal LM as a generator)")
+    if opts.task == "text-generation" and opts.target != "onnx":
+        raise LayerwiseError(f"text-generation bundles are built for --target onnx so far, not "
+                             f"{opts.target}; compile with --target onnx")
     if opts.max_drop is not None and not opts.data:
         raise LayerwiseError("--max-drop needs --data (held-out inputs to measure quality on)")
     smaller = names(opts.drop) or opts.max_drop is not None or opts.prune

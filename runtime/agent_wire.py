@@ -27,12 +27,14 @@ MAX_MEMBERS = 10_000
 
 # name -> (parser, default); the client sends these as query parameters, the agent reads them.
 PROFILE_OPTIONS: dict[str, tuple[type, Any]] = {
-    "runs": (int, 100),
+    "runs": (int, None),  # the profile's own default (100 runs; 3 generations)
     "warmup": (int, 10),
     "threads": (int, 0),
     "batch": (int, None),
     "per_op": (bool, False),
     "power_mode": (str, None),
+    "prompt_len": (int, 128),
+    "new_tokens": (int, 128),
 }
 
 
@@ -101,8 +103,10 @@ def decode_options(query: dict[str, str]) -> dict[str, Any]:
                 out[name] = int(raw)
             except ValueError:
                 raise LayerwiseError(f"option {name} must be an integer, got {raw!r}") from None
-    if out["runs"] < 1 or out["warmup"] < 0 or out["threads"] < 0:
-        raise LayerwiseError("runs must be >= 1, warmup >= 0 and threads >= 0")
+    if (out["runs"] is not None and out["runs"] < 1) or out["warmup"] < 0 \
+            or out["threads"] < 0 or out["prompt_len"] < 1 or out["new_tokens"] < 1:
+        raise LayerwiseError("runs, prompt_len and new_tokens must be >= 1, warmup >= 0 and "
+                             "threads >= 0")
     if out["batch"] is not None and out["batch"] < 1:
         raise LayerwiseError(f"batch must be >= 1, got {out['batch']}")
     return out

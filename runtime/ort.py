@@ -60,8 +60,9 @@ class OrtRunner:
         except Exception as e:
             raise BundleError(f"onnxruntime run failed: {str(e).splitlines()[0][:300]}") from e
 
-    def op_profile(self) -> list[dict]:
-        """Total time per op type from onnxruntime's profiler, slowest first."""
+    def op_profile(self, by: str = "op_name") -> list[dict]:
+        """Total time per op type (`by` "op_name"; "node": per node name) from onnxruntime's
+        profiler, slowest first."""
         if self._profile_dir is None:
             return []
         path = self.session.end_profiling()
@@ -69,7 +70,8 @@ class OrtRunner:
         per: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
         for ev in events:
             if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
-                op = ev.get("args", {}).get("op_name", "?")
+                op = (ev["name"].removesuffix("_kernel_time") if by == "node"
+                      else ev.get("args", {}).get("op_name", "?"))
                 per[op][0] += ev.get("dur", 0) / 1000.0
                 per[op][1] += 1
         for f in Path(self._profile_dir).iterdir():

@@ -74,15 +74,26 @@ def _rss_mb() -> float:
     return 0.0
 
 
-def profile(path, *, runs: int = 100, warmup: int = 10, threads: int = 0,
+def profile(path, *, runs: int | None = None, warmup: int = 10, threads: int = 0,
             batch: int | None = None, per_op: bool = False,
-            power_mode: str | None = None, trust_native: bool = False) -> dict:
-    """Warm up, time `runs` runs, and report latency percentiles, throughput and memory.
-    `trust_native`: load a native model library not compiled on this machine."""
+            power_mode: str | None = None, trust_native: bool = False,
+            prompt_len: int = 128, new_tokens: int = 128) -> dict:
+    """Warm up, time `runs` runs (default 100), and report latency percentiles, throughput
+    and memory. `trust_native`: load a native model library not compiled on this machine.
+    A text-generation bundle is profiled as a generator instead (runtime/lm_profile.py:
+    `runs` generations, default 3, of `new_tokens` after `prompt_len`)."""
+    bundle = open_bundle(path)
+    if bundle.manifest.get("task") == "text-generation":
+        from layerwise.runtime.lm_profile import profile_lm
+
+        if batch not in (None, 1) or power_mode is not None:
+            raise LayerwiseError("a text-generation bundle is profiled at batch 1 with the "
+                                 "runtime's default power setting; drop --batch/--power-mode")
+        return profile_lm(bundle, prompt_len, new_tokens, runs or 3, threads)
+    runs = 100 if runs is None else runs
     if runs < 1 or warmup < 0:
         raise LayerwiseError("--runs must be >= 1 and --warmup >= 0")
     check_threads(threads)
-    bundle = open_bundle(path)
     feeds = batch_inputs(bundle, batch)
     variants = PROFILE_VARIANTS.get(bundle.target, {"": {}})
     first, *others = variants.items()
