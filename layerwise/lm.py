@@ -71,10 +71,10 @@ def compile_lm(spec: str, source, opts: CompileOptions, progress, timings: dict)
         progress("verifying: generating beside transformers")
         t0 = time.perf_counter()
         check = verify(writer.dir / entry["file"], generation, small, prompts,
-                       opts.tolerance or (1e-4 if opts.precision == "fp32" else 0.5),
+                       tolerance=opts.tolerance or (1e-4 if opts.precision == "fp32" else 0.5),
                        exact=opts.precision == "fp32")
-        fidelity = verify(writer.dir / entry["file"], generation, model, prompts, None,
-                          exact=False) if small is not model else check
+        fidelity = verify(writer.dir / entry["file"], generation, model, prompts,
+                          tolerance=None, exact=False) if small is not model else check
         timings["verify_s"] = time.perf_counter() - t0
         if not check["passed"]:
             raise VerificationError(
@@ -86,8 +86,9 @@ def compile_lm(spec: str, source, opts: CompileOptions, progress, timings: dict)
                                           **{n: np.zeros((1, generation["kv_heads"], 0,
                                                           generation["head_dim"]), np.float32)
                                              for n in _cache_names(generation["layers"])}})
-        manifest = _manifest(spec, opts, source, entry, generation, check, fidelity, plan,
-                             model, small, path, len(blocks), timings, writer.dir)
+        manifest = _manifest(spec, opts, source, entry=entry, generation=generation,
+                             checks=(check, fidelity), plan=plan, models=(model, small),
+                             blocks=(path, len(blocks)), timings=timings, tmp=writer.dir)
         manifest = writer.finish(manifest)
     manifest["run_id"] = record_run("compile", {**manifest, "bundle": str(
         Path(opts.out).resolve())}, opts.db)
@@ -151,7 +152,7 @@ def verify_prompts(tokenizer, texts: list[str], vocab: int, count: int = 2,
     return [rng.integers(0, vocab, length).tolist() for _ in range(count)]
 
 
-def verify(model_file: Path, generation: dict, reference, prompts: list[list[int]],
+def verify(model_file: Path, generation: dict, reference, prompts: list[list[int]], *,
            tolerance: float | None, exact: bool, steps: int = VERIFY_TOKENS) -> dict:
     """Greedy generation by the artifact and by transformers from each prompt: the tokens
     agree (required when `exact`), and teacher-forced on the reference's tokens every step's
@@ -208,8 +209,9 @@ def _cache_names(layers: int) -> list[str]:
     return io_names(layers)[0][2:]
 
 
-def _manifest(spec, opts, source, entry, generation, check, fidelity, plan, model, small,
-              path, n_blocks, timings, tmp: Path) -> dict:
+def _manifest(spec, opts, source, *, entry, generation, checks, plan, models, blocks,
+              timings, tmp: Path) -> dict:
+    (check, fidelity), (model, small), (path, n_blocks) = checks, models, blocks
     from layerwise.compiler.decoder import cache_bytes_per_token
     from layerwise.targets.manifest import tool_versions
 

@@ -47,7 +47,8 @@ def plan_decoder(model, tokenizer, texts: list[str], opts, progress) -> tuple:
         record["importance"] = scores
         bound = fraction(opts.max_drop)
         drop, tried, small, healed = _search(model, scores["ensemble_order"], held_batches,
-                                             batches, ppl0, bound, opts, progress)
+                                             batches, ppl0=ppl0, bound=bound, opts=opts,
+                                             progress=progress)
         record["search"] = {"max_drop": bound, "tried": tried,
                             "metric": "perplexity (held-out --data)",
                             "baseline_perplexity": ppl0}
@@ -55,8 +56,8 @@ def plan_decoder(model, tokenizer, texts: list[str], opts, progress) -> tuple:
         small = drop_blocks(model, drop) if drop else model
         if drop and opts.heal_steps:
             progress(f"healing: KL distillation on the logits, {opts.heal_steps} steps")
-            healed = heal_decoder(small, model, batches, held_batches, opts.heal_steps,
-                                  opts.heal_lr, seconds(opts.heal_budget))
+            healed = heal_decoder(small, model, batches, held_batches, steps=opts.heal_steps,
+                                  lr=opts.heal_lr, budget_s=seconds(opts.heal_budget))
     record["passes"].append({"name": "drop_blocks", "dropped": [f"{path}.{i}" for i in drop],
                              "kept": n - len(drop)})
     if healed is not None:
@@ -163,7 +164,7 @@ def block_scores(model, batches) -> dict:
     return {"block_influence": bi, "angular_distance": ang, "ensemble_order": ensemble}
 
 
-def _search(model, order, held, train, ppl0, bound, opts, progress) -> tuple:
+def _search(model, order, held, train, *, ppl0, bound, opts, progress) -> tuple:
     """The most blocks (least important first) whose removal, healed as asked, keeps held-out
     perplexity within (1 + bound) x the original's; at least one block stays. Returns the
     blocks, the tries, and the chosen smaller model with its heal record (the original and
@@ -180,8 +181,8 @@ def _search(model, order, held, train, ppl0, bound, opts, progress) -> tuple:
         small = drop_blocks(model, drop)
         healed = None
         if opts.heal_steps:
-            healed = heal_decoder(small, model, train, held, opts.heal_steps, opts.heal_lr,
-                                  seconds(opts.heal_budget))
+            healed = heal_decoder(small, model, train, held, steps=opts.heal_steps,
+                                  lr=opts.heal_lr, budget_s=seconds(opts.heal_budget))
         ppl = perplexity(small, held)
         rise = ppl / ppl0 - 1
         tried.append({"dropped": drop, "perplexity": ppl, "rise": rise,
@@ -193,7 +194,7 @@ def _search(model, order, held, train, ppl0, bound, opts, progress) -> tuple:
     return best, tried, *chosen
 
 
-def heal_decoder(small, teacher, batches, held, steps: int, lr: float,
+def heal_decoder(small, teacher, batches, held, *, steps: int, lr: float,
                  budget_s: float | None) -> dict:
     """Distil `teacher`'s next-token distributions into `small` (in place): KL on the logits
     of the unpadded tokens, AdamW with a cosine schedule; keeps the weights of the best
@@ -226,7 +227,7 @@ def heal_decoder(small, teacher, batches, held, steps: int, lr: float,
             small.eval()
             ppl = perplexity(small, held)
             small.train()
-            curve.append({"step": step, "kl": float(loss), "held_perplexity": ppl})
+            curve.append({"step": step, "kl": float(loss.detach()), "held_perplexity": ppl})
             if best is None or ppl < best:
                 best, best_state = ppl, copy.deepcopy(small.state_dict())
         if out_of_time:

@@ -7,6 +7,7 @@ tokenizer it names must be a listed file inside it (`runtime/bundle.py`)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -213,10 +214,8 @@ class Generator:
             if stopped[0]:
                 raise _Stop
 
-        try:
+        with contextlib.suppress(_Stop):
             self.generate_ids(ids, max_new_tokens, sampling, on_token=emit)
-        except _Stop:
-            pass
         return shown
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from layerwise.base.errors import LayerwiseError
 
 
-def profile_lm(path, prompt_len: int = 128, new_tokens: int = 128, runs: int = 3,
+def profile_lm(path, prompt_len: int = 128, new_tokens: int = 128, runs: int = 3, *,
                threads: int = 0, per_layer: bool = True) -> dict:
     """Generate `new_tokens` after a `prompt_len`-token prompt `runs` times (after one
     warm-up) and report the medians; with `per_layer`, one more decode pass under the

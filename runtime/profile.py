@@ -89,7 +89,7 @@ def profile(path, *, runs: int | None = None, warmup: int = 10, threads: int = 0
         if batch not in (None, 1) or power_mode is not None:
             raise LayerwiseError("a text-generation bundle is profiled at batch 1 with the "
                                  "runtime's default power setting; drop --batch/--power-mode")
-        return profile_lm(bundle, prompt_len, new_tokens, runs or 3, threads)
+        return profile_lm(bundle, prompt_len, new_tokens, runs or 3, threads=threads)
     runs = 100 if runs is None else runs
     if runs < 1 or warmup < 0:
         raise LayerwiseError("--runs must be >= 1 and --warmup >= 0")

@@ -104,3 +104,25 @@ def plugin_env(tmp_path_factory) -> dict[str, str]:
                           capture_output=True, text=True, check=False, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return {**os.environ, "PYTHONPATH": str(site)}
+
+
+@pytest.fixture(scope="session")
+def tiny_lms(tmp_path_factory) -> dict[str, Path]:
+    """Tiny Llama and Qwen2 LMs trained in seconds on the licence texts (tests/fixtures/
+    tiny_lm.py), as Hugging Face folders with their tokenizers."""
+    from tests.fixtures.tiny_lm import build
+
+    root = tmp_path_factory.mktemp("lm")
+    return {"llama": build(root / "llama", "llama"),
+            "qwen2": build(root / "qwen2", "qwen2", layers=2, steps=60)}
+
+
+@pytest.fixture(scope="session")
+def lm_bundle(tiny_lms, tmp_path_factory) -> Path:
+    """The tiny Llama compiled once as an fp32 onnx generator."""
+    from layerwise import api
+
+    out = tmp_path_factory.mktemp("lm-bundle") / "fp32"
+    api.compile(f"hf:{tiny_lms['llama']}", api.CompileOptions(
+        task="text-generation", out=str(out), db="none"))
+    return out

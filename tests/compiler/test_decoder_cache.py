@@ -35,7 +35,7 @@ def test_one_graph_serves_prefill_and_decode(tmp_path, name):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     step = KVStep(model)
     for seq, past in ((6, 1), (1, 9)):  # a prefill, then a decode step on a longer past
-        inputs = example_step(config, seq=seq, past=past, seed=seq)
+        inputs = example_step(config, batch=1, seq=seq, past=past, seed=seq)
         with torch.no_grad():
             want = [t.numpy() for t in step(*inputs)]
         got = sess.run(None, {i.name: t.numpy() for i, t in zip(sess.get_inputs(), inputs)})
