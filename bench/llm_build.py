@@ -279,7 +279,8 @@ def _gguf(spec: dict, folder: Path, out: Path, log: Path, opts: dict) -> dict:
         f32.parent.mkdir(parents=True, exist_ok=True)
         code = _CONVERT.format(src=str(LLAMA_SRC), folder=str(folder), out=str(f32) + ".tmp")
         env = dict(os.environ, NO_LOCAL_GGUF="")
-        err = _run([sys.executable, "-c", code], log, env=env, cwd=Path("/tmp"))
+        py = str(OPTIMUM_PY) if OPTIMUM_PY.exists() else sys.executable  # has sentencepiece
+        err = _run([py, "-c", code], log, env=env, cwd=Path("/tmp"))
         if err:
             return {"error": "convert_hf_to_gguf: " + err}
         os.replace(str(f32) + ".tmp", f32)
@@ -302,6 +303,8 @@ ENGINES: dict[str, dict] = {
     "lw-int8": {"build": "layerwise", "worker": "layerwise", "precision": "int8-weight"},
     "lw-int4": {"build": "layerwise", "worker": "layerwise", "precision": "int4-weight"},
     "lw-ov-int4": {"build": "layerwise", "worker": "layerwise", "precision": "int4-weight",
+                   "target": "openvino"},
+    "lw-ov-int8": {"build": "layerwise", "worker": "layerwise", "precision": "int8-weight",
                    "target": "openvino"},
     "lw-drop12-int4": {"build": "layerwise", "worker": "layerwise", "precision": "int4-weight",
                        "drop": 0.12},

@@ -70,7 +70,7 @@ class HF:
         with self.torch.inference_mode():
             t0 = time.perf_counter()
             out = self.model.generate(ids, attention_mask=self.torch.ones_like(ids),
-                                      max_new_tokens=new, min_new_tokens=new, streamer=Stamp())
+                                      max_new_tokens=new, streamer=Stamp())
         toks = stamps[1:]  # stamps[0]: the prompt, put before the first forward
         return {"ttft_s": toks[0] - t0, "decode_s": toks[-1] - toks[0],
                 "ids": out[0, len(prompt):].tolist()}
@@ -101,27 +101,38 @@ class Layerwise:
         return self.g.generate_ids(prompt, new, stop_ids=[])["ids"]
 
     def logits(self, chunk: list[int]) -> np.ndarray:
-        return self.g.step(np.array([chunk], np.int64), self.g.empty_cache())[0][0]
+        ids = np.array([chunk], np.int64)
+        if hasattr(self.g, "step"):  # the first Generator API: step(ids, cache)
+            return self.g.step(ids, self.g.empty_cache())[0][0]
+        self.g.reset()
+        return self.g.forward(ids)[0]
 
 
 class OrtGenAI:
-    """onnxruntime-genai: `og.Generator`, greedy search, session threads set by overlay; the
-    end-of-sequence id is moved out of reach (-1) so that every run makes N tokens."""
+    """onnxruntime-genai: `og.Generator`, greedy search, session threads set by overlay. So that
+    every run makes N tokens, the end-of-sequence id becomes the pad id (a token the model
+    never predicts; the last id when pad is eos) and min_length masks it until the end."""
 
     def __init__(self, path: str, threads: int) -> None:
         import onnxruntime_genai as og
 
         self.og = og
+        with open(os.path.join(path, "genai_config.json")) as f:
+            m = json.load(f)["model"]
+        eos = m["eos_token_id"]
+        eos = set(eos if isinstance(eos, list) else [eos])
+        stop = m.get("pad_token_id")
+        stop = stop if stop is not None and stop not in eos else m["vocab_size"] - 1
         cfg = og.Config(path)
         so = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
-        cfg.overlay(json.dumps({"model": {"eos_token_id": -1, "decoder": {
+        cfg.overlay(json.dumps({"model": {"eos_token_id": stop, "decoder": {
             "session_options": so}}}))
         self.model = og.Model(cfg)
         self.info = {"onnxruntime_genai": og.__version__}
 
     def _gen(self, total: int):
         p = self.og.GeneratorParams(self.model)
-        p.set_search_options(max_length=total, do_sample=False)
+        p.set_search_options(max_length=total, min_length=total, do_sample=False)
         return self.og.Generator(self.model, p)
 
     def speed(self, prompt: list[int], new: int) -> dict:
@@ -161,7 +172,7 @@ class OvGenAI:
 
     def _config(self, new: int):
         c = self.ovg.GenerationConfig()
-        c.max_new_tokens, c.min_new_tokens, c.ignore_eos, c.do_sample = new, new, True, False
+        c.max_new_tokens, c.ignore_eos, c.do_sample = new, True, False
         return c
 
     def speed(self, prompt: list[int], new: int) -> dict:
@@ -258,7 +269,8 @@ def serve(kind: str, path: str, threads: int) -> None:
         eng.speed(list(range(1, 17)), 4)  # warm-up
     except Exception as e:  # noqa: BLE001 - reported as the row's reason
         traceback.print_exc()
-        say({"error": f"load: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"})
+        first = (str(e).splitlines() or [""])[0][:300]
+        say({"error": f"load: {type(e).__name__}: {first}"})
         return
     say({"ready": True, "load_s": load_s, "info": eng.info, "pid": os.getpid()})
     for line in sys.stdin:

@@ -84,8 +84,10 @@ def generator_summary(m: dict, out: str) -> None:
             _out.print(f"  healed {p['steps']} steps (KL on the logits): held-out perplexity "
                        f"{p['held_perplexity_before']:.2f} → {p['held_perplexity_after']:.2f}")
     if ppl:
-        _out.print(f"  perplexity on {ppl['on']}: original {ppl['original']:.2f}, compiled "
-                   f"{ppl['compiled_model']:.2f}")
+        art = (f", the artifact in {ppl['artifact_runtime']} {ppl['artifact']:.2f}"
+               if "artifact" in ppl else "")
+        _out.print(f"  perplexity on {ppl['on']}: original {ppl['original']:.2f}, shrunk "
+                   f"{ppl['shrunk_model']:.2f}{art}")
     _out.print(f"  run it: layerwise generate {out} --prompt \"...\"")
 
 

@@ -17,7 +17,7 @@ from layerwise.base.errors import LayerwiseError, SourceError, VerificationError
 from layerwise.options import CompileOptions
 
 VERIFY_TOKENS = 16
-TARGETS = ("onnx",)
+TARGETS = ("onnx", "openvino")
 
 
 def check_decoder(source, opts: CompileOptions) -> None:
@@ -29,7 +29,7 @@ def check_decoder(source, opts: CompileOptions) -> None:
     target = opts.target or "onnx"
     if target not in TARGETS:
         raise LayerwiseError(f"text-generation bundles are built for --target "
-                             f"{', '.join(TARGETS)} so far, not {target}; compile with "
+                             f"{' or '.join(TARGETS)} so far, not {target}; compile with "
                              "--target onnx (its build feeds onnxruntime and TensorRT)")
     if opts.max_seq < 2:
         raise LayerwiseError("--max-seq must be at least 2 (one prompt token, one new token)")
@@ -39,16 +39,15 @@ def compile_lm(spec: str, source, opts: CompileOptions, progress, timings: dict)
     """Shrink (drop, heal), emit, verify and write a text-generation bundle; returns the
     manifest."""
     from layerwise.compiler.decoder import block_list
-    from layerwise.finish import recipe
     from layerwise.lm_plan import plan_decoder
     from layerwise.record import record_run
     from layerwise.targets.bundle import BundleWriter
-    from layerwise.targets.onnx.decoder import PRECISIONS, emit_decoder
-
     check_decoder(source, opts)
-    if opts.precision not in PRECISIONS:
-        raise LayerwiseError(f"a text-generation bundle for onnx takes --precision "
-                             f"{', '.join(PRECISIONS)}, not {opts.precision}")
+    target = opts.target or "onnx"
+    offers = precisions(target)
+    if opts.precision not in offers:
+        raise LayerwiseError(f"a text-generation bundle for {target} takes --precision "
+                             f"{', '.join(offers)}, not {opts.precision}")
     model = source.model if hasattr(source, "model") else source.module
     model = model.eval()
     texts = read_texts(opts.data) if opts.data else []
@@ -57,35 +56,35 @@ def compile_lm(spec: str, source, opts: CompileOptions, progress, timings: dict)
     small, plan = plan_decoder(model, source.tokenizer, texts, opts, progress)
     timings["plan_s"] = time.perf_counter() - t0
     writer = BundleWriter(opts.out, force=opts.force)
-    target = "onnx"
     with writer:
         progress(f"emitting the decoder step for {target} at {opts.precision}")
         t0 = time.perf_counter()
-        rec = recipe(CompileOptions(target=target), opts.precision) \
-            if opts.precision != "fp32" else None
-        entry = emit_decoder(small, writer.dir, opts.precision, rec)
+        entry = _emit(target, small, writer.dir, opts.precision, plan)
         timings["emit_s"] = time.perf_counter() - t0
         tokenizer = save_tokenizer(source.tokenizer, writer.dir)
         generation = generation_config(small, tokenizer, opts.max_seq)
         prompts = verify_prompts(source.tokenizer, texts, small.config.vocab_size)
         progress("verifying: generating beside transformers")
         t0 = time.perf_counter()
-        check = verify(writer.dir / entry["file"], generation, small, prompts,
+        check = verify(target, writer.dir / entry["file"], generation, small, prompts,
                        tolerance=opts.tolerance or (1e-4 if opts.precision == "fp32" else 0.5),
                        exact=opts.precision == "fp32")
-        fidelity = verify(writer.dir / entry["file"], generation, model, prompts,
+        fidelity = verify(target, writer.dir / entry["file"], generation, model, prompts,
                           tolerance=None, exact=False) if small is not model else check
         timings["verify_s"] = time.perf_counter() - t0
+        if texts:
+            _artifact_perplexity(target, writer.dir / entry["file"], generation, plan,
+                                 source.tokenizer, texts)
         if not check["passed"]:
             raise VerificationError(
                 f"the {opts.precision} generator misses transformers: {check['reason']}; "
                 "nothing written. Raise --tolerance or try another --precision")
+        cache = {} if entry.get("stateful") else {
+            n: np.zeros((1, generation["kv_heads"], 0, generation["head_dim"]), np.float32)
+            for n in _cache_names(generation["layers"])}
         writer.save_arrays("inputs.npz", {"input_ids": np.array([prompts[0]], np.int64),
                                           "attention_mask": np.ones((1, len(prompts[0])),
-                                                                    np.int64),
-                                          **{n: np.zeros((1, generation["kv_heads"], 0,
-                                                          generation["head_dim"]), np.float32)
-                                             for n in _cache_names(generation["layers"])}})
+                                                                    np.int64), **cache})
         manifest = _manifest(spec, opts, source, entry=entry, generation=generation,
                              checks=(check, fidelity), plan=plan, models=(model, small),
                              blocks=(path, len(blocks)), timings=timings, tmp=writer.dir)
@@ -93,6 +92,64 @@ def compile_lm(spec: str, source, opts: CompileOptions, progress, timings: dict)
     manifest["run_id"] = record_run("compile", {**manifest, "bundle": str(
         Path(opts.out).resolve())}, opts.db)
     return manifest
+
+
+def precisions(target: str) -> tuple[str, ...]:
+    if target == "openvino":
+        from layerwise.targets.openvino_decoder import PRECISIONS
+    else:
+        from layerwise.targets.onnx.decoder import PRECISIONS
+    return PRECISIONS
+
+
+def _emit(target: str, model, out: Path, precision: str, plan: dict) -> dict:
+    """The target's decoder artifact; int4-mixed keeps the plan's sensitive blocks at int8."""
+    from layerwise.finish import recipe
+
+    int8_blocks = tuple(plan.get("int8_blocks", ()))
+    if target == "openvino":
+        from layerwise.targets.openvino_decoder import emit_ov_decoder
+
+        return emit_ov_decoder(model, out, precision, group_size=group_size(model.config),
+                               int8_blocks=int8_blocks)
+    from layerwise.targets.onnx.decoder import emit_decoder
+
+    rec = None
+    if precision != "fp32":
+        rec = recipe(CompileOptions(target=target), "int4-weight" if precision == "int4-mixed"
+                     else precision)
+    return emit_decoder(model, out, precision, rec, int8_blocks=int8_blocks)
+
+
+def group_size(config) -> int:
+    """Weights per int4 scale: 128 where the hidden and MLP widths allow, else 64 or 32."""
+    widths = [config.hidden_size, getattr(config, "intermediate_size", config.hidden_size)]
+    return next((g for g in (128, 64, 32) if all(w % g == 0 for w in widths)), 32)
+
+
+def _artifact_perplexity(target, model_file, generation, plan, tokenizer, texts) -> None:
+    """Held-out perplexity of the artifact itself, in its runtime (teacher-forced, one line
+    at a time), beside the plan's torch figures (in place)."""
+    from layerwise.lm_plan import split_texts
+    from layerwise.runtime.generate import Generator
+
+    held = split_texts(texts)[1]
+    if not held or tokenizer is None or "perplexity" not in plan:
+        return
+    gen = Generator.unbundled(target, model_file, generation)
+    total, count = 0.0, 0
+    for line in held:
+        ids = tokenizer(line)["input_ids"][:64]
+        if len(ids) < 2:
+            continue
+        gen.reset()
+        logits = gen.forward(np.array([ids], np.int64))[0, :-1].astype(np.float64)
+        z = logits - logits.max(-1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+        total -= float(logp[np.arange(len(ids) - 1), ids[1:]].sum())
+        count += len(ids) - 1
+    plan["perplexity"]["artifact"] = float(np.exp(total / max(count, 1)))
+    plan["perplexity"]["artifact_runtime"] = gen.runner.name
 
 
 def read_texts(path: str) -> list[str]:
@@ -152,14 +209,15 @@ def verify_prompts(tokenizer, texts: list[str], vocab: int, count: int = 2,
     return [rng.integers(0, vocab, length).tolist() for _ in range(count)]
 
 
-def verify(model_file: Path, generation: dict, reference, prompts: list[list[int]], *,
+def verify(target: str, model_file: Path, generation: dict, reference,
+           prompts: list[list[int]], *,
            tolerance: float | None, exact: bool, steps: int = VERIFY_TOKENS) -> dict:
     """Greedy generation by the artifact and by transformers from each prompt: the tokens
     agree (required when `exact`), and teacher-forced on the reference's tokens every step's
     logits lie within `tolerance` (rel_err of the worst step; None: recorded only)."""
     from layerwise.runtime.generate import Generator
 
-    gen = Generator.unbundled(model_file, generation)
+    gen = Generator.unbundled(target, model_file, generation)
     agree, total, worst, first_miss, forced = 0, 0, 0.0, None, 0
     for prompt in prompts:
         ids = torch.tensor([prompt])
@@ -169,27 +227,25 @@ def verify(model_file: Path, generation: dict, reference, prompts: list[list[int
                                       eos_token_id=None, pad_token_id=0)[0, len(prompt):]
             ref_logits = reference(torch.cat([ids, want[None, :-1]], 1)).logits[0]
         got = gen.generate_ids(prompt, steps, stop_ids=[])["ids"]
-        past, feed = gen.empty_cache(), np.array([prompt], np.int64)
-        logits = []
-        for t in [None, *want[:-1].tolist()]:
-            if t is not None:
-                feed = np.array([[t]], np.int64)
-            out, past = gen.step(feed, past)
-            logits.append(out[0])
+        gen.reset()
+        logits = [gen.forward(np.array([prompt], np.int64))[0]]
+        logits += [gen.forward(np.array([[t]], np.int64))[0] for t in want[:-1].tolist()]
         mine = np.concatenate(logits)
         ref = ref_logits.numpy()
         err = float(np.linalg.norm(mine - ref) / max(np.linalg.norm(ref), 1e-12))
         worst = max(worst, err)
-        forced += int((mine.argmax(-1) == ref.argmax(-1)).sum())
+        tail = slice(len(prompt) - 1, None)  # the rows that predict the generated tokens
+        forced += int((mine[tail].argmax(-1) == ref[tail].argmax(-1)).sum())
         same = [a == b for a, b in zip(got, want.tolist())]
         agree += sum(same)
         total += len(same)
         if first_miss is None and not all(same):
             first_miss = same.index(False)
     out = {"tokens_checked": total, "token_agreement": agree / max(total, 1),
+           "runtime": gen.runner.name, "runtime_version": gen.runner.version,
            # on the reference's own tokens: the same next-token choice at each step
            "teacher_forced_agreement": forced / max(total, 1),
-           "rel_err": worst, "prompts": len(prompts), "runtime": "onnxruntime"}
+           "rel_err": worst, "prompts": len(prompts)}
     reasons = []
     if exact and agree < total:
         reasons.append(f"greedy tokens differ from step {first_miss}")
@@ -218,17 +274,17 @@ def _manifest(spec, opts, source, *, entry, generation, checks, plan, models, bl
     layers = generation["layers"]
     kv = ["batch", generation["kv_heads"], "past_sequence", generation["head_dim"]]
     present = ["batch", generation["kv_heads"], "total_sequence", generation["head_dim"]]
-    names_in, names_out = (_cache_names(layers),
-                           [n.replace("past_key_values", "present")
-                            for n in _cache_names(layers)])
+    # a stateful model (openvino) keeps the cache inside: no cache inputs or outputs
+    names_in = [] if entry.get("stateful") else _cache_names(layers)
+    names_out = [n.replace("past_key_values", "present") for n in names_in]
     full = cache_bytes_per_token(model.config)
     model_bytes = sum((tmp / f).stat().st_size for f in entry["files"])
 
     class _Runner:
-        name, version = "onnxruntime", __import__("onnxruntime").__version__
+        name, version = check["runtime"], check["runtime_version"]
 
     return {
-        "spec": spec, "target": "onnx", "device": opts.device or "host",
+        "spec": spec, "target": opts.target or "onnx", "device": opts.device or "host",
         "modality": "text", "task": "text-generation", "notes": source.notes,
         "model": entry,
         "inputs": [{"name": "input_ids", "shape": ["batch", "sequence"], "dtype": "int64"},

@@ -25,14 +25,17 @@ def plan_decoder(model, tokenizer, texts: list[str], opts, progress) -> tuple:
 
     path, blocks = block_list(model)
     n = len(blocks)
+    mixed = opts.precision == "int4-mixed"
+    if (opts.max_drop is not None or opts.heal_steps or mixed) and not texts:
+        raise LayerwiseError("dropping decoder blocks by importance, healing them or int4-mixed "
+                             "(int8 for the most important blocks) needs --data (a text file, "
+                             "one example per line)")
     if opts.max_drop is None and not opts.drop:
         if opts.heal_steps:
             raise LayerwiseError("--heal-steps heals a model made smaller: add --drop or "
                                  "--max-drop")
-        return model, {"passes": []}
-    if (opts.max_drop is not None or opts.heal_steps) and not texts:
-        raise LayerwiseError("dropping decoder blocks by importance or healing them needs "
-                             "--data (a text file, one example per line)")
+        if not mixed:
+            return model, {"passes": []}
     train, held = split_texts(texts)
     batches = token_batches(tokenizer, train, model.config.vocab_size)
     held_batches = token_batches(tokenizer, held, model.config.vocab_size)
@@ -41,6 +44,8 @@ def plan_decoder(model, tokenizer, texts: list[str], opts, progress) -> tuple:
     small = healed = None
     if opts.drop:
         drop = _indices(names(opts.drop), path, n)
+    elif opts.max_drop is None:
+        drop = []
     else:
         progress("scoring decoder blocks on the text (block influence, angular distance)")
         scores = block_scores(model, batches)
@@ -58,16 +63,32 @@ def plan_decoder(model, tokenizer, texts: list[str], opts, progress) -> tuple:
             progress(f"healing: KL distillation on the logits, {opts.heal_steps} steps")
             healed = heal_decoder(small, model, batches, held_batches, steps=opts.heal_steps,
                                   lr=opts.heal_lr, budget_s=seconds(opts.heal_budget))
-    record["passes"].append({"name": "drop_blocks", "dropped": [f"{path}.{i}" for i in drop],
-                             "kept": n - len(drop)})
+    if drop:
+        record["passes"].append({"name": "drop_blocks", "dropped": [f"{path}.{i}" for i in drop],
+                                 "kept": n - len(drop)})
     if healed is not None:
         record["passes"].append(healed)
+    if mixed:
+        record.update(int8_blocks(small, batches, progress))
     if held_batches:
-        record["perplexity"] = {"original": ppl0, "compiled_model": perplexity(small,
-                                                                               held_batches),
+        record["perplexity"] = {"original": ppl0,
+                                "shrunk_model": perplexity(small, held_batches),
                                 "on": f"{sum(b.shape[0] for b, _ in held_batches)} held-out "
                                       "lines of --data"}
     return small, record
+
+
+def int8_blocks(model, batches, progress) -> dict:
+    """int4-mixed: the most important quarter of the (kept) blocks by the ensemble, at least
+    one, keep 8-bit weights; the others get 4 bits."""
+    progress("scoring the kept blocks for int4-mixed (block influence, angular distance)")
+    scores = block_scores(model, batches)
+    order = scores["ensemble_order"]
+    k = max(1, math.ceil(len(order) / 4))
+    return {"int8_blocks": sorted(order[-k:]),
+            "mixed_precision": {"rule": "the most important quarter of the blocks (ensemble "
+                                        "of block influence and angular distance) at int8, "
+                                        "the rest int4", "scores": scores}}
 
 
 def split_texts(texts: list[str]) -> tuple[list[str], list[str]]:

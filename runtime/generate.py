@@ -79,38 +79,40 @@ def generation_section(b: Bundle) -> dict:
 
 
 class Generator:
-    """Generates from a text-generation bundle with onnxruntime (threads 0: its default)."""
+    """Generates from a text-generation bundle (onnx: onnxruntime; openvino: its stateful
+    model) with `threads` intra-op threads (0: the runtime's default)."""
 
     def __init__(self, bundle: str | Path | Bundle, threads: int = 0,
                  per_op: bool = False) -> None:
+        from layerwise.runtime.lm_steps import STEPS
+
         self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle)
-        if self.bundle.target != "onnx":
-            raise BundleError(f"generation runs onnx text-generation bundles; this one is for "
-                              f"{self.bundle.target}")
-        self._setup(self.bundle.model_path, generation_section(self.bundle), threads, per_op)
+        if self.bundle.target not in STEPS:
+            raise BundleError(f"generation runs {' and '.join(STEPS)} text-generation "
+                              f"bundles; this one is for {self.bundle.target}")
+        self._setup(self.bundle.target, self.bundle.model_path,
+                    generation_section(self.bundle), threads, per_op)
         self.tokenizer_path = (self.bundle.dir / self.config["tokenizer"]
                                if self.config.get("tokenizer") else None)
 
     @classmethod
-    def unbundled(cls, model_file: Path, generation: dict, threads: int = 0) -> Generator:
+    def unbundled(cls, target: str, model_file: Path, generation: dict,
+                  threads: int = 0) -> Generator:
         """A generator over a step model and generation section not yet in a bundle (the
         compile's verification, before the bundle is written); no tokenizer."""
         self = cls.__new__(cls)
         self.bundle, self.tokenizer_path = None, None
-        self._setup(Path(model_file), generation, threads, False)
+        self._setup(target, Path(model_file), generation, threads, False)
         return self
 
-    def _setup(self, model_file: Path, generation: dict, threads: int, per_op: bool) -> None:
-        from layerwise.runtime.ort import OrtRunner
+    def _setup(self, target: str, model_file: Path, generation: dict, threads: int,
+               per_op: bool) -> None:
+        from layerwise.runtime.lm_steps import STEPS
 
         self.config = generation
-        self.runner = OrtRunner(model_file, threads=threads, per_op=per_op)
         self.layers = generation["layers"]
-        expected = 2 + 2 * self.layers
-        if len(self.runner.input_names) != expected:
-            raise BundleError(f"{model_file}: the model takes {len(self.runner.input_names)} "
-                              f"inputs, not the {expected} of a {self.layers}-layer cache; "
-                              f"{RECREATE}")
+        self.steps = STEPS[target](model_file, generation, threads, per_op)
+        self.runner = self.steps.runner
         self._tokenizer = None
 
     @property
@@ -140,18 +142,13 @@ class Generator:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def empty_cache(self, batch: int = 1) -> list[np.ndarray]:
-        g = self.config
-        return [np.zeros((batch, g["kv_heads"], 0, g["head_dim"]), np.float32)
-                for _ in range(2 * self.layers)]
+    def reset(self) -> None:
+        """Start a new sequence (an empty cache)."""
+        self.steps.reset()
 
-    def step(self, ids: np.ndarray, past: list[np.ndarray]) -> tuple[np.ndarray, list]:
-        """Run new tokens `ids [B, S]` on the cache `past`; returns logits [B, S, V] and the
-        cache with them."""
-        mask = np.ones((ids.shape[0], past[0].shape[2] + ids.shape[1]), np.int64)
-        out = self.runner.run(dict(zip(self.runner.input_names,
-                                       [ids.astype(np.int64), mask, *past])))
-        return out[0], out[1:]
+    def forward(self, ids: np.ndarray) -> np.ndarray:
+        """Append the tokens `ids [1, S]` to the sequence; returns their logits [1, S, V]."""
+        return self.steps.step(np.asarray(ids, np.int64))
 
     def check_length(self, prompt_tokens: int, new_tokens: int) -> None:
         limit = self.config["max_seq"]
@@ -172,12 +169,13 @@ class Generator:
         self.check_length(len(prompt), max_new_tokens)
         stops = set(self.config["eos_token_ids"] if stop_ids is None else stop_ids)
         rng = np.random.default_rng(s.seed)
-        past, ids = self.empty_cache(), np.array([prompt], np.int64)
+        self.reset()
+        ids = np.array([prompt], np.int64)
         new: list[int] = []
         t0 = time.perf_counter()
         ttft, reason = None, "length"
         while len(new) < max_new_tokens:
-            logits, past = self.step(ids, past)
+            logits = self.forward(ids)
             token = pick(logits[0, -1], s, rng)
             if ttft is None:
                 ttft = time.perf_counter() - t0

@@ -63,17 +63,25 @@ def _per_layer(plain, prompt: list[int], steps: int, threads: int) -> list[dict]
     session, then only the decode steps run under the profiler."""
     from layerwise.runtime.generate import Generator
 
-    logits, past = plain.step(np.array([prompt], np.int64), plain.empty_cache())
     gen = Generator(plain.bundle, threads=threads, per_op=True)
+    if hasattr(gen.steps, "past"):  # onnx: the prompt's cache from the plain session
+        plain.reset()
+        logits = plain.forward(np.array([prompt], np.int64))
+        gen.steps.past = plain.steps.past
+        before: dict[str, float] = {}
+    else:  # openvino: the state is the session's own, so the prompt runs timed; subtracted
+        gen.reset()
+        logits = gen.forward(np.array([prompt], np.int64))
+        before = {n["op"]: n["total_ms"] for n in gen.runner.op_profile(by="node")}
     for _ in range(steps):
         token = int(np.argmax(logits[0, -1]))
-        logits, past = gen.step(np.array([[token]], np.int64), past)
+        logits = gen.forward(np.array([[token]], np.int64))
     per: dict[str, float] = {}
     pattern = re.compile(r"^layers\.(\d+)/")
     for n in gen.runner.op_profile(by="node"):
         m = pattern.match(n["op"])
         key = f"layers.{m.group(1)}" if m else "other"
-        per[key] = per.get(key, 0.0) + n["total_ms"]
+        per[key] = per.get(key, 0.0) + max(n["total_ms"] - before.get(n["op"], 0.0), 0.0)
     total = sum(per.values()) or 1.0
     order = sorted(per, key=lambda k: (k == "other", int(k.split(".")[1]) if k != "other"
                                        else 0))

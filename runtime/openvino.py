@@ -70,6 +70,7 @@ class OpenVinoRunner:
         self.version = ov.get_version()
         self._per_op = per_op
         self._ops: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        self._nodes: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
 
     def _request_for(self, feeds: dict[str, np.ndarray]):
         """The infer request compiled for these feeds' shapes (the dynamic one if the model
@@ -102,14 +103,16 @@ class OpenVinoRunner:
             raise BundleError(f"OpenVINO run failed: {str(e).splitlines()[0][:300]}") from e
         if self._per_op:
             for info in self.request.get_profiling_info():
-                rec = self._ops[info.node_type]
-                rec[0] += info.real_time.total_seconds() * 1000.0
-                rec[1] += 1
+                for rec in (self._ops[info.node_type], self._nodes[info.node_name]):
+                    rec[0] += info.real_time.total_seconds() * 1000.0
+                    rec[1] += 1
         return [np.array(self.request.get_output_tensor(i).data)
                 for i in range(len(self.output_names))]
 
-    def op_profile(self) -> list[dict]:
-        """Total time per node type from OpenVINO's performance counters, slowest first."""
-        total = sum(v[0] for v in self._ops.values()) or 1.0
+    def op_profile(self, by: str = "op_name") -> list[dict]:
+        """Total time per node type (`by` "node": per node name) from OpenVINO's performance
+        counters, slowest first."""
+        table = self._nodes if by == "node" else self._ops
+        total = sum(v[0] for v in table.values()) or 1.0
         return sorted(({"op": k, "total_ms": v[0], "calls": v[1], "share": v[0] / total}
-                       for k, v in self._ops.items()), key=lambda d: -d["total_ms"])
+                       for k, v in table.items()), key=lambda d: -d["total_ms"])

@@ -16,12 +16,16 @@ import torch
 
 from layerwise.base.errors import TargetError
 
-PRECISIONS = ("fp32", "int8-dynamic", "int8-weight", "int4-weight", "fp16")
+PRECISIONS = ("fp32", "int8-dynamic", "int8-weight", "int4-weight", "int4-mixed", "fp16")
+INLINE_LIMIT = int(1.8 * 2**30)  # protobuf's 2 GB: larger weights go to model.onnx.data
 
 
-def emit_decoder(model: torch.nn.Module, out_dir: Path, precision: str, recipe) -> dict:
+def emit_decoder(model: torch.nn.Module, out_dir: Path, precision: str, recipe, *,
+                 int8_blocks: tuple[int, ...] = ()) -> dict:
     """Write model.onnx (the step graph at `precision`) into out_dir; returns the model
-    entry. Assumes `model` is an eval-mode transformers causal LM with eager attention."""
+    entry. int4-mixed: int4 weights except the decoder blocks `int8_blocks`, whose linears
+    get 8 bits. Assumes `model` is an eval-mode transformers causal LM with eager
+    attention."""
     import onnx
 
     from layerwise.compiler.decoder import cache_shape, example_step, export_step, io_names
@@ -32,33 +36,67 @@ def emit_decoder(model: torch.nn.Module, out_dir: Path, precision: str, recipe) 
     layers = cache_shape(model.config)[0]
     inputs, outputs = io_names(layers)
     example = example_step(model.config)
+    external = sum(p.numel() * p.element_size() for p in model.parameters()) > INLINE_LIMIT
     log = io.StringIO()
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "model.onnx"
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 program = export_step(model, example)
-                torch.onnx.export(program, example, str(fp32), dynamo=True, external_data=False,
-                                  input_names=inputs, output_names=outputs, optimize=True,
-                                  verbose=False)
+                torch.onnx.export(program, example, str(fp32), dynamo=True,
+                                  external_data=external, input_names=inputs,
+                                  output_names=outputs, optimize=True, verbose=False)
         except Exception as e:
             msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise TargetError(f"exporting the decoder step failed: {msg}") from e
         graph = onnx.load(str(fp32))
         name_dims(graph, layers)
         name_layers(graph)
-        onnx.save(graph, str(fp32))
+        opset = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), 0)
         quant = None
         if precision == "fp32":
-            (out_dir / "model.onnx").write_bytes(fp32.read_bytes())
+            _save(graph, out_dir / "model.onnx", external)
         else:
-            from layerwise.targets.onnx.precisions import convert
+            _save(graph, fp32, external)
+            del graph
+            quant = _lower(fp32, out_dir / "model.onnx", precision, recipe, int8_blocks)
+    files = ["model.onnx"] + (["model.onnx.data"] if (out_dir / "model.onnx.data").exists()
+                              else [])
+    return {"file": "model.onnx", "files": files, "format": "onnx", "opset": opset,
+            "external_data": len(files) > 1, "precision": precision, "quantization": quant}
 
-            quant = convert(fp32, out_dir / "model.onnx", precision, recipe, [])
-    return {"file": "model.onnx", "files": ["model.onnx"], "format": "onnx",
-            "opset": next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")),
-                          0),
-            "external_data": False, "precision": precision, "quantization": quant}
+
+def _save(graph, path: Path, external: bool) -> None:
+    import onnx
+
+    if external:
+        onnx.save(graph, str(path), save_as_external_data=True, location=f"{path.name}.data")
+    else:
+        onnx.save(graph, str(path))
+
+
+def _lower(fp32: Path, out: Path, precision: str, recipe, int8_blocks) -> dict:
+    """onnxruntime's weight tools (targets/onnx/precisions.py) on the fp32 step graph."""
+    import dataclasses
+
+    import onnx
+
+    from layerwise.targets.onnx.precisions import convert
+
+    if precision != "int4-mixed":
+        return convert(fp32, out, precision, recipe, [])
+    prefixes = tuple(f"layers.{i}/" for i in int8_blocks)
+    keep = [n.name for n in onnx.load(str(fp32), load_external_data=False).graph.node
+            if n.name.startswith(prefixes)] if prefixes else []
+    int4 = fp32.with_name("int4.onnx")
+    first = convert(fp32, int4, "int4-weight", recipe, keep)
+    if not keep:
+        int4.replace(out)
+        return {**first, "int8_blocks": []}
+    eight = dataclasses.replace(recipe, weight_bits=8, op_types=("MatMul",))
+    second = convert(int4, out, "int8-weight", eight, [])
+    return {"precision": "int4-mixed", "int4": first, "int8": second,
+            "int8_blocks": list(int8_blocks)}
 
 
 def name_dims(graph, layers: int) -> None:

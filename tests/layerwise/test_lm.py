@@ -118,7 +118,9 @@ def test_max_drop_drops_least_important_blocks_within_the_perplexity_bound(tiny_
     # the first block tried is the least important by the ensemble
     assert tried[0]["dropped"] == [imp["ensemble_order"][0]]
     ppl = m["plan"]["perplexity"]
-    assert ppl["compiled_model"] <= 1.10 * ppl["original"]
+    assert ppl["shrunk_model"] <= 1.10 * ppl["original"]
+    # the fp32 artifact's own perplexity, run by onnxruntime, is the shrunk model's
+    assert abs(ppl["artifact"] / ppl["shrunk_model"] - 1) < 1e-3
 
 
 def test_profile_reports_ttft_tokens_per_second_and_per_block_time(lm_bundle):
@@ -195,3 +197,41 @@ def test_a_tampered_generation_section_is_refused(lm_bundle, tmp_path, bad):
     (copy / "manifest.json").write_text(json.dumps(m))
     line = _one_line(_cli("generate", str(copy), "--prompt", "x"))
     assert ("eos_token_ids" in line) if bad == "eos" else ("outside the bundle" in line)
+
+
+def test_openvino_stateful_generator_matches_transformers(tiny_lms, tmp_path):
+    out = tmp_path / "ov"
+    m = api.compile(f"hf:{tiny_lms['llama']}", api.CompileOptions(
+        task="text-generation", target="openvino", out=str(out), db="none"))
+    v = m["verification"]
+    assert v["passed"] and v["runtime"] == "openvino" and v["token_agreement"] == 1.0
+    # the cache lives in the model's state: two inputs, one output
+    assert [i["name"] for i in m["inputs"]] == ["input_ids", "attention_mask"]
+    assert [o["name"] for o in m["outputs"]] == ["logits"] and m["model"]["stateful"]
+    gen = Generator(out)
+    assert len(gen.runner.request.query_state()) == 8
+    assert gen.generate("This License", 16) == _hf_greedy(tiny_lms["llama"], "This License", 16)
+    r = api.profile(str(out), api.ProfileOptions(prompt_len=8, new_tokens=4, runs=1, db="none"))
+    assert [row["layer"] for row in r["per_layer"]][:4] == [f"layers.{i}" for i in range(4)]
+
+
+def test_int4_mixed_keeps_the_most_important_block_at_int8(tiny_lms, tmp_path):
+    from onnx import helper
+
+    out = tmp_path / "mixed"
+    m = api.compile(f"hf:{tiny_lms['llama']}", api.CompileOptions(
+        task="text-generation", precision="int4-mixed", out=str(out), db="none",
+        data=str(tiny_lms["llama"] / "corpus.txt")))
+    plan = m["plan"]
+    order = plan["mixed_precision"]["scores"]["ensemble_order"]
+    assert plan["int8_blocks"] == [order[-1]]  # a quarter of 4 blocks: the most important
+    bits: dict[str, set] = {}
+    for n in onnx.load(str(out / "model.onnx")).graph.node:
+        if n.op_type == "MatMulNBits":
+            block = n.name.split("/")[0] if n.name.startswith("layers.") else "head"
+            bits.setdefault(block, set()).add(
+                next(helper.get_attribute_value(a) for a in n.attribute if a.name == "bits"))
+    assert bits.pop(f"layers.{order[-1]}") == {8}
+    assert all(b == {4} for b in bits.values()) and len(bits) == 4  # 3 blocks + the head
+    ppl = plan["perplexity"]
+    assert ppl["artifact_runtime"] == "onnxruntime" and ppl["artifact"] < 1.5 * ppl["original"]
