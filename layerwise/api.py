@@ -59,10 +59,6 @@ def analyze(spec: str, options: AnalyzeOptions | None = None, source_options=Non
         init_from_env()
     progress(f"loading {spec}")
     source = load_source(spec, source_options)
-    if opts.task == "text-generation":
-        from layerwise.lm import compile_lm
-
-        return compile_lm(spec, source, opts, progress, {"load_s": time.perf_counter() - t0})
     progress("exporting with torch.export")
     ir = lift_source(source)
     batches = None

@@ -74,7 +74,7 @@ def compile_lm(spec: str, source, opts: CompileOptions, progress, timings: dict)
         timings["verify_s"] = time.perf_counter() - t0
         if texts:
             _artifact_perplexity(target, writer.dir / entry["file"], generation, plan,
-                                 source.tokenizer, texts)
+                                 tokenizer=source.tokenizer, texts=texts)
         if not check["passed"]:
             raise VerificationError(
                 f"the {opts.precision} generator misses transformers: {check['reason']}; "
@@ -127,7 +127,7 @@ def group_size(config) -> int:
     return next((g for g in (128, 64, 32) if all(w % g == 0 for w in widths)), 32)
 
 
-def _artifact_perplexity(target, model_file, generation, plan, tokenizer, texts) -> None:
+def _artifact_perplexity(target, model_file, generation, plan, *, tokenizer, texts) -> None:
     """Held-out perplexity of the artifact itself, in its runtime (teacher-forced, one line
     at a time), beside the plan's torch figures (in place)."""
     from layerwise.lm_plan import split_texts
