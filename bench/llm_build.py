@@ -199,6 +199,8 @@ def _layerwise(spec: dict, folder: Path, out: Path, log: Path, opts: dict) -> di
     cmd = [sys.executable, "-m", "layerwise.cli", "compile", f"hf:{folder}", "--task",
            "text-generation", "--target", spec.get("target", "onnx"), "--precision",
            spec["precision"], "--out", str(bundle), "--db", "none", "--quiet"]
+    if opts.get("tolerance") and spec["precision"] != "fp32":
+        cmd += ["--tolerance", str(opts["tolerance"])]
     drop = spec.get("drop")
     if drop:
         data = folder / "train_sample.txt"

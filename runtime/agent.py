@@ -280,7 +280,12 @@ def _prepare(archive: Path, bundle_dir: Path, options: dict, max_unpacked: int) 
     unpack_archive(archive, bundle_dir, max_unpacked)
     archive.unlink()
     bundle = open_bundle(bundle_dir, check=True)
-    batch_inputs(bundle, options["batch"])
+    if bundle.manifest.get("task") == "text-generation":  # profiled by generating
+        from layerwise.runtime.generate import generation_section
+
+        generation_section(bundle)
+    else:
+        batch_inputs(bundle, options["batch"])
 
 
 async def _accept(request, cfg: AgentConfig, options: dict) -> Path:

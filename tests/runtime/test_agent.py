@@ -395,3 +395,12 @@ def test_agent_and_client_are_torch_free_and_refuse_a_missing_token(tmp_path):
                           check=False, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and "token" in proc.stderr and str(missing) in proc.stderr
+
+
+def test_remote_profile_of_a_generator(agent, lm_bundle, token_file):
+    """A text-generation bundle profiled on the agent: TTFT, tokens/s and per-block time."""
+    r = remote_profile(lm_bundle, agent.url, str(token_file), runs=1, prompt_len=8,
+                       new_tokens=4)
+    assert r["task"] == "text-generation" and r["prompt_len"] == 8 and r["new_tokens"] == 4
+    assert r["ttft_ms"] > 0 and r["decode_tokens_per_s"] > 0
+    assert [row["layer"] for row in r["per_layer"]][-1] == "other"

@@ -13,7 +13,7 @@ from tests.conftest import FIXTURES, ROOT
 
 
 @pytest.mark.slow
-def test_runtime_only_install(tmp_path, bundles):
+def test_runtime_only_install(tmp_path, bundles, lm_bundle):
     path, _ = bundles(f"{FIXTURES}:lstm_classifier")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
@@ -32,6 +32,15 @@ def test_runtime_only_install(tmp_path, bundles):
                           check=False, timeout=300, cwd=tmp_path, env=env)
     assert prof.returncode == 0, prof.stderr[-3000:]
     assert json.loads(prof.stdout)["latency_ms"]["p50"] > 0
+    # a text-generation bundle generates torch-free (tokenizers + onnxruntime), streaming
+    gen = subprocess.run([bin_dir / "layerwise", "generate", str(lm_bundle), "--prompt",
+                          "This License", "--max-new-tokens", "12"], capture_output=True,
+                         text=True, check=False, timeout=300, cwd=tmp_path, env=env)
+    assert gen.returncode == 0 and len(gen.stdout.strip()) > 5, gen.stderr[-3000:]
+    with_torch = subprocess.run([sys.executable, "-m", "layerwise", "generate", str(lm_bundle),
+                                 "--prompt", "This License", "--max-new-tokens", "12"],
+                                capture_output=True, text=True, check=False, timeout=300)
+    assert gen.stdout == with_torch.stdout
     comp = subprocess.run([bin_dir / "layerwise", "compile", "timm:resnet18", "--out",
                            str(tmp_path / "x")], capture_output=True, text=True, check=False,
                           timeout=300, cwd=tmp_path, env=env)
