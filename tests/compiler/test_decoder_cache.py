@@ -71,3 +71,33 @@ def test_greedy_tokens_from_an_empty_cache_equal_transformers_generate(tmp_path)
         got.append(int(out[0][0, -1].argmax()))
         past, ids = out[1:], np.array([[got[-1]]], np.int64)
     assert got == want
+
+
+def _more_configs():
+    import transformers as T
+
+    c = {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
+         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+         "max_position_embeddings": 128}
+    return {"mistral": T.MistralConfig(**c), "gemma3": T.Gemma3TextConfig(**c, head_dim=16),
+            "phi3": T.Phi3Config(**c, pad_token_id=0), "qwen3": T.Qwen3Config(**c, head_dim=16),
+            "gpt2": T.GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4,
+                                 n_positions=128, bos_token_id=0, eos_token_id=1)}
+
+
+@pytest.mark.parametrize("name", ["mistral", "gemma3", "phi3", "qwen3", "gpt2"])
+def test_decoders_generate_as_transformers(tmp_path, name):
+    """Mistral, Gemma 3 (sliding window, soft norms), Phi-3 (fused qkv), Qwen3 (q/k norms),
+    GPT-2 (learned positions): the emitted step generates transformers' greedy tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from layerwise.lm import generation_config, verify
+    from layerwise.targets.onnx.decoder import emit_decoder
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(_more_configs()[name],
+                                             attn_implementation="eager").eval()
+    emit_decoder(model, tmp_path, "fp32", None)
+    r = verify("onnx", tmp_path / "model.onnx", generation_config(model, None, 128), model,
+               [[5, 6, 7, 8, 9]], tolerance=1e-4, exact=True, steps=8)
+    assert r["passed"] and r["token_agreement"] == 1.0, r
