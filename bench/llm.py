@@ -12,8 +12,8 @@ another transformers). Models: --speed-model (default `qwen`: a Qwen2.5-0.5B-sha
 random weights, made once under ~/.cache/layerwise/llm-bench/models/) is timed only;
 --quality-model (default ~/.cache/layerwise/man-llama; `standin`: a tiny random Llama for smoke
 tests) is timed and, having heldout.txt, also scored. Engines (ENGINES in bench/llm_build.py):
-hf-fp32, lw-fp32, lw-int8, lw-int4, lw-ov-int4, lw-drop{12,25}[h]-int4 (quality model only;
-h: healed), ortgenai-int4, ovgenai-int4, llamacpp-q4_0, llamacpp-q8_0. Artifacts are built
+hf-fp32, lw-fp32, lw-int8, lw-int4, lw-ov-int8, lw-ov-int4 (layerwise --target openvino),
+lw-drop{12,25}[h]-int4 (quality model only; h: healed), ortgenai-int4, ovgenai-int4, llamacpp-q4_0, llamacpp-q8_0. Artifacts are built
 once and cached under ~/.cache/layerwise/llm-bench/; one that fails to build shows its reason.
 
 Method: each engine runs in its own persistent worker (bench/llm_peers.py), models loaded once;
@@ -47,8 +47,8 @@ MAN_LLAMA = Path.home() / ".cache" / "layerwise" / "man-llama"
 PEERS_PY = Path(__file__).resolve().parent / "llm_peers.py"
 FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
          "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
-SPEED_ENGINES = ["hf-fp32", "lw-fp32", "lw-int8", "lw-int4", "lw-ov-int4", "ortgenai-int4",
-                 "ovgenai-int4", "llamacpp-q4_0", "llamacpp-q8_0"]
+SPEED_ENGINES = ["hf-fp32", "lw-fp32", "lw-int8", "lw-int4", "lw-ov-int8", "lw-ov-int4",
+                 "ortgenai-int4", "ovgenai-int4", "llamacpp-q4_0", "llamacpp-q8_0"]
 DROP_ENGINES = ["lw-drop12-int4", "lw-drop12h-int4", "lw-drop25-int4", "lw-drop25h-int4"]
 
 

@@ -17,7 +17,7 @@ from layerwise.base.errors import LayerwiseError, SourceError, VerificationError
 from layerwise.options import CompileOptions
 
 VERIFY_TOKENS = 16
-TARGETS = ("onnx", "openvino")
+TARGETS = ("onnx", "openvino", "tensorrt")
 
 
 def check_decoder(source, opts: CompileOptions) -> None:
@@ -59,10 +59,11 @@ def compile_lm(spec: str, source, opts: CompileOptions, progress, timings: dict)
     with writer:
         progress(f"emitting the decoder step for {target} at {opts.precision}")
         t0 = time.perf_counter()
-        entry = _emit(target, small, writer.dir, opts.precision, plan)
-        timings["emit_s"] = time.perf_counter() - t0
         tokenizer = save_tokenizer(source.tokenizer, writer.dir)
         generation = generation_config(small, tokenizer, opts.max_seq)
+        entry = _emit(target, small, writer.dir, opts.precision, plan=plan,
+                      generation=generation)
+        timings["emit_s"] = time.perf_counter() - t0
         prompts = verify_prompts(source.tokenizer, texts, small.config.vocab_size)
         progress("verifying: generating beside transformers")
         t0 = time.perf_counter()
@@ -97,12 +98,15 @@ def compile_lm(spec: str, source, opts: CompileOptions, progress, timings: dict)
 def precisions(target: str) -> tuple[str, ...]:
     if target == "openvino":
         from layerwise.targets.openvino_decoder import PRECISIONS
+    elif target == "tensorrt":
+        return ("fp32", "fp16")
     else:
         from layerwise.targets.onnx.decoder import PRECISIONS
     return PRECISIONS
 
 
-def _emit(target: str, model, out: Path, precision: str, plan: dict) -> dict:
+def _emit(target: str, model, out: Path, precision: str, *, plan: dict,
+          generation: dict) -> dict:
     """The target's decoder artifact; int4-mixed keeps the plan's sensitive blocks at int8."""
     from layerwise.finish import recipe
 
@@ -112,6 +116,10 @@ def _emit(target: str, model, out: Path, precision: str, plan: dict) -> dict:
 
         return emit_ov_decoder(model, out, precision, group_size=group_size(model.config),
                                int8_blocks=int8_blocks)
+    if target == "tensorrt":
+        from layerwise.targets.tensorrt import emit_decoder as trt_decoder
+
+        return trt_decoder(model, out, precision, generation)
     from layerwise.targets.onnx.decoder import emit_decoder
 
     rec = None

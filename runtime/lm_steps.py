@@ -75,4 +75,5 @@ class OvStep:
         return logits
 
 
-STEPS = {"onnx": OrtStep, "openvino": OvStep}
+# a tensorrt bundle's onnx runs on onnxruntime where TensorRT is absent (its verification)
+STEPS = {"onnx": OrtStep, "openvino": OvStep, "tensorrt": OrtStep}

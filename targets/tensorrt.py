@@ -81,9 +81,49 @@ def _profile(shapes: dict[str, list]) -> dict[str, tuple[list, list, list]]:
     return out
 
 
-def trtexec_script(model: str, precision: str, shapes: dict[str, list]) -> str:
-    """A trtexec command with the precision flags and the batch optimization profile."""
-    prof = _profile(shapes)
+def decoder_profile(generation: dict) -> dict[str, tuple[list, list, list]]:
+    """A text-generation step's optimization profile at batch 1: one new token up to a whole
+    prompt of max_seq, and a cache from empty to max_seq tokens."""
+    n, kv, hd = generation["max_seq"], generation["kv_heads"], generation["head_dim"]
+    out = {"input_ids": ([1, 1], [1, 1], [1, n]), "attention_mask": ([1, 1], [1, n // 2], [1, n])}
+    for i in range(generation["layers"]):
+        for k in ("key", "value"):
+            out[f"past_key_values.{i}.{k}"] = ([1, kv, 0, hd], [1, kv, n // 2, hd],
+                                               [1, kv, n, hd])
+    return out
+
+
+def emit_decoder(model, out_dir: Path, precision: str, generation: dict) -> dict:
+    """The onnx decoder step (fp32, or fp16 weights) TensorRT's parser reads, checked against
+    its operators, with engine build scripts whose profile spans prefill and decode."""
+    import onnx
+
+    from layerwise.targets.onnx.decoder import emit_decoder as onnx_decoder
+
+    if precision not in ("fp32", "fp16"):
+        raise TargetError(f"a text-generation bundle for tensorrt takes --precision fp32 or "
+                          f"fp16, not {precision} (int4/int8 weights here are onnxruntime's "
+                          "MatMulNBits, which TensorRT does not parse)")
+    entry = onnx_decoder(model, out_dir, "fp32", None)  # fp16: TensorRT's own flag
+    graph = onnx.load(str(out_dir / entry["file"]), load_external_data=False)
+    bad = sorted({n.op_type for n in graph.graph.node
+                  if n.domain in ("", "ai.onnx") and n.op_type not in SUPPORTED})
+    if bad:
+        raise TargetError(f"TensorRT {TENSORRT_VERSION}'s ONNX parser has no {', '.join(bad)}; "
+                          "try --target onnx or openvino")
+    prof = decoder_profile(generation)
+    (out_dir / "build_engine.sh").write_text(trtexec_script(entry["file"], precision, {}, prof))
+    (out_dir / "build_engine.py").write_text(builder_script(entry["file"], precision, {}, prof))
+    return {**entry, "files": [*entry["files"], "build_engine.sh", "build_engine.py"],
+            "precision": precision, "tensorrt": TENSORRT_VERSION,
+            "engine": {"file": "model.plan", "profile": prof}}
+
+
+def trtexec_script(model: str, precision: str, shapes: dict[str, list],
+                   prof: dict | None = None) -> str:
+    """A trtexec command with the precision flags and the optimization profile (the dynamic
+    batch of `shapes`, or `prof` as given)."""
+    prof = prof or _profile(shapes)
     flags = [f"--onnx={model}", "--saveEngine=model.plan"]
     if precision == "fp16":
         flags.append("--fp16")
@@ -98,9 +138,10 @@ def trtexec_script(model: str, precision: str, shapes: dict[str, list]) -> str:
             f"trtexec {' '.join(shlex.quote(f) for f in flags)}\n")
 
 
-def builder_script(model: str, precision: str, shapes: dict[str, list]) -> str:
+def builder_script(model: str, precision: str, shapes: dict[str, list],
+                   prof: dict | None = None) -> str:
     """A TensorRT Python builder script equivalent to the trtexec command."""
-    prof = _profile(shapes)
+    prof = prof or _profile(shapes)
     lines = [
         '"""Build model.plan from the ONNX with TensorRT\'s Python API (run beside it)."""',
         "import sys", "from pathlib import Path", "", "import tensorrt as trt", "",
@@ -137,6 +178,11 @@ def engine_builder(b) -> str:
         raise TargetError(f"{b.dir}: precision {precision!r} is not one TensorRT builds; "
                           "re-create the bundle with `layerwise compile --target tensorrt`")
     shapes = {s["name"]: s["shape"] for s in b.manifest["inputs"]}
+    if b.manifest.get("task") == "text-generation":
+        from layerwise.runtime.generate import generation_section
+
+        return builder_script(model["file"], precision, {},
+                              decoder_profile(generation_section(b)))
     return builder_script(model["file"], precision, shapes)
 
 

@@ -235,3 +235,25 @@ def test_int4_mixed_keeps_the_most_important_block_at_int8(tiny_lms, tmp_path):
     assert all(b == {4} for b in bits.values()) and len(bits) == 4  # 3 blocks + the head
     ppl = plan["perplexity"]
     assert ppl["artifact_runtime"] == "onnxruntime" and ppl["artifact"] < 1.5 * ppl["original"]
+
+
+def test_tensorrt_bundle_holds_the_step_and_a_prefill_to_decode_profile(tiny_lms, tmp_path):
+    out = tmp_path / "trt"
+    m = api.compile(f"hf:{tiny_lms['llama']}", api.CompileOptions(
+        task="text-generation", target="tensorrt", precision="fp16", out=str(out),
+        db="none", max_seq=256))
+    assert m["verification"]["passed"] and m["verification"]["runtime"] == "onnxruntime"
+    prof = json.loads((out / "manifest.json").read_text())["model"]["engine"]["profile"]
+    assert prof["input_ids"] == [[1, 1], [1, 1], [1, 256]]
+    assert prof["past_key_values.3.value"] == [[1, 2, 0, 16], [1, 2, 128, 16], [1, 2, 256, 16]]
+    script = (out / "build_engine.sh").read_text()
+    assert "--fp16" in script and "past_key_values.0.key:1x2x256x16" in script
+    from layerwise.runtime import open_bundle
+    from layerwise.targets.tensorrt import engine_builder
+
+    assert "profile.set_shape('attention_mask', (1, 1), (1, 128), (1, 256))" in \
+        engine_builder(open_bundle(out))
+    line = _one_line(_cli("compile", f"hf:{tiny_lms['llama']}", "--task", "text-generation",
+                          "--target", "tensorrt", "--precision", "int4-weight", "--out",
+                          str(tmp_path / "x")))
+    assert "takes --precision fp32, fp16" in line
