@@ -4,27 +4,31 @@ to first token, size on disk, peak RSS, held-out perplexity and greedy agreement
     python bench/llm.py [--speed-model DIR|qwen|none] [--quality-model DIR|standin|none]
                         [--engines a,b,...] [--rounds 3] [--prompt-tokens 128]
                         [--new-tokens 128] [--threads 2] [--heal-steps 300] [--json PATH]
+                        [--build-only]
 
-Run it from any folder with the project's venv (/work/main/.venv); the peers it measures are
-installed as bench/llm.py's final report says (onnxruntime-genai, openvino-genai and
-llama-cpp-python beside layerwise; optimum-intel in bench/.peers/optimum, because it pins
-another transformers). Models: --speed-model (default `qwen`: a Qwen2.5-0.5B-shaped model with
-random weights, made once under ~/.cache/layerwise/llm-bench/models/) is timed only;
---quality-model (default ~/.cache/layerwise/man-llama; `standin`: a tiny random Llama for smoke
-tests) is timed and, having heldout.txt, also scored. Engines (ENGINES in bench/llm_build.py):
-hf-fp32, lw-fp32, lw-int8, lw-int4, lw-ov-int8, lw-ov-int4 (layerwise --target openvino),
-lw-drop{12,25}[h]-int4 (quality model only; h: healed), ortgenai-int4, ovgenai-int4, llamacpp-q4_0, llamacpp-q8_0. Artifacts are built
-once and cached under ~/.cache/layerwise/llm-bench/; one that fails to build shows its reason.
+Run it with the project's venv from any folder. Peers: onnxruntime-genai, openvino-genai (the
+version of openvino) and llama-cpp-python (built from source, GGML_NATIVE) beside layerwise;
+optimum-intel, which pins another transformers, in its own venv bench/.peers/optimum (it also
+runs llama.cpp's convert_hf_to_gguf.py, from the llama-cpp-python sdist unpacked under
+~/.cache/layerwise/llm-bench/src/). --speed-model (default `qwen`: the Qwen2.5-0.5B shape
+with random weights, made once under ~/.cache/layerwise/llm-bench/models/) is timed only;
+--quality-model (default ~/.cache/layerwise/man-llama; `standin`: a tiny random Llama for
+smoke tests) is timed and, having heldout.txt, scored. Engines (ENGINES, bench/llm_build.py):
+hf-fp32; lw-fp32, lw-int8, lw-int4 (layerwise onnx); lw-ov-int8, lw-ov-int4 (layerwise
+--target openvino); lw-drop{12,25}[h]-int4 (quality model only; h: healed); ortgenai-int4;
+ovgenai-int4; llamacpp-q4_0, llamacpp-q8_0. Artifacts are built once and cached under
+~/.cache/layerwise/llm-bench/<folder>-<hash>/<engine>/; one that fails to build shows why.
 
-Method: each engine runs in its own persistent worker (bench/llm_peers.py), models loaded once;
-rounds are interleaved (every engine once per round, start rotated; one engine runs at a
-time); medians of the rounds are reported. Each engine generates greedily with its own
-generation loop at batch 1, `--threads` threads, from the same prompt ids: TTFT is the prompt's
-forward plus the first token; decode tokens/s is (new - 1) / the time of the remaining steps.
-Quality: the held-out text is tokenized once by the folder's tokenizer and cut into
-`--prompt-tokens` chunks, perplexity = exp(mean next-token cross-entropy) from each engine's
-teacher-forced logits; greedy agreement = share of the 32 greedy tokens (after prompts from
-heldout.txt) equal, position by position, to transformers FP32's.
+Method: each engine runs in its own persistent worker (bench/llm_peers.py), models loaded once
+and warmed up at the measured shape; rounds are interleaved (every engine once per round,
+start rotated; one engine runs at a time); medians are reported and ratios come from this run
+only. Each engine generates greedily with its own loop at batch 1 and `--threads` threads from
+the same prompt ids: TTFT is the prompt's forward plus the first token; decode tokens/s is
+(new - 1) / the time of the remaining steps (bench/llm_peers.py says how each engine is timed).
+Quality: heldout.txt is tokenized once by the folder's tokenizer and cut into --prompt-tokens
+chunks; perplexity = exp(mean next-token cross-entropy) from each engine's teacher-forced
+logits; greedy agreement = share of the --greedy-tokens greedy tokens (after prompts from
+heldout.txt) equal, position by position, to hf-fp32's.
 """
 
 from __future__ import annotations
@@ -196,7 +200,8 @@ def run_model(folder: Path, engines: list[str], a: argparse.Namespace, scored: b
             row["ttft_ms"] = statistics.median(row["ttft_ms_runs"])
     if scored and "chunks" in data:
         score(workers, rows, data, a.greedy_tokens)
-    for w in workers.values():
+    for e, w in workers.items():
+        rows[e]["info"] = w.ask(op="info").get("info", rows[e].get("info"))
         w.close()
     out = {"folder": str(folder), "cache": str(root), "engines": rows,
            "prompt_tokens": len(data["speed"]),
@@ -285,7 +290,8 @@ def table(name: str, res: dict) -> str:
                      f"{_f(r.get('ppl'), '8.3f')} {_f(r.get('greedy_agreement'), '6.3f')}  "
                      f"{note[:110]}")
     for k, v in res["ratios"].items():
-        lines.append(f"{k} ({v['vs']}): tok/s x{v['tps_ratio']:.2f} (>1 layerwise faster), "
+        label = k if v["vs"] in k else f"{k} ({v['vs']})"
+        lines.append(f"{label}: tok/s x{v['tps_ratio']:.2f} (>1 layerwise faster), "
                      f"TTFT x{v['ttft_ratio']:.2f} (<1 layerwise faster)")
     return "\n".join(lines)
 

@@ -90,7 +90,7 @@ def test_hidden_states_budget_and_early_stop():
     student = drop_layers(ir, [paths[0]])
     kept = [b.path for b in student.layers if b.block]
     t0 = time.perf_counter()
-    healed = heal(student, ir, data[:6], steps=100_000, lr=3e-3, hidden=1.0, budget_s=3.0,
+    healed = heal(student, ir, data[:6], steps=100_000, lr=3e-3, hidden=1.0, budget_s=8.0,
                   held=data[6:], eval_every=5)
     spent = time.perf_counter() - t0
     record = healed.annotations["passes"][-1]
