@@ -40,7 +40,7 @@ def layer_table(r: dict, depth: int | None = None) -> None:
 
 
 def compile_summary(m: dict, out: str) -> None:
-    if m.get("task") == "text-generation":
+    if "generation" in m:  # a generator (compile --task text-generation)
         return generator_summary(m, out)
     v, f = m["verification"], m["fidelity"]
     _out.print(f"[green]✓[/green] {m['spec']} → {m['target']} bundle at {out}")
@@ -116,7 +116,7 @@ def search_table(s: dict) -> None:
 
 
 def profile_table(r: dict) -> None:
-    if r.get("task") == "text-generation":
+    if "decode_tokens_per_s" in r:  # a generator's profile
         return generator_profile(r)
     t = Table(title=f"{r['bundle']} — {r['runtime']}, batch {r['batch']}, {r['runs']} runs, "
               f"{r['threads']} threads")

@@ -280,7 +280,7 @@ def _prepare(archive: Path, bundle_dir: Path, options: dict, max_unpacked: int) 
     unpack_archive(archive, bundle_dir, max_unpacked)
     archive.unlink()
     bundle = open_bundle(bundle_dir, check=True)
-    if bundle.manifest.get("task") == "text-generation":  # profiled by generating
+    if "generation" in bundle.manifest:  # a generator: profiled by generating
         from layerwise.runtime.generate import generation_section
 
         generation_section(bundle)

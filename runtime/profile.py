@@ -83,7 +83,7 @@ def profile(path, *, runs: int | None = None, warmup: int = 10, threads: int = 0
     A text-generation bundle is profiled as a generator instead (runtime/lm_profile.py:
     `runs` generations, default 3, of `new_tokens` after `prompt_len`)."""
     bundle = open_bundle(path)
-    if bundle.manifest.get("task") == "text-generation":
+    if "generation" in bundle.manifest:  # a generator (compile --task text-generation)
         from layerwise.runtime.lm_profile import profile_lm
 
         if batch not in (None, 1) or power_mode is not None:

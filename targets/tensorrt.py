@@ -178,7 +178,7 @@ def engine_builder(b) -> str:
         raise TargetError(f"{b.dir}: precision {precision!r} is not one TensorRT builds; "
                           "re-create the bundle with `layerwise compile --target tensorrt`")
     shapes = {s["name"]: s["shape"] for s in b.manifest["inputs"]}
-    if b.manifest.get("task") == "text-generation":
+    if "generation" in b.manifest:
         from layerwise.runtime.generate import generation_section
 
         return builder_script(model["file"], precision, {},
