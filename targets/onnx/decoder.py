@@ -12,6 +12,7 @@ import io
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from layerwise.base.errors import TargetError
@@ -52,6 +53,7 @@ def emit_decoder(model: torch.nn.Module, out_dir: Path, precision: str, recipe, 
         graph = onnx.load(str(fp32))
         name_dims(graph, layers)
         name_layers(graph)
+        fold_weight_transposes(graph)
         opset = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), 0)
         quant = None
         if precision == "fp32":
@@ -118,6 +120,36 @@ def name_dims(graph, layers: int) -> None:
                 parts = sorted(dims.get(p.strip(), p.strip()) for p in d.dim_param.split("+"))
                 if parts == ["past_sequence", "sequence"]:
                     d.dim_param = "total_sequence"
+
+
+def fold_weight_transposes(graph) -> int:
+    """Replace each Transpose of a weight (an initializer) by the transposed weight: a tied
+    LM head is exported as MatMul(x, Transpose(embedding)), which would transpose the whole
+    table at every step and hide the weight from the int4/int8 weight quantizers. In place;
+    returns how many were folded (the original stays for the embedding's Gather)."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in graph.graph.initializer}
+    keep, folded = [], 0
+    for node in graph.graph.node:
+        if node.op_type == "Transpose" and node.input[0] in inits:
+            w = numpy_helper.to_array(inits[node.input[0]])
+            perm = next((helper.get_attribute_value(a) for a in node.attribute
+                         if a.name == "perm"), None)
+            graph.graph.initializer.append(numpy_helper.from_array(
+                np.ascontiguousarray(w.transpose(perm)), node.output[0]))
+            folded += 1
+        else:
+            keep.append(node)
+    if folded:
+        del graph.graph.node[:]
+        graph.graph.node.extend(keep)
+        used = {i for n in graph.graph.node for i in n.input} | {
+            o.name for o in graph.graph.output}
+        kept = [i for i in graph.graph.initializer if i.name in used]
+        del graph.graph.initializer[:]
+        graph.graph.initializer.extend(kept)
+    return folded
 
 
 def name_layers(graph) -> int:
