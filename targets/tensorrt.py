@@ -39,11 +39,7 @@ def emit(ir, out_dir: Path, opts=None) -> dict:
     precision = getattr(opts, "precision", "fp32") or "fp32"
     entry = onnx_target.emit(ir, out_dir, opts)
     model = onnx.load(str(out_dir / entry["file"]), load_external_data=False)
-    bad = sorted({n.op_type for n in model.graph.node
-                  if n.domain in ("", "ai.onnx") and n.op_type not in SUPPORTED})
-    if bad:
-        raise TargetError(f"TensorRT {TENSORRT_VERSION}'s ONNX parser has no {', '.join(bad)}; "
-                          "try --target onnx or openvino")
+    check_parser_ops(model)
     if precision == "int8":
         check_qdq_rules(model)
     dynamic = [s["name"] for s in ir.input_specs() if s["shape"][:1] == ["batch"]]
@@ -53,6 +49,15 @@ def emit(ir, out_dir: Path, opts=None) -> dict:
     return {**entry, "files": [*entry["files"], "build_engine.sh", "build_engine.py"],
             "precision": precision, "tensorrt": TENSORRT_VERSION,
             "engine": {"file": "model.plan", "dynamic_inputs": dynamic, "max_batch": MAX_BATCH}}
+
+
+def check_parser_ops(model) -> None:
+    """Refuse a model with an ONNX operator TensorRT's parser does not map."""
+    bad = sorted({n.op_type for n in model.graph.node
+                  if n.domain in ("", "ai.onnx") and n.op_type not in SUPPORTED})
+    if bad:
+        raise TargetError(f"TensorRT {TENSORRT_VERSION}'s ONNX parser has no {', '.join(bad)}; "
+                          "try --target onnx or openvino")
 
 
 def check_qdq_rules(model) -> None:
@@ -105,12 +110,7 @@ def emit_decoder(model, out_dir: Path, precision: str, generation: dict) -> dict
                           f"fp16, not {precision} (int4/int8 weights here are onnxruntime's "
                           "MatMulNBits, which TensorRT does not parse)")
     entry = onnx_decoder(model, out_dir, "fp32", None)  # fp16: TensorRT's own flag
-    graph = onnx.load(str(out_dir / entry["file"]), load_external_data=False)
-    bad = sorted({n.op_type for n in graph.graph.node
-                  if n.domain in ("", "ai.onnx") and n.op_type not in SUPPORTED})
-    if bad:
-        raise TargetError(f"TensorRT {TENSORRT_VERSION}'s ONNX parser has no {', '.join(bad)}; "
-                          "try --target onnx or openvino")
+    check_parser_ops(onnx.load(str(out_dir / entry["file"]), load_external_data=False))
     prof = decoder_profile(generation)
     (out_dir / "build_engine.sh").write_text(trtexec_script(entry["file"], precision, {}, prof))
     (out_dir / "build_engine.py").write_text(builder_script(entry["file"], precision, {}, prof))
