@@ -17,7 +17,8 @@ smoke tests) is timed and, having heldout.txt, scored. Engines (ENGINES, bench/l
 hf-fp32; lw-fp32, lw-int8, lw-int4 (layerwise onnx); lw-ov-int8, lw-ov-int4 (layerwise
 --target openvino); lw-drop{12,25}[h]-int4 (quality model only; h: healed); ortgenai-int4;
 ovgenai-int4; llamacpp-q4_0, llamacpp-q8_0. Artifacts are built once and cached under
-~/.cache/layerwise/llm-bench/<folder>-<hash>/<engine>/; one that fails to build shows why.
+~/.cache/layerwise/llm-bench/<folder>-<hash>/<engine>/ (layerwise ones rebuilt when the
+layerwise sources change, unless --keep-builds); one that fails to build shows why.
 
 Method: each engine runs in its own persistent worker (bench/llm_peers.py), models loaded once
 and warmed up at the measured shape; rounds are interleaved (every engine once per round,
@@ -149,7 +150,8 @@ def run_model(folder: Path, engines: list[str], a: argparse.Namespace, scored: b
     # random weights give noise logits: int4's relative error exceeds the compile's default
     # sanity bound (0.5), so the speed model's lossy layerwise builds get --lw-tolerance
     tol = a.lw_tolerance if a.lw_tolerance is not None else (None if scored else 1.0)
-    opts = {"heal_steps": a.heal_steps, "heal_lr": a.heal_lr, "tolerance": tol}
+    opts = {"heal_steps": a.heal_steps, "heal_lr": a.heal_lr, "tolerance": tol,
+            "keep_builds": a.keep_builds}
     data = token_data(folder, a.prompt_tokens, a.greedy_prompts, a.ppl_chunks)
     rows: dict[str, dict] = {}
     for e in engines:
@@ -321,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1,
                     help="untimed generations per engine before the rounds")
+    ap.add_argument("--keep-builds", action="store_true",
+                    help="reuse cached layerwise artifacts even if built from other layerwise "
+                         "sources (by default they are rebuilt)")
     ap.add_argument("--build-only", action="store_true",
                     help="build (or find cached) every artifact, time nothing")
     ap.add_argument("--greedy-prompts", type=int, default=4)

@@ -114,6 +114,27 @@ def folder_key(folder: Path) -> str:
     return f"{folder.name}-{h.hexdigest()[:10]}"
 
 
+def layerwise_rev() -> str:
+    """A hash of the layerwise sources in this checkout (committed or not): cached layerwise
+    artifacts built from other sources are rebuilt."""
+    h = hashlib.sha1()
+    for d in ("base", "compiler", "analysis", "targets", "runtime", "layerwise"):
+        for f in sorted((HERE.parent / d).rglob("*.py")):
+            h.update(f.relative_to(HERE.parent).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _fresh(record: Path, rev: str | None, opts: dict) -> dict | None:
+    """A cached build record, unless it is of other layerwise sources (and not keep_builds)."""
+    if not record.exists():
+        return None
+    res = json.loads(record.read_text())
+    if rev is None or opts.get("keep_builds") or res.get("layerwise_rev") == rev:
+        return res
+    return None
+
+
 def dir_bytes(paths: list[Path]) -> int:
     return sum(p.stat().st_size for p in paths if p.is_file())
 
@@ -132,12 +153,14 @@ def _run(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None = 
     return f"exit {rc}: {(errs or lines or ['no output'])[-1][:300]}"
 
 
-def layerwise_importance(folder: Path, data: Path, root: Path) -> dict:
+def layerwise_importance(folder: Path, data: Path, root: Path, opts: dict) -> dict:
     """The block order layerwise computes (least important first), read from the manifest of
     `compile --max-drop 5% --data ... --json`; cached in root/importance.json."""
     cached = root / "importance.json"
-    if cached.exists():
-        return json.loads(cached.read_text())
+    rev = layerwise_rev()
+    res = _fresh(cached, rev, opts)
+    if res is not None:
+        return res
     root.mkdir(parents=True, exist_ok=True)
     out = root / "lw-maxdrop5"
     cmd = [sys.executable, "-m", "layerwise.cli", "compile", f"hf:{folder}", "--task",
@@ -155,7 +178,8 @@ def layerwise_importance(folder: Path, data: Path, root: Path) -> dict:
     chosen = [d for ps in plan.get("passes", []) if ps.get("name") == "drop_blocks"
               for d in ps.get("dropped", [])]
     res = {"order": [f"{prefix}.{i}" for i in order], "max_drop_5pct_dropped": chosen,
-           "perplexity": plan.get("perplexity"), "seconds": round(time.perf_counter() - t, 1)}
+           "perplexity": plan.get("perplexity"), "seconds": round(time.perf_counter() - t, 1),
+           "layerwise_rev": rev}
     cached.write_text(json.dumps(res, indent=1))
     return res
 
@@ -171,8 +195,10 @@ def build(engine: str, spec: dict, folder: Path, root: Path, opts: dict) -> dict
     Returns {"path", "bytes", "seconds", "cmd"} or {"error": one line}."""
     out = root / engine
     done = out / "build.json"
-    if done.exists():
-        return json.loads(done.read_text())
+    rev = layerwise_rev() if spec["build"] == "layerwise" else None
+    cached = _fresh(done, rev, opts)
+    if cached is not None:
+        return cached
     if out.exists():
         subprocess.run(["rm", "-rf", str(out)], check=False)
     out.mkdir(parents=True)
@@ -185,6 +211,8 @@ def build(engine: str, spec: dict, folder: Path, root: Path, opts: dict) -> dict
     if "error" in res:
         return res
     res["seconds"] = round(time.perf_counter() - t, 1)
+    if rev:
+        res["layerwise_rev"] = rev
     res["bytes"] = dir_bytes(res.pop("files"))
     done.write_text(json.dumps(res, indent=1))
     return res
@@ -206,7 +234,7 @@ def _layerwise(spec: dict, folder: Path, out: Path, log: Path, opts: dict) -> di
         data = folder / "train_sample.txt"
         if not data.exists():
             return {"error": f"no {data.name} beside the model (needed to rank blocks)"}
-        order = layerwise_importance(folder, data, out.parent)["order"]
+        order = layerwise_importance(folder, data, out.parent, opts)["order"]
         if not order:
             return {"error": "the importance run gave no plan.importance.ensemble_order"}
         cmd += ["--drop", ",".join(drop_list(folder, order, drop))]
