@@ -67,6 +67,9 @@ class QuantRecipe:
     reduce_range_without_vnni: bool = False
     weight_bits: int = 8  # weight-only precisions: 8 or 4
     block_size: int = 128  # weight-only: weights per scale along the input dimension
+    # weight-only: MatMulNBits' compute type (0 the runtime's default, 1 fp32, 2 fp16,
+    # 3 bf16, 4 int8 activations per block: the integer dot-product kernels)
+    accuracy_level: int = 0
 
 
 # What changes from a target's static int8 recipe for the other precisions.
@@ -76,8 +79,10 @@ PRECISION_DEFAULTS: dict[str, dict] = {
     "int8-dynamic": {"op_types": ("MatMul",)},
     # MatMulNBits (linears) and GatherBlockQuantized (embedding tables): block-wise
     # symmetric weights; 4 bits need small blocks to keep accuracy
-    "int8-weight": {"op_types": ("MatMul", "Gather"), "weight_bits": 8, "block_size": 128},
-    "int4-weight": {"op_types": ("MatMul", "Gather"), "weight_bits": 4, "block_size": 32},
+    "int8-weight": {"op_types": ("MatMul", "Gather"), "weight_bits": 8, "block_size": 128,
+                    "accuracy_level": 4},
+    "int4-weight": {"op_types": ("MatMul", "Gather"), "weight_bits": 4, "block_size": 32,
+                    "accuracy_level": 4},
     "fp16": {},
 }
 

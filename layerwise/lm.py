@@ -126,7 +126,7 @@ def _emit(target: str, model, out: Path, precision: str, *, plan: dict,
     if precision != "fp32":
         rec = recipe(CompileOptions(target=target), "int4-weight" if precision == "int4-mixed"
                      else precision)
-    return emit_decoder(model, out, precision, rec, int8_blocks=int8_blocks)
+    return emit_decoder(model, out, precision, rec, int8_blocks=int8_blocks, writer="auto")
 
 
 def group_size(config) -> int:
@@ -288,9 +288,6 @@ def _manifest(spec, opts, source, *, entry, generation, checks, plan, models, bl
     full = cache_bytes_per_token(model.config)
     model_bytes = sum((tmp / f).stat().st_size for f in entry["files"])
 
-    class _Runner:
-        name, version = check["runtime"], check["runtime_version"]
-
     return {
         "spec": spec, "target": opts.target or "onnx", "device": opts.device or "host",
         "modality": "text", "task": "text-generation", "notes": source.notes,
@@ -317,5 +314,5 @@ def _manifest(spec, opts, source, *, entry, generation, checks, plan, models, bl
                   "cache_bytes_at_max_seq": generation["cache_bytes_per_token"] * opts.max_seq,
                   "cache_saved_fraction": 1 - generation["cache_bytes_per_token"] / full},
         "timings": timings,
-        "tool_versions": tool_versions(_Runner),
+        "tool_versions": tool_versions(check["runtime"], check["runtime_version"]),
     }

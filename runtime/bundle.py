@@ -82,7 +82,7 @@ def _fail(d: Path, what: str) -> BundleError:
     return BundleError(f"{d}: {what}; {RECREATE}")
 
 
-def _inside(d: Path, name: Any, what: str) -> str:
+def inside(d: Path, name: Any, what: str) -> str:
     """`name` if it is a plain relative path inside `d` (checked lexically and on disk)."""
     if not isinstance(name, str) or not name or "\x00" in name or "\\" in name:
         raise _fail(d, f"{what} {name!r} is not a file name")
@@ -129,7 +129,7 @@ def check_manifest(d: Path, manifest: Any) -> dict[str, dict]:
     for f in files:
         if not isinstance(f, dict):
             raise _fail(d, "an entry of files is not an object")
-        name = _inside(d, f.get("name"), "file")
+        name = inside(d, f.get("name"), "file")
         if name == MANIFEST or name in listed:
             raise _fail(d, f"file {name!r} is listed twice or is the manifest")
         size, digest = f.get("bytes"), f.get("sha256")
@@ -147,7 +147,7 @@ def check_manifest(d: Path, manifest: Any) -> dict[str, dict]:
         raise _fail(d, "the manifest's model files are not a list")
     names += [("model file", n) for n in extra]
     for what, name in names:
-        if _inside(d, name, what) not in listed:
+        if inside(d, name, what) not in listed:
             raise _fail(d, f"{what} {name!r} is not listed with its sha256 in files")
     _check_tensors(d, manifest.get("inputs"), "inputs")
     _check_tensors(d, manifest.get("outputs"), "outputs")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from layerwise.base.errors import BundleError, LayerwiseError
-from layerwise.runtime.bundle import RECREATE, Bundle, _inside, open_bundle
+from layerwise.runtime.bundle import RECREATE, Bundle, inside, open_bundle
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def generation_section(b: Bundle) -> dict:
                           f"{RECREATE}")
     tok = g.get("tokenizer")
     if tok is not None:
-        name = _inside(b.dir, tok, "tokenizer")
+        name = inside(b.dir, tok, "tokenizer")
         if name not in {f["name"] for f in b.manifest["files"]}:
             raise BundleError(f"{b.dir}: the tokenizer {name!r} is not listed with its sha256 "
                               f"in files; {RECREATE}")

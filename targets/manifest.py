@@ -36,7 +36,7 @@ def build_manifest(spec: str, opts, ir, model_entry: dict, runner, parity: dict,
         "sizes": {"model_bytes": model_bytes, "params": ir.params,
                   "flops": ir.flops},
         "timings": timings,
-        "tool_versions": tool_versions(runner),
+        "tool_versions": tool_versions(runner.name, runner.version),
         **device_ops(opts.device, model_entry),
     }
 
@@ -79,13 +79,15 @@ def fix_batch(specs: list[dict], model_entry: dict, ir) -> list[dict]:
     return [{**s, "shape": [batch if d == "batch" else d for d in s["shape"]]} for s in specs]
 
 
-def tool_versions(runner) -> dict:
+def tool_versions(runtime: str, version: str | None) -> dict:
+    """The versions a manifest records: layerwise, torch, python, onnx and the runtime that
+    verified the artifact."""
     import torch
 
     from layerwise.base import __version__
 
     out = {"layerwise": __version__, "torch": torch.__version__,
-           "python": platform.python_version(), runner.name: runner.version}
+           "python": platform.python_version(), runtime: version}
     try:
         import onnx
 

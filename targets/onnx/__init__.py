@@ -81,13 +81,21 @@ def _emit_fp32(ir, out_dir: Path) -> dict:
     model = onnx.load(str(path), load_external_data=False)
     batch_syms = _rename_batch_dim(model, ir)
     if batch_syms:
-        if external:
-            onnx.save(model, str(path), save_as_external_data=True, location="model.onnx.data")
-        else:
-            onnx.save(model, str(path))
+        save_onnx(model, path, external)
     files = [path.name] + (["model.onnx.data"] if (out_dir / "model.onnx.data").exists() else [])
     return {"file": path.name, "files": files, "format": "onnx",
             "opset": _opset(model), "external_data": external}
+
+
+def save_onnx(model, path: Path, external: bool) -> None:
+    """Write an onnx ModelProto to `path`; `external` puts the weights in `<name>.data`
+    beside it (models past protobuf's 2 GB)."""
+    import onnx
+
+    if external:
+        onnx.save(model, str(path), save_as_external_data=True, location=f"{path.name}.data")
+    else:
+        onnx.save(model, str(path))
 
 
 def _opset(model) -> int:

@@ -16,65 +16,89 @@ import numpy as np
 import torch
 
 from layerwise.base.errors import TargetError
+from layerwise.targets.onnx import INLINE_LIMIT, save_onnx
 
 PRECISIONS = ("fp32", "int8-dynamic", "int8-weight", "int4-weight", "int4-mixed", "fp16")
-INLINE_LIMIT = int(1.8 * 2**30)  # protobuf's 2 GB: larger weights go to model.onnx.data
 
 
 def emit_decoder(model: torch.nn.Module, out_dir: Path, precision: str, recipe, *,
-                 int8_blocks: tuple[int, ...] = ()) -> dict:
+                 int8_blocks: tuple[int, ...] = (), opset: int | None = None,
+                 writer: str = "export") -> dict:
     """Write model.onnx (the step graph at `precision`) into out_dir; returns the model
     entry. int4-mixed: int4 weights except the decoder blocks `int8_blocks`, whose linears
     get 8 bits. Assumes `model` is an eval-mode transformers causal LM with eager
-    attention."""
+    attention. `writer`: "export" (torch.export: any decoder, standard onnx ops), "builder"
+    (onnxruntime-genai's fused graph, targets/onnx/genai_graph.py) or "auto" (the builder
+    where it knows the architecture)."""
     import onnx
 
-    from layerwise.compiler.decoder import cache_shape, example_step, export_step, io_names
+    from layerwise.compiler.decoder import cache_shape
+    from layerwise.targets.onnx.genai_graph import build_step, builds
+    from layerwise.targets.onnx.genai_graph import name_layers as genai_name_layers
 
     if precision not in PRECISIONS:
         raise TargetError(f"a text-generation bundle for onnx takes --precision "
                           f"{', '.join(PRECISIONS)}, not {precision!r}")
     layers = cache_shape(model.config)[0]
-    inputs, outputs = io_names(layers)
-    example = example_step(model.config)
+    use_builder = writer == "builder" or (writer == "auto" and builds(model))
     external = sum(p.numel() * p.element_size() for p in model.parameters()) > INLINE_LIMIT
-    log = io.StringIO()
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "model.onnx"
-        try:
-            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                program = export_step(model, example)
-                torch.onnx.export(program, example, str(fp32), dynamo=True,
-                                  external_data=external, input_names=inputs,
-                                  output_names=outputs, optimize=True, verbose=False)
-        except Exception as e:
-            msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            raise TargetError(f"exporting the decoder step failed: {msg}") from e
-        graph = onnx.load(str(fp32))
+        if use_builder:
+            build_step(model, Path(tmp))
+            graph = onnx.load(str(fp32))
+            genai_name_layers(graph, layers)
+        else:
+            _export(model, fp32, layers, external, opset)
+            graph = onnx.load(str(fp32))
+            name_layers(graph)
         name_dims(graph, layers)
-        name_layers(graph)
         fold_weight_transposes(graph)
         opset = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), 0)
         quant = None
         if precision == "fp32":
-            _save(graph, out_dir / "model.onnx", external)
+            save_onnx(graph, out_dir / "model.onnx", external)
         else:
-            _save(graph, fp32, external)
+            save_onnx(graph, fp32, external)
             del graph
             quant = _lower(fp32, out_dir / "model.onnx", precision, recipe, int8_blocks)
     files = ["model.onnx"] + (["model.onnx.data"] if (out_dir / "model.onnx.data").exists()
                               else [])
     return {"file": "model.onnx", "files": files, "format": "onnx", "opset": opset,
-            "external_data": len(files) > 1, "precision": precision, "quantization": quant}
+            "external_data": len(files) > 1, "precision": precision, "quantization": quant,
+            "graph": _graph_source(use_builder)}
 
 
-def _save(graph, path: Path, external: bool) -> None:
-    import onnx
+def _export(model, path: Path, layers: int, external: bool, opset: int | None) -> None:
+    """torch.export of the step (compiler/decoder.py) and the dynamo onnx exporter."""
+    from layerwise.compiler.decoder import example_step, export_step, io_names
 
-    if external:
-        onnx.save(graph, str(path), save_as_external_data=True, location=f"{path.name}.data")
-    else:
-        onnx.save(graph, str(path))
+    inputs, outputs = io_names(layers)
+    example = example_step(model.config)
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            program = export_step(model, example)
+            torch.onnx.export(program, example, str(path), dynamo=True,
+                              external_data=external, input_names=inputs,
+                              output_names=outputs, optimize=True, verbose=False,
+                              opset_version=opset)
+    except Exception as e:
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise TargetError(f"exporting the decoder step failed: {msg}") from e
+
+
+def _graph_source(builder: bool) -> dict:
+    """Which tool wrote the step graph, with its version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    if not builder:
+        return {"writer": "torch.export", "version": torch.__version__}
+    try:
+        v = version("onnxruntime-genai")
+    except PackageNotFoundError:
+        v = None
+    return {"writer": "onnxruntime-genai model builder", "version": v}
 
 
 def _lower(fp32: Path, out: Path, precision: str, recipe, int8_blocks) -> dict:

@@ -136,51 +136,64 @@ def _weight_only(model, out_path: Path, recipe: QuantRecipe, exclude: list[str])
     if recipe.weight_bits == 4:  # GatherBlockQuantized (onnxruntime packs 4-bit tables only)
         targets += tables
     elif tables:
-        dq_tables = dequantized_tables(model, set(tables))
+        dq_tables = int8_tables(model, set(tables), recipe.block_size)
     if not targets:
         raise TargetError("weight-only precisions quantize linear layers (MatMul/Gemm with "
                           "weights) and this model has none; use --precision int8")
     config = DefaultWeightOnlyQuantConfig(
         block_size=recipe.block_size, is_symmetric=True, bits=recipe.weight_bits,
-        quant_format=QuantFormat.QOperator, op_types_to_quantize=tuple(recipe.op_types))
+        accuracy_level=recipe.accuracy_level or None, quant_format=QuantFormat.QOperator,
+        op_types_to_quantize=tuple(recipe.op_types))
     quant = MatMulNBitsQuantizer(model, bits=recipe.weight_bits, block_size=recipe.block_size,
                                  is_symmetric=True, nodes_to_include=targets,
+                                 accuracy_level=recipe.accuracy_level or None,
                                  nodes_to_exclude=list(exclude), algo_config=config)
     quant.process()
     out = quant.model.model
     onnx.save(out, str(out_path))
     packed = sum(n.op_type in ("MatMulNBits", "GatherBlockQuantized") for n in out.graph.node)
     return {"gemm_rewritten": rewritten, "quantized_nodes": packed + dq_tables,
-            "weight_bits": recipe.weight_bits, "block_size": recipe.block_size}
+            "weight_bits": recipe.weight_bits, "block_size": recipe.block_size,
+            "accuracy_level": recipe.accuracy_level}
 
 
-def dequantized_tables(model, gathers: set[str]) -> int:
-    """Store the tables of the named Gather nodes as int8 with one symmetric scale per row,
-    behind a DequantizeLinear (standard ONNX; the runtime dequantizes them once at load, so
-    the file shrinks, not the memory). In place; returns how many tables."""
+def int8_tables(model, gathers: set[str], block_size: int) -> int:
+    """Store the tables of the named Gather nodes as 8-bit blocks of `block_size` along a
+    row with one symmetric scale each, read by onnxruntime's GatherBlockQuantized (bits 8,
+    uint8 around zero point 128): a lookup dequantizes only the rows it gathers. A table
+    whose width no power-of-two block from 16 up divides stays fp32. In place; returns how
+    many tables."""
     from onnx import helper, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
     nodes = []
     done = 0
     for n in model.graph.node:
-        if n.name in gathers and n.input[0] in inits:
-            w = numpy_helper.to_array(inits[n.input[0]]).astype(np.float32)
-            scale = np.maximum(np.abs(w).max(axis=1), 1e-12) / 127.0
-            q = np.clip(np.round(w / scale[:, None]), -127, 127).astype(np.int8)
-            base = f"{n.input[0]}__int8"
-            model.graph.initializer.extend([
-                numpy_helper.from_array(q, base), numpy_helper.from_array(
-                    scale.astype(np.float32), f"{base}_scale"),
-                numpy_helper.from_array(np.zeros(len(scale), np.int8), f"{base}_zero_point")])
-            nodes.append(helper.make_node("DequantizeLinear", [base, f"{base}_scale",
-                                                               f"{base}_zero_point"],
-                                          [f"{base}_dq"], name=f"{n.name}__dequantize", axis=0))
-            n.input[0] = f"{base}_dq"
-            done += 1
-        nodes.append(n)
+        w = numpy_helper.to_array(inits[n.input[0]]) if n.name in gathers \
+            and n.input[0] in inits else None
+        block = next((b for b in (block_size, 128, 64, 32, 16) if w is not None
+                      and w.ndim == 2 and b >= 16 and w.shape[1] % b == 0), None)
+        if block is None:
+            nodes.append(n)
+            continue
+        rows, width = w.shape
+        blocks = w.astype(np.float32).reshape(rows, width // block, block)
+        scale = np.maximum(np.abs(blocks).max(-1), 1e-12) / 127.0
+        q = np.clip(np.round(blocks / scale[..., None]), -127, 127).reshape(rows, width)
+        base = f"{n.input[0]}__int8"
+        model.graph.initializer.extend([
+            numpy_helper.from_array((q + 128).astype(np.uint8), base),
+            numpy_helper.from_array(scale.astype(np.float32), f"{base}_scales"),
+            numpy_helper.from_array(np.full(scale.shape, 128, np.uint8), f"{base}_zero_points")])
+        nodes.append(helper.make_node(
+            "GatherBlockQuantized", [base, n.input[1], f"{base}_scales", f"{base}_zero_points"],
+            list(n.output), name=n.name, domain="com.microsoft", bits=8, block_size=block,
+            gather_axis=0, quantize_axis=1))
+        done += 1
     if done:
         _replace_nodes(model, nodes)
+        if not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return done
 
 

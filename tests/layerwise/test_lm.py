@@ -80,8 +80,10 @@ def test_int4_packs_the_linears_and_stays_close(tiny_lms, lm_bundle, tmp_path):
     m = api.compile(f"hf:{tiny_lms['llama']}", api.CompileOptions(
         task="text-generation", precision="int4-weight", out=str(out), db="none"))
     ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
-    # 4 blocks x 7 linears + the LM head
-    assert ops.count("MatMulNBits") == 4 * 7 + 1 and "GatherBlockQuantized" in ops
+    # onnxruntime-genai's graph: 4 blocks x 5 linears (packed QKV) + the LM head, all packed
+    assert m["model"]["graph"]["writer"] == "onnxruntime-genai model builder"
+    assert ops.count("MatMulNBits") == 4 * 5 + 1 and "MatMul" not in ops
+    assert "GatherBlockQuantized" in ops and ops.count("GroupQueryAttention") == 4
     fp32 = json.loads((lm_bundle / "manifest.json").read_text())
     assert m["sizes"]["model_bytes"] < 0.6 * fp32["sizes"]["model_bytes"]
     v = m["verification"]
@@ -153,7 +155,7 @@ def test_mistakes_give_one_line(tiny_lms, lm_bundle, tmp_path):
     assert "not a decoder with a language-modelling head" in line
     assert not (tmp_path / "x").exists()
     line = _one_line(_cli("compile", f"hf:{tiny_lms['llama']}", "--task", "text-generation",
-                          "--target", "tflite", "--out", str(tmp_path / "x")))
+                          "--target", "tvm", "--out", str(tmp_path / "x")))
     assert "--target onnx" in line
     line = _one_line(_cli("generate", str(lm_bundle), "--prompt", "word " * 40,
                           "--max-new-tokens", "2040"))
