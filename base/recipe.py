@@ -79,8 +79,9 @@ PRECISION_DEFAULTS: dict[str, dict] = {
     "int8-dynamic": {"op_types": ("MatMul",)},
     # MatMulNBits (linears) and GatherBlockQuantized (embedding tables): block-wise
     # symmetric weights; 4 bits need small blocks to keep accuracy
-    "int8-weight": {"op_types": ("MatMul", "Gather"), "weight_bits": 8, "block_size": 128,
-                    "accuracy_level": 4},
+    # int8-weight computes in fp32 (weights are the only loss); int4 in int8, as
+    # onnxruntime-genai builds its int4 models
+    "int8-weight": {"op_types": ("MatMul", "Gather"), "weight_bits": 8, "block_size": 128},
     "int4-weight": {"op_types": ("MatMul", "Gather"), "weight_bits": 4, "block_size": 32,
                     "accuracy_level": 4},
     "fp16": {},

@@ -152,7 +152,7 @@ def _weight_only(model, out_path: Path, recipe: QuantRecipe, exclude: list[str])
     out = quant.model.model
     onnx.save(out, str(out_path))
     packed = sum(n.op_type in ("MatMulNBits", "GatherBlockQuantized") for n in out.graph.node)
-    return {"gemm_rewritten": rewritten, "quantized_nodes": packed + dq_tables,
+    return {"gemm_rewritten": rewritten, "quantized_nodes": packed, "int8_tables": dq_tables,
             "weight_bits": recipe.weight_bits, "block_size": recipe.block_size,
             "accuracy_level": recipe.accuracy_level}
 
