@@ -17,7 +17,7 @@ from layerwise.base.errors import LayerwiseError, SourceError, VerificationError
 from layerwise.options import CompileOptions
 
 VERIFY_TOKENS = 16
-TARGETS = ("onnx", "openvino", "tensorrt")
+TARGETS = ("onnx", "openvino", "tensorrt", "tflite")
 
 
 def check_decoder(source, opts: CompileOptions) -> None:
@@ -63,6 +63,8 @@ def compile_lm(spec: str, source, opts: CompileOptions, progress, timings: dict)
         generation = generation_config(small, tokenizer, opts.max_seq)
         entry = _emit(target, small, writer.dir, opts.precision, plan=plan,
                       generation=generation)
+        if entry.get("cache") == "fixed":  # tflite: a fixed-size cache, prefill in chunks
+            generation.update(cache="fixed", prefill_len=entry["prefill_len"])
         timings["emit_s"] = time.perf_counter() - t0
         prompts = verify_prompts(source.tokenizer, texts, small.config.vocab_size)
         progress("verifying: generating beside transformers")
@@ -80,15 +82,22 @@ def compile_lm(spec: str, source, opts: CompileOptions, progress, timings: dict)
             raise VerificationError(
                 f"the {opts.precision} generator misses transformers: {check['reason']}; "
                 "nothing written. Raise --tolerance or try another --precision")
-        cache = {} if entry.get("stateful") else {
-            n: np.zeros((1, generation["kv_heads"], 0, generation["head_dim"]), np.float32)
-            for n in _cache_names(generation["layers"])}
-        writer.save_arrays("inputs.npz", {"input_ids": np.array([prompts[0]], np.int64),
-                                          "attention_mask": np.ones((1, len(prompts[0])),
-                                                                    np.int64), **cache})
+        if "signatures" in entry:  # tflite: the prefill signature's tensors
+            from layerwise.targets.tflite.decoder import prefill_example
+
+            writer.save_arrays("inputs.npz", prefill_example(generation, prompts[0]))
+        else:
+            cache = {} if entry.get("stateful") else {
+                n: np.zeros((1, generation["kv_heads"], 0, generation["head_dim"]),
+                            np.float32) for n in _cache_names(generation["layers"])}
+            writer.save_arrays("inputs.npz", {"input_ids": np.array([prompts[0]], np.int64),
+                                              "attention_mask": np.ones((1, len(prompts[0])),
+                                                                        np.int64), **cache})
         manifest = _manifest(spec, opts, source, entry=entry, generation=generation,
                              checks=(check, fidelity), plan=plan, models=(model, small),
                              blocks=(path, len(blocks)), timings=timings, tmp=writer.dir)
+        if "signatures" in entry:  # subgraph 0, what a plain LiteRT interpreter runs
+            manifest.update(entry["signatures"]["prefill"])
         manifest = writer.finish(manifest)
     manifest["run_id"] = record_run("compile", {**manifest, "bundle": str(
         Path(opts.out).resolve())}, opts.db)
@@ -100,6 +109,8 @@ def precisions(target: str) -> tuple[str, ...]:
         from layerwise.targets.openvino_decoder import PRECISIONS
     elif target == "tensorrt":
         return ("fp32", "fp16")
+    elif target == "tflite":
+        from layerwise.targets.tflite.decoder import PRECISIONS
     else:
         from layerwise.targets.onnx.decoder import PRECISIONS
     return PRECISIONS
@@ -120,6 +131,10 @@ def _emit(target: str, model, out: Path, precision: str, *, plan: dict,
         from layerwise.targets.tensorrt import emit_decoder as trt_decoder
 
         return trt_decoder(model, out, precision, generation)
+    if target == "tflite":
+        from layerwise.targets.tflite.decoder import emit_tflite_decoder
+
+        return emit_tflite_decoder(model, out, precision, generation)
     from layerwise.targets.onnx.decoder import emit_decoder
 
     rec = None

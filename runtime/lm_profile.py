@@ -52,7 +52,7 @@ def profile_lm(path, prompt_len: int = 128, new_tokens: int = 128, runs: int = 3
         # what `profile` reports for the history's latency columns: one decode step
         "latency_ms": {"p50": 1000.0 / statistics.median(tps)} if tps else None,
     }
-    if per_layer:
+    if per_layer and hasattr(gen.runner, "op_profile"):  # LiteRT has no per-op profiler
         result["per_layer"] = _per_layer(gen, prompt, min(new_tokens, 32), threads)
     return result
 

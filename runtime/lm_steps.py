@@ -1,7 +1,8 @@
 """One decoder step per runtime, holding the KV cache between calls: `reset()` starts a new
 sequence, `step(ids [B, S]) -> logits [B, S, V]` appends tokens. onnxruntime: the cache is
 the step graph's past inputs and present outputs, fed back here. OpenVINO: the cache lives in
-the stateful model's state variables (targets/openvino_decoder.py). Torch-free."""
+the stateful model's state variables (targets/openvino_decoder.py). LiteRT: a fixed-size cache
+over two signatures (runtime/lm_litert.py). Torch-free."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 
 from layerwise.base.errors import BundleError
 from layerwise.runtime.bundle import RECREATE
+from layerwise.runtime.lm_litert import LiteRtStep
 
 
 class OrtStep:
@@ -76,4 +78,4 @@ class OvStep:
 
 
 # a tensorrt bundle's onnx runs on onnxruntime where TensorRT is absent (its verification)
-STEPS = {"onnx": OrtStep, "openvino": OvStep, "tensorrt": OrtStep}
+STEPS = {"onnx": OrtStep, "openvino": OvStep, "tensorrt": OrtStep, "tflite": LiteRtStep}

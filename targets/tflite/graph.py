@@ -15,6 +15,8 @@ import numpy as np
 
 from layerwise.base.errors import TargetError
 
+# builtins LiteRT registers from a version above 1 (BROADCAST_TO's version 1 was a custom op)
+MIN_VERSION = {"BROADCAST_TO": 2}
 TYPES = {np.dtype("float32"): 0, np.dtype("int32"): 2, np.dtype("uint8"): 3,
          np.dtype("int64"): 4, np.dtype("bool"): 6, np.dtype("int16"): 7, np.dtype("int8"): 9}
 
@@ -169,7 +171,7 @@ class ModelBuilder:
             oc = fb.OperatorCodeT()
             oc.builtinCode = code
             oc.deprecatedBuiltinCode = min(code, 127)
-            oc.version = 1
+            oc.version = MIN_VERSION.get(name, 1)
             self.opcodes[code] = len(self.opcode_list)
             self.opcode_list.append(oc)
         o = fb.OperatorT()

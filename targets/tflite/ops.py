@@ -59,8 +59,10 @@ def broadcast(cx, node, args, dtypes, q: QParams | None = None
     every float operand is given (constants quantized with, tensors requantized to)."""
     R = len(cx.shape(node))
     vals = [None if cx.is_const(a) else cx.value(a) for a in args]
-    perm = next((v.perm for v in vals if v is not None and len(v.shape) == R
-                 and v.perm != identity(R)), identity(R))
+    # the largest operand's layout (a non-torch one on ties): the others are moved to it
+    full = [v for v in vals if v is not None and len(v.shape) == R]
+    perm = max(full, key=lambda v: (int(np.prod(v.shape)), v.perm != identity(R))).perm \
+        if full else identity(R)
     shapes = [np.shape(cx.concrete(a)) for a in args]
     out = []
     for i, (a, v, dt) in enumerate(zip(args, vals, dtypes)):
@@ -283,11 +285,32 @@ def _new_shape(cx, node, shape):
 
 @reg(aten.view.default, aten.reshape.default, aten._unsafe_view.default)
 def reshape(cx, node):
-    x = cx.b.plain(cx.value(node.args[0]))
+    x = cx.value(node.args[0])
     shape = cx.shape(node)
+    kept = _prefix_reshape(x, shape) if _new_shape(cx, node, shape) is None else None
+    if kept is not None:  # only leading axes in torch order change: no TRANSPOSE
+        return cx.b.reshape(x, kept[0], node.name, kept[1])
+    x = cx.b.plain(x)
     if shape == x.shape:
         return x
     return cx.b.reshape(x, shape, node.name, None, _new_shape(cx, node, shape))
+
+
+def _prefix_reshape(x: Value, shape) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """(tflite shape, perm) of `x` reshaped to torch `shape` in x's own layout, when x's
+    permuted axes are trailing ones the reshape keeps (a transposed key [B, H, D, S] viewed
+    as [B*H, D, S]); None otherwise."""
+    rank = len(x.perm)
+    k = 0
+    while k < rank and x.perm[k] == k:
+        k += 1
+    tail = rank - k
+    if k == rank or len(shape) < tail or tuple(shape[len(shape) - tail:]) != \
+            x.torch_shape[k:]:
+        return None
+    lead = len(shape) - tail
+    perm = identity(lead) + tuple(lead + p - k for p in x.perm[k:])
+    return tuple(shape[:lead]) + x.shape[k:], perm
 
 
 @reg(aten.permute.default)
@@ -335,9 +358,14 @@ def expand(cx, node):
     shape = cx.shape(node)
     if x.torch_shape == shape or all(u.target in BROADCASTING for u in node.users):
         return x
+    # TILE, not BROADCAST_TO: LiteRT's BROADCAST_TO copies element by element (a GQA
+    # repeat_kv of a 256-row cache took 1.1 ms where TILE takes 0.01 ms)
     x = cx.b.plain(x)
+    if len(x.shape) < len(shape):
+        x = cx.b.reshape(x, (1,) * (len(shape) - len(x.shape)) + x.shape, f"{node.name}_rank")
     out = cx.b.tensor(node.name, shape, x.dtype, None, x.q)
-    cx.b.op("BROADCAST_TO", [x, cx.b.int_const(shape)], [out])
+    cx.b.op("TILE", [x, cx.b.int_const([o // i for o, i in zip(shape, x.shape)], "multiples")],
+            [out])
     return out
 
 

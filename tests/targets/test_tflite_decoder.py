@@ -1,0 +1,191 @@
+"""`compile --task text-generation --target tflite`: one .tflite with signatures `prefill` and
+`decode` over a fixed-size cache, weights stored once, run by LiteRT's signature runners;
+the greedy tokens are transformers' own (tiny Llama and Qwen2 trained on real text)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("ai_edge_litert")
+
+from layerwise import api
+from layerwise.base.errors import BundleError
+from layerwise.runtime.generate import Generator
+from layerwise.runtime.lm_litert import LiteRtStep
+from tests.conftest import ROOT
+
+MAX_SEQ = 64
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "layerwise", *args], capture_output=True,
+                          text=True, cwd=ROOT, check=False, timeout=600)
+
+
+def _hf(folder):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    return model, AutoTokenizer.from_pretrained(folder)
+
+
+def _compile(folder, out) -> dict:
+    return api.compile(f"hf:{folder}", api.CompileOptions(
+        task="text-generation", target="tflite", out=str(out), db="none", max_seq=MAX_SEQ))
+
+
+@pytest.fixture(scope="module")
+def llama_bundle(tiny_lms, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tflite-lm") / "llama"
+    return out, _compile(tiny_lms["llama"], out)
+
+
+def _signatures(path) -> dict:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path))
+    return {k: (interp.get_signature_runner(k).get_input_details(),
+                interp.get_signature_runner(k).get_output_details())
+            for k in interp.get_signature_list()}
+
+
+def test_llama_generator_verifies_with_two_signatures_and_one_copy_of_the_weights(
+        tiny_lms, llama_bundle):
+    out, m = llama_bundle
+    v = m["verification"]
+    assert v["passed"] and v["token_agreement"] == 1.0 and v["tokens_checked"] == 32
+    assert v["runtime"] == "litert" and v["rel_err"] < 1e-4
+    g = m["generation"]
+    assert g["cache"] == "fixed" and g["prefill_len"] == m["model"]["prefill_len"] == MAX_SEQ
+    sigs = _signatures(out / "model.tflite")
+    assert sorted(sigs) == ["decode", "prefill"]
+    cache = [1, 2, MAX_SEQ, 16]  # [batch, kv heads, max_seq, head dim], the same every step
+    for key, length in (("prefill", MAX_SEQ), ("decode", 1)):
+        ins, outs = sigs[key]
+        assert list(ins["tokens"]["shape"]) == [1, length] and ins["tokens"]["dtype"] == np.int32
+        assert list(outs["logits"]["shape"]) == [1, length, 512]
+        names = [f"kv_cache_{kv}_{i}" for i in range(4) for kv in "kv"]
+        for n in names:
+            assert list(ins[n]["shape"]) == cache and list(outs[n]["shape"]) == cache
+    # both signatures read the same weight buffers: one copy of the float32 weights
+    weights = 4 * m["sizes"]["params"]
+    size = (out / "model.tflite").stat().st_size
+    assert m["sizes"]["model_bytes"] == size and weights < size < 1.25 * weights
+    # the manifest lists the prefill signature (subgraph 0) with example inputs that run
+    assert [i["name"] for i in m["inputs"]][:2] == ["tokens", "input_pos"]
+    gen = Generator(out)
+    assert isinstance(gen.steps, LiteRtStep) and gen.steps.prefill_len == MAX_SEQ
+
+
+def test_generate_on_the_bundle_gives_transformers_ids(tiny_lms, llama_bundle):
+    out, _ = llama_bundle
+    model, tok = _hf(tiny_lms["llama"])
+    prompt = tok("This License applies to", add_special_tokens=True)["input_ids"]
+    proc = _cli("generate", str(out), "--prompt-ids", ",".join(map(str, prompt)),
+                "--max-new-tokens", "20", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20,
+                              do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert json.loads(proc.stdout)["ids"] == want[0, len(prompt):].tolist()
+
+
+def test_going_past_max_seq_is_refused_with_one_line(llama_bundle):
+    out, _ = llama_bundle
+    proc = _cli("generate", str(out), "--prompt-ids", ",".join(["5"] * 50),
+                "--max-new-tokens", "20")
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("layerwise:")]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr
+    assert f"--max-seq {MAX_SEQ}" in lines[0]
+    # the step itself refuses too (a caller that skips the generator's length check)
+    gen = Generator(out)
+    gen.forward(np.full((1, 60), 5))
+    with pytest.raises(BundleError, match=f"exceed the bundle's --max-seq {MAX_SEQ}"):
+        gen.forward(np.full((1, 5), 5))
+
+
+def test_qwen2_with_tied_embeddings_stores_the_table_once(tiny_lms, tmp_path):
+    m = _compile(tiny_lms["qwen2"], tmp_path / "q")
+    v = m["verification"]
+    assert v["passed"] and v["token_agreement"] == 1.0 and v["rel_err"] < 1e-4
+    weights = 4 * m["sizes"]["params"]  # the tied table counted once
+    assert weights < m["sizes"]["model_bytes"] < 1.25 * weights
+
+
+def test_chunked_and_padded_prefill_leaves_the_cache_as_transformers_fills_it(tiny_lms,
+                                                                              tmp_path):
+    """A prefill of 16 tokens: a 40-token prompt runs as chunks of 16, 16 and 8 (+ 8 pad
+    tokens, which must write nothing), then decode continues the sequence."""
+    from layerwise.lm import generation_config
+    from layerwise.targets.tflite.decoder import emit_tflite_decoder
+
+    model, _ = _hf(tiny_lms["llama"])
+    generation = generation_config(model, None, MAX_SEQ)
+    entry = emit_tflite_decoder(model, tmp_path, "fp32", generation, prefill_len=16)
+    assert entry["prefill_len"] == 16
+    step = LiteRtStep(tmp_path / entry["file"], {**generation, "prefill_len": 16})
+    ids = torch.randint(3, 512, (1, 44), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(ids, use_cache=True)
+    got = step.step(ids[:, :40].numpy())
+    assert step.length == 40 and got.shape == (1, 40, 512)
+    # the cache holds the prompt's keys and values at rows 0..39 and nothing after
+    past = ref.past_key_values.layers
+    for i in (0, 3):
+        k, v = step.cache[f"kv_cache_k_{i}"], step.cache[f"kv_cache_v_{i}"]
+        assert np.abs(k[:, :, 40:]).max() == 0 and np.abs(v[:, :, 40:]).max() == 0
+        np.testing.assert_allclose(k[:, :, :40], past[i].keys[:, :, :40].numpy(), atol=1e-5)
+        np.testing.assert_allclose(v[:, :, :40], past[i].values[:, :, :40].numpy(), atol=1e-5)
+    rows = [got[0]] + [step.step(ids[:, t:t + 1].numpy())[0] for t in range(40, 44)]
+    mine, want = np.concatenate(rows), ref.logits[0].numpy()
+    assert np.linalg.norm(mine - want) / np.linalg.norm(want) < 1e-5
+    assert (mine.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_int8_weights_quarter_the_linears_and_stay_close(tiny_lms, llama_bundle, tmp_path):
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    _, fp32 = llama_bundle
+    m = api.compile(f"hf:{tiny_lms['llama']}", api.CompileOptions(
+        task="text-generation", target="tflite", precision="int8-weight",
+        out=str(tmp_path / "q"), db="none", max_seq=MAX_SEQ))
+    v = m["verification"]
+    assert v["passed"] and v["rel_err"] < 0.05 and v["teacher_forced_agreement"] >= 0.9
+    # 4 blocks x 7 linears + the LM head, in both signatures, on 29 shared int8 matrices
+    assert m["model"]["quantization"]["linears"] == 2 * 29
+    assert m["model"]["quantization"]["matrices"] == 29
+    model = flatbuffer_utils.read_model(str(tmp_path / "q" / "model.tflite"))
+    fc = [i for i, oc in enumerate(model.operatorCodes)
+          if oc.builtinCode == fb.BuiltinOperator.FULLY_CONNECTED]
+    for sg in model.subgraphs:
+        kinds = {sg.tensors[o.inputs[1]].type for o in sg.operators if o.opcodeIndex in fc}
+        assert kinds == {fb.TensorType.INT8}
+    # the linears at a byte a weight; the embedding table (GATHER) stays float
+    assert m["sizes"]["model_bytes"] < 0.6 * fp32["sizes"]["model_bytes"]
+
+
+def test_an_op_litert_does_not_register_is_a_target_error_at_emit_time(tmp_path):
+    from layerwise.base.errors import TargetError
+    from layerwise.targets.tflite.decoder import check_loads
+    from layerwise.targets.tflite.graph import ModelBuilder, write_model
+
+    b = ModelBuilder()
+    x = b.tensor("x", (1, 4), np.float32)
+    y = b.tensor("y", (3, 4), np.float32)
+    b.inputs.append(x.index)
+    b.op("BROADCAST_TO", [x, b.int_const([3, 4])], [y])
+    b.outputs.append(y.index)
+    model = b.finish("t", ["x"], ["y"])
+    model.operatorCodes[0].version = 1  # LiteRT registers BROADCAST_TO from version 2
+    write_model(model, tmp_path / "bad.tflite")
+    with pytest.raises(TargetError, match="BROADCAST_TO") as e:
+        check_loads(tmp_path / "bad.tflite")
+    assert "\n" not in str(e.value)
