@@ -15,7 +15,8 @@ with random weights, made once under ~/.cache/layerwise/llm-bench/models/) is ti
 --quality-model (default ~/.cache/layerwise/man-llama; `standin`: a tiny random Llama for
 smoke tests) is timed and, having heldout.txt, scored. Engines (ENGINES, bench/llm_build.py):
 hf-fp32; lw-fp32, lw-int8, lw-int4 (layerwise onnx); lw-ov-int8, lw-ov-int4 (layerwise
---target openvino); lw-drop{12,25}[h]-int4 (quality model only; h: healed); ortgenai-int4;
+--target openvino); lw-tflite-fp32, lw-tflite-int8 (LiteRT, --max-seq 512) and
+lw-drop{12,25}[h]-int4 (quality model only; h: healed); ortgenai-int4;
 ovgenai-int4; llamacpp-q4_0, llamacpp-q8_0. Artifacts are built once and cached under
 ~/.cache/layerwise/llm-bench/<folder>-<hash>/<engine>/ (layerwise ones rebuilt when the
 layerwise sources change, unless --keep-builds); one that fails to build shows why.
@@ -55,6 +56,8 @@ FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"
 SPEED_ENGINES = ["hf-fp32", "lw-fp32", "lw-int8", "lw-int4", "lw-ov-int8", "lw-ov-int4",
                  "ortgenai-int4", "ovgenai-int4", "llamacpp-q4_0", "llamacpp-q8_0"]
 DROP_ENGINES = ["lw-drop12-int4", "lw-drop12h-int4", "lw-drop25-int4", "lw-drop25h-int4"]
+# engines run on the quality model only (the speed model's fp32 weights pass LiteRT's 2 GiB)
+QUALITY_ONLY = [*DROP_ENGINES, "lw-tflite-fp32", "lw-tflite-int8"]
 
 
 def cpu_summary() -> dict:
@@ -315,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="HF folder with heldout.txt and train_sample.txt, timed and scored "
                          "(default ~/.cache/layerwise/man-llama); 'standin': a tiny random "
                          "Llama for smoke tests; 'none': skip")
-    ap.add_argument("--engines", default=",".join(SPEED_ENGINES + DROP_ENGINES),
+    ap.add_argument("--engines", default=",".join(SPEED_ENGINES + QUALITY_ONLY),
                     help="comma-separated engines (drop engines run on the quality model)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--prompt-tokens", type=int, default=128)
@@ -359,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (folder / "config.json").exists():
             print(f"== {name}: {folder} has no model (config.json); skipped", flush=True)
             continue
-        mine = [e for e in engines if scored or e not in DROP_ENGINES]
+        mine = [e for e in engines if scored or e not in QUALITY_ONLY]
         res = run_model(folder, mine, a, scored)
         report["models"][name] = res
         print(table(name, res), flush=True)

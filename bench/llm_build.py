@@ -229,6 +229,8 @@ def _layerwise(spec: dict, folder: Path, out: Path, log: Path, opts: dict) -> di
            spec["precision"], "--out", str(bundle), "--db", "none", "--quiet"]
     if opts.get("tolerance") and spec["precision"] != "fp32":
         cmd += ["--tolerance", str(opts["tolerance"])]
+    if spec.get("max_seq"):
+        cmd += ["--max-seq", str(spec["max_seq"])]
     drop = spec.get("drop")
     if drop:
         data = folder / "train_sample.txt"
@@ -336,6 +338,11 @@ ENGINES: dict[str, dict] = {
                    "target": "openvino"},
     "lw-ov-int8": {"build": "layerwise", "worker": "layerwise", "precision": "int8-weight",
                    "target": "openvino"},
+    # LiteRT: a fixed-size cache (attention reads every row), sized for prompt + new tokens
+    "lw-tflite-fp32": {"build": "layerwise", "worker": "layerwise", "precision": "fp32",
+                       "target": "tflite", "max_seq": 512},
+    "lw-tflite-int8": {"build": "layerwise", "worker": "layerwise", "precision": "int8-weight",
+                       "target": "tflite", "max_seq": 512},
     "lw-drop12-int4": {"build": "layerwise", "worker": "layerwise", "precision": "int4-weight",
                        "drop": 0.12},
     "lw-drop12h-int4": {"build": "layerwise", "worker": "layerwise",

@@ -119,12 +119,18 @@ def _dynamic(model, out_path: Path, recipe: QuantRecipe, exclude: list[str]) -> 
 
 
 def _weight_only(model, out_path: Path, recipe: QuantRecipe, exclude: list[str]) -> dict:
+    import logging
+
     import onnx
     from onnxruntime.quantization import QuantFormat
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
     )
+
+    # the module sets up INFO logging of every node on import: keep a compile's output short
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(
+        logging.WARNING)
 
     rewritten = gemm_to_matmul(model)
     targets = [n for n in weighted_matmuls(model) if n not in exclude]
