@@ -123,7 +123,7 @@ def check_fixed(config, max_seq: int) -> None:
     kinds = getattr(config, "layer_types", None) or []
     if window and "sliding_attention" in kinds and window < max_seq:
         raise TargetError(f"{type(config).__name__} has sliding-window layers (window "
-                          f"{window}) and the tflite generator's cache holds {max_seq} rows; "
+                          f"{window}) and the fixed-size generator cache holds {max_seq} rows; "
                           f"compile with --max-seq {window} or less, or use --target onnx")
 
 

@@ -17,7 +17,7 @@ from layerwise.base.errors import LayerwiseError, SourceError, VerificationError
 from layerwise.options import CompileOptions
 
 VERIFY_TOKENS = 16
-TARGETS = ("onnx", "openvino", "tensorrt", "tflite")
+TARGETS = ("onnx", "openvino", "tensorrt", "tflite", "tvm")
 
 
 def check_decoder(source, opts: CompileOptions) -> None:
@@ -63,7 +63,7 @@ def compile_lm(spec: str, source, opts: CompileOptions, progress, timings: dict)
         generation = generation_config(small, tokenizer, opts.max_seq)
         entry = _emit(target, small, writer.dir, opts.precision, plan=plan,
                       generation=generation)
-        if entry.get("cache") == "fixed":  # tflite: a fixed-size cache, prefill in chunks
+        if entry.get("cache") == "fixed":  # tflite, tvm: a fixed-size cache, prefill in chunks
             generation.update(cache="fixed", prefill_len=entry["prefill_len"])
         timings["emit_s"] = time.perf_counter() - t0
         prompts = verify_prompts(source.tokenizer, texts, small.config.vocab_size)
@@ -82,7 +82,7 @@ def compile_lm(spec: str, source, opts: CompileOptions, progress, timings: dict)
             raise VerificationError(
                 f"the {opts.precision} generator misses transformers: {check['reason']}; "
                 "nothing written. Raise --tolerance or try another --precision")
-        if "signatures" in entry:  # tflite: the prefill signature's tensors
+        if "signatures" in entry:  # tflite, tvm: the prefill signature's tensors
             from layerwise.targets.tflite.decoder import prefill_example
 
             writer.save_arrays("inputs.npz", prefill_example(generation, prompts[0]))
@@ -96,7 +96,7 @@ def compile_lm(spec: str, source, opts: CompileOptions, progress, timings: dict)
         manifest = _manifest(spec, opts, source, entry=entry, generation=generation,
                              checks=(check, fidelity), plan=plan, models=(model, small),
                              blocks=(path, len(blocks)), timings=timings, tmp=writer.dir)
-        if "signatures" in entry:  # subgraph 0, what a plain LiteRT interpreter runs
+        if "signatures" in entry:  # prefill (LiteRT: subgraph 0, what a plain interpreter runs)
             manifest.update(entry["signatures"]["prefill"])
         manifest = writer.finish(manifest)
     manifest["run_id"] = record_run("compile", {**manifest, "bundle": str(
@@ -111,6 +111,8 @@ def precisions(target: str) -> tuple[str, ...]:
         return ("fp32", "fp16")
     elif target == "tflite":
         from layerwise.targets.tflite.decoder import PRECISIONS
+    elif target == "tvm":
+        from layerwise.targets.tvm.decoder import PRECISIONS
     else:
         from layerwise.targets.onnx.decoder import PRECISIONS
     return PRECISIONS
@@ -135,6 +137,10 @@ def _emit(target: str, model, out: Path, precision: str, *, plan: dict,
         from layerwise.targets.tflite.decoder import emit_tflite_decoder
 
         return emit_tflite_decoder(model, out, precision, generation)
+    if target == "tvm":
+        from layerwise.targets.tvm.decoder import emit_tvm_decoder
+
+        return emit_tvm_decoder(model, out, precision, generation)
     from layerwise.targets.onnx.decoder import emit_decoder
 
     rec = None

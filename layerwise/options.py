@@ -198,9 +198,10 @@ def check_compile(opts: CompileOptions) -> CompileOptions:
         raise LayerwiseError(f"--task {opts.task!r} is not a compile task; the one there is: "
                              "text-generation (a causal LM as a generator)")
     if opts.task == "text-generation" and opts.target not in ("onnx", "openvino", "tensorrt",
-                                                              "tflite"):
+                                                              "tflite", "tvm"):
         raise LayerwiseError(f"text-generation bundles are built for --target onnx, openvino, "
-                             f"tensorrt or tflite, not {opts.target}; compile with --target onnx")
+                             f"tensorrt, tflite or tvm, not {opts.target}; compile with "
+                             "--target onnx")
     if opts.max_drop is not None and not opts.data:
         raise LayerwiseError("--max-drop needs --data (held-out inputs to measure quality on)")
     smaller = names(opts.drop) or opts.max_drop is not None or opts.prune

@@ -2,7 +2,8 @@
 sequence, `step(ids [B, S]) -> logits [B, S, V]` appends tokens. onnxruntime: the cache is
 the step graph's past inputs and present outputs, fed back here. OpenVINO: the cache lives in
 the stateful model's state variables (targets/openvino_decoder.py). LiteRT: a fixed-size cache
-over two signatures (runtime/lm_litert.py). Torch-free."""
+over two signatures (runtime/lm_litert.py); TVM: the same over two Relax VM
+functions (runtime/lm_tvm.py). Torch-free."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 from layerwise.base.errors import BundleError
 from layerwise.runtime.bundle import RECREATE
 from layerwise.runtime.lm_litert import LiteRtStep
+from layerwise.runtime.lm_tvm import TvmStep
 
 
 class OrtStep:
@@ -78,4 +80,5 @@ class OvStep:
 
 
 # a tensorrt bundle's onnx runs on onnxruntime where TensorRT is absent (its verification)
-STEPS = {"onnx": OrtStep, "openvino": OvStep, "tensorrt": OrtStep, "tflite": LiteRtStep}
+STEPS = {"onnx": OrtStep, "openvino": OvStep, "tensorrt": OrtStep, "tflite": LiteRtStep,
+         "tvm": TvmStep}
