@@ -14,6 +14,7 @@ import numpy as np
 
 from layerwise.base.errors import BundleError, TargetError
 from layerwise.runtime.bundle import RECREATE
+from layerwise.runtime.lm_fixed import FixedCacheStep
 
 SIGNATURES = ("prefill", "decode")
 
@@ -48,8 +49,10 @@ class LiteRtRunner:
         self.runners = {k: self.interp.get_signature_runner(k) for k in SIGNATURES}
 
 
-class LiteRtStep:
+class LiteRtStep(FixedCacheStep):
     """The fixed-cache generator on LiteRT: `length` tokens are in the cache."""
+
+    runtime = "tflite"
 
     def __init__(self, model_file: Path, generation: dict, threads: int = 0,
                  per_op: bool = False) -> None:
@@ -72,38 +75,15 @@ class LiteRtStep:
 
     def reset(self, batch: int = 1) -> None:
         g = self.config
-        if batch != 1:
-            raise BundleError("a tflite generator runs one sequence at a time (batch 1)")
+        self.check_batch(batch)
         shape = (1, g["kv_heads"], self.max_seq, g["head_dim"])
         self.cache = {n: np.zeros(shape, np.float32) for n in self.cache_names}
         self.length = 0
 
-    def step(self, ids: np.ndarray) -> np.ndarray:
-        """Append `ids [1, S]`; returns their logits [1, S, V]."""
-        ids = np.asarray(ids)
-        count = ids.shape[1]
-        if ids.shape[0] != 1:
-            raise BundleError("a tflite generator runs one sequence at a time (batch 1)")
-        if self.length + count > self.max_seq:
-            raise BundleError(f"{self.length} tokens in the cache plus {count} new exceed the "
-                              f"bundle's --max-seq {self.max_seq}; shorten the prompt or "
-                              "recompile with a larger --max-seq")
-        if count == 1:
-            return self._run("decode", ids.astype(np.int32), 1)
-        parts = []
-        for start in range(0, count, self.prefill_len):
-            chunk = ids[:, start:start + self.prefill_len].astype(np.int32)
-            used = chunk.shape[1]
-            if used < self.prefill_len:
-                chunk = np.pad(chunk, ((0, 0), (0, self.prefill_len - used)))
-            parts.append(self._run("prefill", chunk, used))
-        return np.concatenate(parts, axis=1)
-
     def _run(self, key: str, tokens: np.ndarray, used: int) -> np.ndarray:
         """One call of signature `key`: the first `used` tokens at the next positions, the
         rest at max_seq (written nowhere); returns the used tokens' logits."""
-        pos = np.full(tokens.shape[1], self.max_seq, np.int32)
-        pos[:used] = np.arange(self.length, self.length + used, dtype=np.int32)
+        pos = self.positions(tokens, used)
         try:
             out = self.runner.runners[key](tokens=tokens, input_pos=pos, **self.cache)
         except Exception as e:  # noqa: BLE001 - LiteRT raises ValueError / RuntimeError

@@ -17,6 +17,7 @@ import numpy as np
 
 from layerwise.base.errors import BundleError, TargetError
 from layerwise.runtime.bundle import RECREATE
+from layerwise.runtime.lm_fixed import FixedCacheStep
 from layerwise.runtime.native_trust import check_native
 from layerwise.runtime.tvm import allow_threads
 
@@ -75,8 +76,10 @@ class TvmDecoderRunner:
         return self._tvm.runtime.tensor(a)
 
 
-class TvmStep:
+class TvmStep(FixedCacheStep):
     """The fixed-cache generator on TVM's Relax VM: `length` tokens are in the cache."""
+
+    runtime = "tvm"
 
     def __init__(self, model_file: Path, generation: dict, threads: int = 0,
                  per_op: bool = False) -> None:
@@ -99,32 +102,10 @@ class TvmStep:
 
     def reset(self, batch: int = 1) -> None:
         g = self.config
-        if batch != 1:
-            raise BundleError("a tvm generator runs one sequence at a time (batch 1)")
+        self.check_batch(batch)
         zeros = np.zeros((1, g["kv_heads"], self.max_seq, g["head_dim"]), np.float32)
         self.cache = [self.runner.tensor(zeros) for _ in self.cache_names]
         self.length = 0
-
-    def step(self, ids: np.ndarray) -> np.ndarray:
-        """Append `ids [1, S]`; returns their logits [1, S, V]."""
-        ids = np.asarray(ids)
-        count = ids.shape[1]
-        if ids.shape[0] != 1:
-            raise BundleError("a tvm generator runs one sequence at a time (batch 1)")
-        if self.length + count > self.max_seq:
-            raise BundleError(f"{self.length} tokens in the cache plus {count} new exceed the "
-                              f"bundle's --max-seq {self.max_seq}; shorten the prompt or "
-                              "recompile with a larger --max-seq")
-        if count == 1:
-            return self._run("decode", ids.astype(np.int32), 1)
-        parts = []
-        for start in range(0, count, self.prefill_len):
-            chunk = ids[:, start:start + self.prefill_len].astype(np.int32)
-            used = chunk.shape[1]
-            if used < self.prefill_len:
-                chunk = np.pad(chunk, ((0, 0), (0, self.prefill_len - used)))
-            parts.append(self._run("prefill", chunk, used))
-        return np.concatenate(parts, axis=1)
 
     def cache_arrays(self) -> dict[str, np.ndarray]:
         """The cache as numpy arrays, by input name."""
@@ -133,8 +114,7 @@ class TvmStep:
     def _run(self, key: str, tokens: np.ndarray, used: int) -> np.ndarray:
         """One call of function `key`: the first `used` tokens at the next positions, the
         rest at max_seq (written nowhere); returns the used tokens' logits."""
-        pos = np.full(tokens.shape[1], self.max_seq, np.int32)
-        pos[:used] = np.arange(self.length, self.length + used, dtype=np.int32)
+        pos = self.positions(tokens, used)
         r = self.runner
         try:
             out = r.fns[key](r.tensor(np.ascontiguousarray(tokens)), r.tensor(pos),
