@@ -27,9 +27,14 @@ SIGNATURES = ("prefill", "decode")
 LAYOUT = ["batch", "kv_heads", "max_seq", "head_dim"]  # transformers' own cache layout
 
 
-def prefill_length(max_seq: int) -> int:
-    """Tokens per prefill call: 128, or the whole cache when it is shorter."""
-    return min(max_seq, 128)
+def prefill_length(max_seq: int, asked: int | None = None) -> int:
+    """Tokens per prefill call: `asked`, else 128 or the whole cache when it is shorter;
+    refuses a length the fixed cache cannot take."""
+    length = asked or min(max_seq, 128)
+    if not 1 < length <= max_seq:
+        raise TargetError(f"the prefill length {length} must be above 1 and at most "
+                          f"--max-seq {max_seq}")
+    return length
 
 
 def emit_tflite_decoder(model, out_dir: Path, precision: str, generation: dict,
@@ -45,10 +50,7 @@ def emit_tflite_decoder(model, out_dir: Path, precision: str, generation: dict,
         raise TargetError(f"a text-generation bundle for tflite takes --precision "
                           f"{', '.join(PRECISIONS)}, not {precision!r}")
     max_seq = generation["max_seq"]
-    prefill_len = prefill_len or prefill_length(max_seq)
-    if not 1 < prefill_len <= max_seq:
-        raise TargetError(f"the prefill length {prefill_len} must be above 1 and at most "
-                          f"--max-seq {max_seq}")
+    prefill_len = prefill_length(max_seq, prefill_len)
     lowered = [_lower(model, max_seq, length, key)
                for key, length in zip(SIGNATURES, (prefill_len, 1))]
     merged = merge_signatures([m for m, _ in lowered], SIGNATURES)

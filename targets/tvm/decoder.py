@@ -50,10 +50,7 @@ def emit_tvm_decoder(model, out_dir: Path, precision: str, generation: dict,
         raise TargetError(f"a text-generation bundle for tvm takes --precision "
                           f"{', '.join(PRECISIONS)}, not {precision!r}")
     max_seq = generation["max_seq"]
-    prefill_len = prefill_len or prefill_length(max_seq)
-    if not 1 < prefill_len <= max_seq:
-        raise TargetError(f"the prefill length {prefill_len} must be above 1 and at most "
-                          f"--max-seq {max_seq}")
+    prefill_len = prefill_length(max_seq, prefill_len)
     funcs, inputs, weights = {}, {}, None
     for key, length in zip(FUNCTIONS, (prefill_len, 1)):
         func, names, params = _import(model, max_seq, length, key)

@@ -4,10 +4,6 @@ the greedy tokens are transformers' own (tiny Llama and Qwen2 trained on real te
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -15,24 +11,15 @@ import torch
 pytest.importorskip("ai_edge_litert")
 
 from layerwise import api
-from layerwise.base.errors import BundleError
 from layerwise.runtime.generate import Generator
 from layerwise.runtime.lm_litert import LiteRtStep
-from tests.conftest import ROOT
+from tests.fixtures.generator_checks import (
+    generate_matches_transformers,
+    hf_model,
+    past_max_seq_is_refused,
+)
 
 MAX_SEQ = 64
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "layerwise", *args], capture_output=True,
-                          text=True, cwd=ROOT, check=False, timeout=600)
-
-
-def _hf(folder):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
-    return model, AutoTokenizer.from_pretrained(folder)
 
 
 def _compile(folder, out) -> dict:
@@ -84,31 +71,11 @@ def test_llama_generator_verifies_with_two_signatures_and_one_copy_of_the_weight
 
 
 def test_generate_on_the_bundle_gives_transformers_ids(tiny_lms, llama_bundle):
-    out, _ = llama_bundle
-    model, tok = _hf(tiny_lms["llama"])
-    prompt = tok("This License applies to", add_special_tokens=True)["input_ids"]
-    proc = _cli("generate", str(out), "--prompt-ids", ",".join(map(str, prompt)),
-                "--max-new-tokens", "20", "--json")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    ids = torch.tensor([prompt])
-    with torch.no_grad():
-        want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20,
-                              do_sample=False, eos_token_id=None, pad_token_id=0)
-    assert json.loads(proc.stdout)["ids"] == want[0, len(prompt):].tolist()
+    generate_matches_transformers(tiny_lms["llama"], llama_bundle[0])
 
 
 def test_going_past_max_seq_is_refused_with_one_line(llama_bundle):
-    out, _ = llama_bundle
-    proc = _cli("generate", str(out), "--prompt-ids", ",".join(["5"] * 50),
-                "--max-new-tokens", "20")
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("layerwise:")]
-    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr
-    assert f"--max-seq {MAX_SEQ}" in lines[0]
-    # the step itself refuses too (a caller that skips the generator's length check)
-    gen = Generator(out)
-    gen.forward(np.full((1, 60), 5))
-    with pytest.raises(BundleError, match=f"exceed the bundle's --max-seq {MAX_SEQ}"):
-        gen.forward(np.full((1, 5), 5))
+    past_max_seq_is_refused(llama_bundle[0], MAX_SEQ)
 
 
 def test_qwen2_with_tied_embeddings_stores_the_table_once(tiny_lms, tmp_path):
@@ -126,7 +93,7 @@ def test_chunked_and_padded_prefill_leaves_the_cache_as_transformers_fills_it(ti
     from layerwise.lm import generation_config
     from layerwise.targets.tflite.decoder import emit_tflite_decoder
 
-    model, _ = _hf(tiny_lms["llama"])
+    model, _ = hf_model(tiny_lms["llama"])
     generation = generation_config(model, None, MAX_SEQ)
     entry = emit_tflite_decoder(model, tmp_path, "fp32", generation, prefill_len=16)
     assert entry["prefill_len"] == 16
