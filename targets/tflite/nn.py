@@ -202,10 +202,9 @@ def convolution(cx, node):
     pad_code, explicit = _padding(modes)
     if explicit:
         x = _pad(cx, x, padding[0], padding[1], f"{node.name}_pad")
+    # grouped (not depthwise): CONV_2D whose filters hold C / groups input channels each,
+    # which LiteRT reads as groups of the input's channels (builtin kernel, version 6)
     depthwise = groups > 1 and groups == C and W.shape[1] == 1
-    if groups > 1 and not depthwise:
-        raise cx.fail(node, f"grouped convolution ({groups} groups of {C} channels) is not "
-                      "supported, only depthwise")
     ts = cx.shape(node)
     oshape = (ts[0], 1, ts[2], ts[1]) if one_d else permuted(ts, NHWC)
     if depthwise:

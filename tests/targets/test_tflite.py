@@ -518,18 +518,40 @@ def test_unmappable_op_names_op_and_layer(tmp_path):
     assert not (tmp_path / "m.tflite").exists()
 
 
-def test_grouped_conv_error_names_layer(tmp_path):
-    class M(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.block = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
+class Grouped(nn.Module):
+    """ResNeXt / RegNet-style grouped convolutions (not depthwise), with a stride."""
 
-        def forward(self, x):
-            return self.block(x)
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(8, 16, 3, padding=1, groups=4)
+        self.b = nn.Conv2d(16, 16, 3, stride=2, groups=8)
 
-    ir = lift(Source("grouped", M().eval(), {"x": torch.randn(2, 4, 8, 8)}, "vision"))
-    with pytest.raises(TargetError, match=r"convolution.*layer block\.0.*grouped.*--target onnx"):
-        emit_tflite(ir, tmp_path / "m.tflite")
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_grouped_conv_is_one_conv_2d_per_layer(tmp_path, precision):
+    torch.manual_seed(0)
+    ir = lift(Source("grouped", Grouped().eval(), {"x": torch.randn(2, 8, 12, 12)}, "vision"))
+    ranges = calibrate_ranges(ir, [ir.example_inputs], method="mean_minmax") \
+        if precision == "int8" else None
+    r = _parity(ir, tmp_path / "m.tflite", precision, ranges)
+    assert r["ops"]["CONV_2D"] == 2 and "SPLIT" not in r["ops"]
+    # fp32: exact; int8: within what 8-bit activations and weights allow
+    assert r["rel_err"] <= (1e-5 if precision == "fp32" else 0.05), r
+    # LiteRT's builtin kernels (no XNNPACK) run the grouped filters too
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    it = Interpreter(model_path=str(tmp_path / "m.tflite"),
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], ir.example_inputs["x"].numpy())
+    it.invoke()
+    got = it.get_tensor(it.get_output_details()[0]["index"])
+    want = ir.run()[0].numpy()
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) <= (1e-5 if precision == "fp32"
+                                                                 else 0.05)
 
 
 def test_int8_needs_ranges(tmp_path):
