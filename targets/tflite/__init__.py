@@ -350,9 +350,10 @@ class Lowering:
         from layerwise.targets.tflite.graph import identity
         from layerwise.targets.tflite.nn import NN
         from layerwise.targets.tflite.ops import OPS
+        from layerwise.targets.tflite.scan import SCAN
 
         assert not set(OPS) & set(NN), set(OPS) & set(NN)
-        converters = {**OPS, **NN}
+        converters = {**OPS, **NN, **SCAN}
 
         b = self.b
         live = self._live()

@@ -508,14 +508,31 @@ class Unmappable(nn.Module):
         self.grouped = nn.Conv1d(4, 4, 1, groups=2)
 
     def forward(self, x):
-        return self.grouped(self.proj(x).cumsum(1).unsqueeze(-1))
+        return self.grouped(self.proj(x).cumprod(1).unsqueeze(-1))
 
 
 def test_unmappable_op_names_op_and_layer(tmp_path):
     ir = lift(Source("unmappable", Unmappable().eval(), {"x": torch.randn(2, 4)}, "tabular"))
-    with pytest.raises(TargetError, match=r"cumsum.*layer \(top level\).*--target onnx"):
+    with pytest.raises(TargetError, match=r"cumprod.*layer \(top level\).*--target onnx"):
         emit_tflite(ir, tmp_path / "m.tflite")
     assert not (tmp_path / "m.tflite").exists()
+
+
+class PositionIds(nn.Module):
+    """RoBERTa's position ids: the running count of non-padding tokens; and a float cumsum."""
+
+    def forward(self, ids, x):
+        mask = ids.ne(1).int()
+        pos = torch.cumsum(mask, dim=1).type_as(mask) * mask + 1
+        return x.cumsum(1) + pos.float().unsqueeze(-1)
+
+
+def test_cumsum_maps_to_cumsum(tmp_path):
+    ids = torch.tensor([[0, 5, 6, 1, 1], [0, 7, 8, 9, 1]])
+    ir = lift(Source("pos", PositionIds().eval(), {"ids": ids, "x": torch.randn(2, 5, 3)},
+                     "tabular"))
+    r = _parity(ir, tmp_path / "m.tflite")
+    assert r["passed"] and r["rel_err"] <= 1e-6 and r["ops"]["CUMSUM"] == 2, r
 
 
 class Grouped(nn.Module):
