@@ -80,6 +80,10 @@ class LiteRtStep(FixedCacheStep):
         self.cache = {n: np.zeros(shape, np.float32) for n in self.cache_names}
         self.length = 0
 
+    def cache_arrays(self) -> dict[str, np.ndarray]:
+        """The cache as numpy arrays, by input name."""
+        return dict(self.cache)
+
     def _run(self, key: str, tokens: np.ndarray, used: int) -> np.ndarray:
         """One call of signature `key`: the first `used` tokens at the next positions, the
         rest at max_seq (written nowhere); returns the used tokens' logits."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("ai_edge_litert")
 
@@ -14,6 +13,7 @@ from layerwise import api
 from layerwise.runtime.generate import Generator
 from layerwise.runtime.lm_litert import LiteRtStep
 from tests.fixtures.generator_checks import (
+    chunked_prefill_matches,
     generate_matches_transformers,
     hf_model,
     past_max_seq_is_refused,
@@ -98,22 +98,7 @@ def test_chunked_and_padded_prefill_leaves_the_cache_as_transformers_fills_it(ti
     entry = emit_tflite_decoder(model, tmp_path, "fp32", generation, prefill_len=16)
     assert entry["prefill_len"] == 16
     step = LiteRtStep(tmp_path / entry["file"], {**generation, "prefill_len": 16})
-    ids = torch.randint(3, 512, (1, 44), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ref = model(ids, use_cache=True)
-    got = step.step(ids[:, :40].numpy())
-    assert step.length == 40 and got.shape == (1, 40, 512)
-    # the cache holds the prompt's keys and values at rows 0..39 and nothing after
-    past = ref.past_key_values.layers
-    for i in (0, 3):
-        k, v = step.cache[f"kv_cache_k_{i}"], step.cache[f"kv_cache_v_{i}"]
-        assert np.abs(k[:, :, 40:]).max() == 0 and np.abs(v[:, :, 40:]).max() == 0
-        np.testing.assert_allclose(k[:, :, :40], past[i].keys[:, :, :40].numpy(), atol=1e-5)
-        np.testing.assert_allclose(v[:, :, :40], past[i].values[:, :, :40].numpy(), atol=1e-5)
-    rows = [got[0]] + [step.step(ids[:, t:t + 1].numpy())[0] for t in range(40, 44)]
-    mine, want = np.concatenate(rows), ref.logits[0].numpy()
-    assert np.linalg.norm(mine - want) / np.linalg.norm(want) < 1e-5
-    assert (mine.argmax(-1) == want.argmax(-1)).all()
+    chunked_prefill_matches(model, step)
 
 
 def test_int8_weights_quarter_the_linears_and_stay_close(tiny_lms, llama_bundle, tmp_path):

@@ -17,6 +17,7 @@ from layerwise import api
 from layerwise.runtime.generate import Generator
 from layerwise.runtime.lm_tvm import TvmStep
 from tests.fixtures.generator_checks import (
+    chunked_prefill_matches,
     generate_matches_transformers,
     hf_model,
     past_max_seq_is_refused,
@@ -80,21 +81,7 @@ def test_chunked_and_padded_prefill_leaves_the_cache_as_transformers_fills_it(ti
     entry = emit_tvm_decoder(model, tmp_path, "fp32", generation, prefill_len=16)
     assert entry["prefill_len"] == 16
     step = TvmStep(tmp_path / entry["file"], {**generation, "prefill_len": 16})
-    ids = torch.randint(3, 512, (1, 44), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ref = model(ids, use_cache=True)
-    got = step.step(ids[:, :40].numpy())
-    assert step.length == 40 and got.shape == (1, 40, 512)
-    past, cache = ref.past_key_values.layers, step.cache_arrays()
-    for i in (0, 3):
-        k, v = cache[f"kv_cache_k_{i}"], cache[f"kv_cache_v_{i}"]
-        assert np.abs(k[:, :, 40:]).max() == 0 and np.abs(v[:, :, 40:]).max() == 0
-        np.testing.assert_allclose(k[:, :, :40], past[i].keys[:, :, :40].numpy(), atol=1e-5)
-        np.testing.assert_allclose(v[:, :, :40], past[i].values[:, :, :40].numpy(), atol=1e-5)
-    rows = [got[0]] + [step.step(ids[:, t:t + 1].numpy())[0] for t in range(40, 44)]
-    mine, want = np.concatenate(rows), ref.logits[0].numpy()
-    assert np.linalg.norm(mine - want) / np.linalg.norm(want) < 1e-5
-    assert (mine.argmax(-1) == want.argmax(-1)).all()
+    chunked_prefill_matches(model, step)
 
 
 def test_qwen2_with_tied_embeddings_stores_the_table_once(tiny_lms, tmp_path):
