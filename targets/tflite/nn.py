@@ -146,9 +146,11 @@ def _padding(modes):
     return 1, True
 
 
-def _pad(cx, x, ph, pw, name, value=None):
-    pads = np.asarray([[0, 0], [ph, ph], [pw, pw], [0, 0]], np.int32)
-    shape = (x.shape[0], x.shape[1] + 2 * ph, x.shape[2] + 2 * pw, x.shape[3])
+def _pad(cx, x, ph, pw, name, *, value=None, after=(0, 0)):
+    """x padded by ph / pw on both sides of H / W, plus `after` more at the bottom / right."""
+    pads = np.asarray([[0, 0], [ph, ph + after[0]], [pw, pw + after[1]], [0, 0]], np.int32)
+    shape = (x.shape[0], x.shape[1] + 2 * ph + after[0], x.shape[2] + 2 * pw + after[1],
+             x.shape[3])
     out = cx.b.tensor(name, shape, x.dtype, x.perm, x.q)
     if value is None:
         cx.b.op("PAD", [x, cx.b.const(pads, "pads")], [out])
@@ -239,12 +241,14 @@ def max_pool(cx, node):
     x = cx.b.relayout(cx.value(a[0]), NHWC)
     ts = cx.shape(node) if node.target is aten.max_pool2d.default else \
         tuple(cx.values[node][0].shape)
-    if a[5] and any((x.shape[1 + i] + 2 * p[i] - k[i]) % s[i] for i in range(2)):
-        raise cx.fail(node, "ceil_mode pooling that changes the output size is not supported")
+    # ceil_mode: torch's last window may hang over the bottom / right edge; padding there
+    # with the lowest value (int8: its lowest code) and pooling VALID gives its windows
+    after = [max((ts[2 + i] - 1) * s[i] + k[i] - x.shape[1 + i] - 2 * p[i], 0) for i in (0, 1)]
     modes = [_pad_mode(x.shape[1 + i], k[i], s[i], p[i], 1) for i in range(2)]
     pad_code, explicit = _padding(modes)
-    if explicit:
-        x = _pad(cx, x, p[0], p[1], f"{node.name}_pad", float(np.finfo(np.float32).min))
+    if explicit or any(after):
+        x, pad_code = _pad(cx, x, p[0], p[1], f"{node.name}_pad",
+                           value=float(np.finfo(np.float32).min), after=after), 1
     out = cx.b.tensor(node.name, permuted(ts, NHWC), np.float32, NHWC, x.q)
     cx.b.op("MAX_POOL_2D", [x], [out], "Pool2D", padding=pad_code, strideH=s[0],
             strideW=s[1], filterHeight=k[0], filterWidth=k[1])

@@ -571,6 +571,36 @@ def test_grouped_conv_is_one_conv_2d_per_layer(tmp_path, precision):
                                                                  else 0.05)
 
 
+class CeilPools(nn.Module):
+    """MTCNN's max pooling: ceil_mode windows that hang over the bottom / right edge, with
+    and without padding, after a PReLU (negative values: a zero pad would change them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.act = nn.PReLU(8)
+        self.a = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.b = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.c = nn.MaxPool2d(3, 2, 1, ceil_mode=True)
+
+    def forward(self, x):
+        y = self.a(self.act(self.conv(x)))
+        return self.b(y), self.c(y)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_ceil_mode_max_pool_pads_with_the_lowest_value(tmp_path, precision):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 14, 12) - 2.0
+    ir = lift(Source("ceil", CeilPools().eval(), {"x": x}, "vision"))
+    assert [tuple(t.shape) for t in ir.run()] == [(2, 8, 3, 3), (2, 8, 4, 3)]
+    ranges = calibrate_ranges(ir, [ir.example_inputs], method="mean_minmax") \
+        if precision == "int8" else None
+    r = _parity(ir, tmp_path / "m.tflite", precision, ranges)
+    assert r["ops"]["MAX_POOL_2D"] == 3 and r["ops"]["PADV2"] >= 2, r
+    assert r["rel_err"] <= (1e-6 if precision == "fp32" else 0.05), r
+
+
 def test_int8_needs_ranges(tmp_path):
     with pytest.raises(TargetError, match="calibrate_ranges"):
         emit_tflite(_small_cnn_ir(), tmp_path / "m.tflite", precision="int8")
