@@ -134,6 +134,8 @@ def _make_ir(ep, source, reference, names) -> IR:
         "other_dynamic": other_dynamic,
         "torch": torch.__version__,
     }
+    if getattr(source, "postprocess", None):
+        meta["postprocess"] = dict(source.postprocess)
     return IR(ep, build_layer_table(ep), dict(source.inputs),
               [t.detach() for t in reference], list(names), meta)
 

@@ -30,3 +30,39 @@ def compare(outputs: list[np.ndarray], references: list[np.ndarray],
         "abs_err_p99": float(np.quantile(np.abs(diff), 0.99)) if diff.size else 0.0,
         "tolerance": tolerance,
     }
+
+
+def mask_agreement(outputs: dict[str, np.ndarray], references: dict[str, np.ndarray]) -> dict:
+    """Segmentation masks (argmax over the class axis of `out`), artifact against reference:
+    the share of pixels of the same class and the mean IoU over the classes either holds."""
+    got = np.argmax(outputs["out"], axis=1)
+    want = np.argmax(references["out"], axis=1)
+    ious = [float(np.sum((got == c) & (want == c)) / np.sum((got == c) | (want == c)))
+            for c in np.union1d(np.unique(got), np.unique(want))]
+    return {"metric": "argmax masks of 'out'", "pixel_agreement": float(np.mean(got == want)),
+            "mean_iou": float(np.mean(ious)) if ious else 1.0}
+
+
+def _detections(meta: dict, outputs: dict, references: dict) -> dict | None:
+    from layerwise.runtime.detection import agreement
+
+    post = meta.get("postprocess")
+    return agreement(post, outputs, references) if post else None
+
+
+# task -> (the outputs it reads, its agreement figure)
+TASK_AGREEMENT = {
+    "detection": (("boxes", "scores"), _detections),
+    "segmentation": (("out",), lambda _meta, out, ref: mask_agreement(out, ref)),
+}
+
+
+def task_agreement(meta: dict, names: list[str], outputs: list[np.ndarray],
+                   references: list[np.ndarray]) -> dict | None:
+    """The task's own figure of agreement (detections after host NMS, segmentation masks)
+    for a model whose `meta` (IR meta or manifest) names such a task and whose outputs
+    `names` hold what it reads; else None."""
+    task = TASK_AGREEMENT.get(meta.get("task"))
+    if task is None or not set(task[0]) <= set(names):
+        return None
+    return task[1](meta, dict(zip(names, outputs)), dict(zip(names, references)))

@@ -12,6 +12,7 @@ import numpy as np
 from layerwise.base.errors import LayerwiseError
 from layerwise.runtime.arrays import fit_arrays, read_npz
 from layerwise.runtime.bundle import open_bundle
+from layerwise.runtime.detection import host_outputs
 from layerwise.runtime.profile import check_threads
 from layerwise.runtime.runners import open_runner
 
@@ -47,7 +48,8 @@ def _written(dst: Path, write: Callable[[], object]) -> None:
 def run_bundle(path: str | Path, inputs: str | Path, output: str | Path,
                threads: int = 0, trust_native: bool = False) -> dict:
     """Feed the arrays of `inputs` (named as the manifest's inputs) to the bundle's model and
-    save its outputs, named as the manifest's outputs, to `output` (written atomically).
+    save its outputs, named as the manifest's outputs, to `output` (written atomically); a
+    detector's bundle adds its detections after host NMS (runtime/detection.py).
     `trust_native`: load a native model library not compiled on this machine."""
     check_threads(threads)
     bundle = open_bundle(path)
@@ -59,12 +61,13 @@ def run_bundle(path: str | Path, inputs: str | Path, output: str | Path,
             runner = open_runner(bundle.target, bundle.model_path, threads=threads,
                                  trust_native=trust_native)
             outs = runner.run(feeds)
-            names = [o["name"] for o in bundle.manifest["outputs"]]
-            _written(dst, lambda: (np.savez(f, **dict(zip(names, outs))), f.flush()))
+            arrays = dict(zip([o["name"] for o in bundle.manifest["outputs"]], outs))
+            arrays.update(host_outputs(bundle.manifest, arrays))  # a detector's NMS
+            _written(dst, lambda: (np.savez(f, **arrays), f.flush()))
         _written(dst, lambda: os.replace(tmp, dst))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return {"bundle": str(bundle.dir), "output": str(dst),
             "outputs": [{"name": n, "shape": list(o.shape), "dtype": str(o.dtype)}
-                        for n, o in zip(names, outs)]}
+                        for n, o in arrays.items()]}

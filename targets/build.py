@@ -10,6 +10,7 @@ import time
 
 from layerwise.base.errors import VerificationError
 from layerwise.runtime import compare, open_runner
+from layerwise.runtime.compare import task_agreement
 from layerwise.targets.manifest import artifact_batch, build_manifest
 
 
@@ -34,8 +35,13 @@ def build_bundle(spec: str, ir, target, opts, writer, *, tolerance: float, progr
         feeds = dict(zip(ir.example_inputs, cut(ir.example_inputs.values())))
         runner = open_runner(target.INFO.runtime, writer.dir / model_entry["file"])
         outputs = runner.run(feeds)
-        parity = compare(outputs, cut(ir.run()), tolerance)
-        fidelity = compare(outputs, cut(ir.reference), tolerance)
+        lifted, original = cut(ir.run()), cut(ir.reference)
+        parity = compare(outputs, lifted, tolerance)
+        fidelity = compare(outputs, original, tolerance)
+        for figures, refs in ((parity, lifted), (fidelity, original)):
+            if "rel_err" in figures:  # shapes match: add the task's own figure if it has one
+                agree = task_agreement(ir.meta, ir.output_names, outputs, refs)
+                figures.update({"task": agree} if agree else {})
         timings["verify_s"] = time.perf_counter() - t0
         if not parity["passed"]:
             raise VerificationError(

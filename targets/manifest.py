@@ -38,6 +38,8 @@ def build_manifest(spec: str, opts, ir, model_entry: dict, runner, parity: dict,
         "timings": timings,
         "tool_versions": tool_versions(runner.name, runner.version),
         **device_ops(opts.device, model_entry),
+        # the host's step after the model (a detector's NMS: runtime/detection.py)
+        **({"postprocess": ir.meta["postprocess"]} if ir.meta.get("postprocess") else {}),
     }
 
 

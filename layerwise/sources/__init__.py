@@ -92,6 +92,11 @@ def _from_timm(name: str, opts: SourceOptions) -> Source:
 def _from_torchvision(name: str, opts: SourceOptions) -> Source:
     import torchvision
 
+    from layerwise.sources.detection import load_task_model, task_of
+
+    task = task_of(name)
+    if task is not None:  # detection and segmentation (sources/detection.py)
+        return load_task_model(name, opts, task, _load_weights)
     try:
         with seeded():
             model = torchvision.models.get_model(name, weights=None)

@@ -27,6 +27,8 @@ class Source:
     notes: list[str] = field(default_factory=list)
     program: Any = None  # torch.export.ExportedProgram when loaded from .pt2
     tokenizer: Any = None
+    # the host-side step after the graph (detectors' NMS, runtime/detection.py): plain JSON
+    postprocess: dict | None = None
 
 
 def example_images(size: int | tuple[int, int], mean=(0.485, 0.456, 0.406),
