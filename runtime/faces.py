@@ -71,20 +71,30 @@ class Net:
         return [np.concatenate(o)[:n] for o in zip(*outs)]
 
 
-def area_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """[n_out, n_in] weights of torch's 'area' (adaptive average) resampling of one axis:
-    output i averages inputs floor(i * n_in / n_out) .. ceil((i + 1) * n_in / n_out) - 1."""
-    m = np.zeros((n_out, n_in), np.float32)
-    for i in range(n_out):
-        lo, hi = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
-        m[i, lo:hi] = 1.0 / (hi - lo)
-    return m
+def running_sums(x: np.ndarray, axis: int) -> np.ndarray:
+    """float64 running sums of x along axis, with a zero slice in front (n + 1 long)."""
+    cs = np.cumsum(x, axis=axis, dtype=np.float64)
+    return np.concatenate([np.zeros_like(cs.take([0], axis)), cs], axis)
 
 
-def resample(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """[3, H, W] float32 -> [3, h, w], as torch.nn.functional.interpolate(mode='area')."""
-    ah, aw = area_matrix(img.shape[1], size[0]), area_matrix(img.shape[2], size[1])
-    return np.einsum("hH,cHW,wW->chw", ah, img, aw, optimize=True).astype(np.float32)
+def area_from_sums(cs: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    """Resampled along axis as torch's 'area' (adaptive average) mode, from running_sums:
+    output i averages inputs floor(i * n / n_out) .. ceil((i + 1) * n / n_out) - 1."""
+    n = cs.shape[axis] - 1
+    i = np.arange(n_out)
+    lo, hi = (i * n) // n_out, -(-((i + 1) * n) // n_out)
+    shape = [1] * cs.ndim
+    shape[axis] = n_out
+    return (cs.take(hi, axis) - cs.take(lo, axis)) / (hi - lo).reshape(shape)
+
+
+def resample(img: np.ndarray, size: tuple[int, int], rows: np.ndarray | None = None
+             ) -> np.ndarray:
+    """[3, H, W] -> [3, h, w] float32, as torch.nn.functional.interpolate(mode='area').
+    `rows`: running_sums(img, 1) when already computed (one image, many sizes)."""
+    rows = running_sums(img, 1) if rows is None else rows
+    return area_from_sums(running_sums(area_from_sums(rows, size[0], 1), 2), size[1], 2) \
+        .astype(np.float32)
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -241,9 +251,9 @@ class FaceDetector:
     def _stage1(self, img: np.ndarray, thresh: float) -> np.ndarray:
         """P-net's squared, regressed candidate boxes [n, 5] over the image pyramid."""
         H, W = img.shape[1:]
-        found = []
+        found, rows = [], running_sums(img, 1)
         for s in scales(H, W, self.min_face_size, self.factor):
-            level = normalise(resample(img, (int(H * s + 1), int(W * s + 1))))
+            level = normalise(resample(img, (int(H * s + 1), int(W * s + 1)), rows))
             b = candidates(*pnet_level(self.pnet, level), s, thresh)
             found.append(b[nms(b[:, :4], b[:, 4], 0.5)])
         boxes = np.concatenate(found) if found else np.zeros((0, 9), np.float32)
