@@ -86,10 +86,23 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("--model", default=None, help="only this SPEC")
     leader.add_argument("--metric", default="p50", help="p50 | rel_err | size (lower is better)")
 
-    for s in (ins, comp, ana, prof, dev, pred, run, dif, gen, eng, runs, leader):
+    for s in (ins, comp, ana, prof, dev, pred, run, _faces_parser(sub), dif, gen, eng, runs,
+              leader):
         s.add_argument("--json", action="store_true", help="print JSON for scripts")
         s.add_argument("--quiet", action="store_true", help="no progress display")
     return p
+
+
+def _faces_parser(sub) -> argparse.ArgumentParser:
+    faces = sub.add_parser("faces", help="detect faces in a photo with compiled MTCNN nets "
+                           "(bundles of zoo:mtcnn-pnet, zoo:mtcnn-rnet, zoo:mtcnn-onet)")
+    for net in ("pnet", "rnet", "onet"):
+        faces.add_argument(net, help=f"bundle directory of zoo:mtcnn-{net}")
+    faces.add_argument("image", help="photo (PNG, JPEG...) or .npy array [H, W, 3]")
+    faces.add_argument("--threads", type=int, default=0, help="intra-op threads (0: default)")
+    faces.add_argument("--trust-native", action="store_true", help="load native model "
+                       "libraries (TVM bundles) compiled on another machine")
+    return faces
 
 
 def _diff_parser(sub, source_options) -> argparse.ArgumentParser:
@@ -221,6 +234,8 @@ def _run(args: argparse.Namespace) -> int:
                             trust_native=args.trust_native)
         _emit(args, result, lambda r: print(f"wrote {r['output']}: " + ", ".join(
             f"{o['name']}{o['shape']}" for o in r["outputs"])))
+    elif args.command == "faces":
+        _faces(args)
     elif args.command == "diff":
         _diff(args, show)
     elif args.command == "generate":
@@ -243,6 +258,17 @@ def _run(args: argparse.Namespace) -> int:
                              limit=args.limit)
         _emit(args, result, lambda r: report.leaderboard_table(r, args.metric))
     return 0
+
+
+def _faces(args: argparse.Namespace) -> None:
+    from layerwise.runtime.faces import detect_faces
+
+    result = detect_faces(args.pnet, args.rnet, args.onet, args.image, threads=args.threads,
+                          trust_native=args.trust_native)
+    _emit(args, result, lambda r: print("\n".join(
+        [f"{len(r['faces'])} face(s) in {r['image']}"] + [
+            f"  box {f['box']}  p={f['prob']:.5f}  landmarks {f['landmarks']}"
+            for f in r["faces"]])))
 
 
 def _diff(args: argparse.Namespace, show: bool) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from layerwise.base.errors import BundleError
+from layerwise.base.errors import BundleError, LayerwiseError
 from layerwise.runtime.bundle import open_bundle
 from layerwise.runtime.runners import open_runner
 
@@ -261,3 +261,37 @@ class FaceDetector:
         w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         q = boxes[:, :4] + boxes[:, 5:9] * np.stack([w, h, w, h], 1)
         return rerec(np.concatenate([q, boxes[:, 4:5]], 1))
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An RGB photo [H, W, 3] from an .npy array or an image file (decoded with Pillow)."""
+    p = Path(path)
+    if not p.is_file():
+        raise LayerwiseError(f"no image file at {p}")
+    try:
+        if p.suffix == ".npy":
+            arr = np.load(p, allow_pickle=False)
+        else:
+            from PIL import Image
+
+            with Image.open(p) as im:
+                arr = np.asarray(im.convert("RGB"))
+    except ImportError as e:
+        raise LayerwiseError("reading a PNG / JPEG needs Pillow: pip install pillow (or pass "
+                             "an .npy array [H, W, 3])") from e
+    except (OSError, ValueError) as e:
+        raise LayerwiseError(f"cannot read {p.name} as an image: {e}") from e
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise LayerwiseError(f"{p.name}: expected an RGB image [H, W, 3], got {arr.shape}")
+    return arr
+
+
+def detect_faces(pnet: str | Path, rnet: str | Path, onet: str | Path, image: str | Path, *,
+                 threads: int = 0, trust_native: bool = False) -> dict:
+    """`layerwise faces`: the faces in an image file as plain values (boxes in pixels)."""
+    faces = FaceDetector(pnet, rnet, onet, threads=threads,
+                         trust_native=trust_native).detect(read_image(image))
+    return {"image": str(image), "faces": [
+        {"box": [round(float(v), 2) for v in b], "prob": float(pr),
+         "landmarks": [[round(float(v), 2) for v in pt] for pt in m]}
+        for b, pr, m in zip(faces.boxes, faces.probs, faces.landmarks)]}

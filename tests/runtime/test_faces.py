@@ -103,3 +103,18 @@ def test_tiled_pnet_is_pnet_on_the_whole_level(bundles):
         oh, ow = (h - 12) // 2 + 1, (w - 12) // 2 + 1  # cells whose window lies in the level
         np.testing.assert_allclose(reg[:, :oh, :ow], want_reg[:, :oh, :ow], atol=1e-4)
         np.testing.assert_allclose(prob[:oh, :ow], want_prob[1, :oh, :ow], atol=1e-4)
+
+
+def test_cli_faces_prints_the_face(bundles, astronaut, tmp_path, capsys):
+    import json
+
+    from layerwise.cli import main
+
+    image = tmp_path / "astronaut.npy"
+    np.save(image, astronaut)
+    paths = [str(bundles[n][0]) for n in NETS]
+    assert main(["faces", *paths, str(image), "--json"]) == 0
+    faces = json.loads(capsys.readouterr().out)["faces"]
+    assert len(faces) == 1 and len(faces[0]["landmarks"]) == 5 and faces[0]["prob"] > 0.99
+    assert main(["faces", *paths, str(tmp_path / "none.png")]) == 2
+    assert "no image file" in capsys.readouterr().err
