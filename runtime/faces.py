@@ -24,7 +24,7 @@ import numpy as np
 
 from layerwise.base.errors import BundleError, LayerwiseError
 from layerwise.runtime.bundle import open_bundle
-from layerwise.runtime.runners import open_runner
+from layerwise.runtime.runners import ALIASES, RUNNERS, open_runner
 
 THRESHOLDS = (0.6, 0.7, 0.7)
 FACTOR = 0.709
@@ -47,9 +47,9 @@ class Net:
 
     def __init__(self, bundle: str | Path, threads: int = 0, trust_native: bool = False):
         b = open_bundle(bundle)
-        if b.target not in ("onnx", "openvino", "tflite", "tvm"):
+        if ALIASES.get(b.target, b.target) not in RUNNERS:
             raise BundleError(f"{b.dir.name}: a {b.target} bundle has no runtime here; "
-                              "compile the net for onnx, openvino, tflite or tvm")
+                              f"compile the net for one of {', '.join(RUNNERS)}")
         shape = b.manifest["inputs"][0]["shape"]
         self.name = b.manifest["inputs"][0]["name"]
         self.batch = shape[0] if isinstance(shape[0], int) else None
