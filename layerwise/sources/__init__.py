@@ -105,9 +105,27 @@ def _from_torchvision(name: str, opts: SourceOptions) -> Source:
                           "see torchvision.models.list_models()") from e
     if opts.weights:
         _load_weights(model, opts.weights)
-    size = opts.image_size or (299 if "inception" in name else 224)
     notes = [] if opts.weights else ["random weights (pass --weights FILE for trained ones)"]
+    if name in _VIDEO:
+        frames, side = _VIDEO[name]
+        x = _example_clips(opts.image_size or side, frames)
+        return Source("", model, {"x": x}, "video", "classification", notes)
+    size = opts.image_size or (299 if "inception" in name else 224)
     return Source("", model, {"x": example_images(size)}, "vision", "classification", notes)
+
+
+# torchvision video classifiers: (frames, side) of the clips they were trained on
+_VIDEO = {"r3d_18": (16, 112), "mc3_18": (16, 112), "r2plus1d_18": (16, 112),
+          "s3d": (16, 224), "mvit_v1_b": (16, 224), "mvit_v2_s": (16, 224),
+          "swin3d_t": (16, 224), "swin3d_s": (16, 224), "swin3d_b": (16, 224)}
+
+
+def _example_clips(side: int, frames: int) -> torch.Tensor:
+    """Clips [B, 3, T, H, W] panning across real photos, normalised as torchvision's video
+    models expect (Kinetics mean/std)."""
+    big = example_images(side + frames, mean=(0.43216, 0.394666, 0.37645),
+                         std=(0.22803, 0.22145, 0.216989))
+    return torch.stack([big[:, :, t:t + side, t:t + side] for t in range(frames)], dim=2)
 
 
 def _from_hf(path: str, opts: SourceOptions) -> Source:

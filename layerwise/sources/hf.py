@@ -40,10 +40,11 @@ def load_hf_folder(path: str, opts: SourceOptions) -> Source:
         if hasattr(config, attr):
             setattr(config, attr, False)
     task, auto = "feature-extraction", AutoModel
-    if is_causal_lm(config):  # the folder's own class: keep its LM head (logits out)
-        from transformers import AutoModelForCausalLM
+    head = _head(config)
+    if head:  # the folder's own class: keep its head (LM logits, class logits, masks)
+        import transformers
 
-        task, auto = "text-generation", AutoModelForCausalLM
+        task, auto = head[0], getattr(transformers, head[1])
     try:
         model = auto.from_pretrained(folder, config=config, local_files_only=True,
                                      attn_implementation="eager")
@@ -52,6 +53,24 @@ def load_hf_folder(path: str, opts: SourceOptions) -> Source:
     tokenizer, notes = _tokenizer(folder, config)
     inputs, modality = _inputs(model, config, tokenizer, opts, notes)
     return Source(path, model, inputs, modality, task, notes, tokenizer=tokenizer)
+
+
+_HEADS = {  # architecture suffix -> (task, auto class) of the heads kept as saved
+    "ForCausalLM": ("text-generation", "AutoModelForCausalLM"),
+    "LMHeadModel": ("text-generation", "AutoModelForCausalLM"),
+    "ForAudioClassification": ("classification", "AutoModelForAudioClassification"),
+    "ForImageClassification": ("classification", "AutoModelForImageClassification"),
+    "ForSequenceClassification": ("classification", "AutoModelForSequenceClassification"),
+    "ForSemanticSegmentation": ("semantic-segmentation", "AutoModelForSemanticSegmentation"),
+}
+
+
+def _head(config) -> tuple[str, str] | None:
+    for arch in getattr(config, "architectures", None) or []:
+        for suffix, head in _HEADS.items():
+            if arch.endswith(suffix):
+                return head
+    return None
 
 
 def is_causal_lm(config) -> bool:
@@ -131,6 +150,8 @@ def _inputs(model, config, tokenizer, opts: SourceOptions, notes: list[str]):
         return {"pixel_values": example_images(opts.image_size or size)}, "vision"
     if main == "input_values":
         return {"input_values": _speechlike(16000 // 2)}, "audio"
+    if main == "input_features":  # Whisper-style log-mel frames, two per encoder position
+        return {"input_features": _log_mel(config)}, "audio"
     inputs = _text_inputs(config, tokenizer, opts, notes)
     if getattr(config, "is_encoder_decoder", False):
         start = getattr(config, "decoder_start_token_id", None) or 0
@@ -138,6 +159,18 @@ def _inputs(model, config, tokenizer, opts: SourceOptions, notes: list[str]):
         inputs["decoder_input_ids"] = torch.cat(
             [torch.full((ids.shape[0], 1), start, dtype=ids.dtype), ids[:, :-1]], dim=1)
     return inputs, "text"
+
+
+def _log_mel(config) -> torch.Tensor:
+    """Whisper's log-mel features of speech-like waveforms, as long as the encoder takes."""
+    from transformers import WhisperFeatureExtractor
+
+    frames = 2 * config.max_source_positions
+    fe = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
+    wave = _speechlike(frames * fe.hop_length).numpy()
+    feats = fe(list(wave), sampling_rate=16000, return_tensors="np", padding="max_length",
+               max_length=frames * fe.hop_length).input_features
+    return torch.from_numpy(feats[..., :frames].copy())
 
 
 def _speechlike(samples: int) -> torch.Tensor:

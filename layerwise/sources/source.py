@@ -22,7 +22,7 @@ class Source:
     spec: str
     module: nn.Module | None
     inputs: dict[str, torch.Tensor]
-    modality: str  # text | vision | audio | multimodal | sequence | graph | tabular
+    modality: str  # text | vision | video | audio | multimodal | sequence | graph | tabular
     task: str = "feature-extraction"
     notes: list[str] = field(default_factory=list)
     program: Any = None  # torch.export.ExportedProgram when loaded from .pt2

@@ -68,6 +68,7 @@ def emit(ir, out_dir: Path, opts=None) -> dict:
     ranges = _plan_ranges(ir) if precision == "int8" else None
     path = Path(out_dir) / FILE
     stats = emit_tflite(ir, path, precision=precision, ranges=ranges)
+    check_loads(path)
     dynamic = _runs_batch_one(ir, path)
     if not dynamic and ir.meta.get("dynamic_inputs") and stats["batch"] > 1:
         # the graph bakes the batch into constants (a class token, token types): fix it at
@@ -76,6 +77,22 @@ def emit(ir, out_dir: Path, opts=None) -> dict:
     return {"file": FILE, "files": [FILE], "format": "tflite", "precision": precision,
             "batch": stats["batch"], "dynamic_batch": dynamic, "ops": stats["ops"],
             **({"equalized_activations": n} if (n := equalized(ir)) else {})}
+
+
+def check_loads(path: Path, what: str = "model"):
+    """LiteRT's Interpreter over the file, tensors allocated; an op or op version LiteRT does
+    not register is a TargetError here, at emit time, with LiteRT's own reason."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        interp = Interpreter(model_path=str(path), num_threads=1)
+        interp.allocate_tensors()
+    except Exception as e:  # noqa: BLE001 - LiteRT raises ValueError / RuntimeError
+        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "op" in ln.lower()), lines[0] if lines else "")
+        raise TargetError(f"LiteRT cannot load the emitted {what}: {why[:300]}; use "
+                          "--target onnx for this model, or report the op") from e
+    return interp
 
 
 def _runs_batch_one(ir, path: Path) -> bool:
@@ -350,10 +367,11 @@ class Lowering:
         from layerwise.targets.tflite.graph import identity
         from layerwise.targets.tflite.nn import NN
         from layerwise.targets.tflite.ops import OPS
+        from layerwise.targets.tflite.gather import GATHER
         from layerwise.targets.tflite.scan import SCAN
 
         assert not set(OPS) & set(NN), set(OPS) & set(NN)
-        converters = {**OPS, **NN, **SCAN}
+        converters = {**OPS, **NN, **SCAN, **GATHER}
 
         b = self.b
         live = self._live()

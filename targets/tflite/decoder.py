@@ -203,16 +203,9 @@ def int8_weights(model) -> dict:
 def check_loads(path: Path) -> None:
     """Refuse a file LiteRT cannot load (an op or op version it does not register), with
     LiteRT's own reason."""
-    from ai_edge_litert.interpreter import Interpreter
+    from layerwise.targets.tflite import check_loads as loads
 
-    try:
-        interp = Interpreter(model_path=str(path), num_threads=1)
-        found = set(interp.get_signature_list())
-    except Exception as e:  # noqa: BLE001 - LiteRT raises ValueError / RuntimeError
-        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-        why = next((ln for ln in lines if "op" in ln.lower()), lines[0] if lines else "")
-        raise TargetError(f"LiteRT cannot load the emitted generator: {why[:300]}; use "
-                          "--target onnx for this model, or report the op") from e
+    found = set(loads(path, "generator").get_signature_list())
     if found != set(SIGNATURES):
         raise TargetError(f"the emitted generator has signatures {sorted(found)}, not "
                           f"{list(SIGNATURES)}")

@@ -105,6 +105,8 @@ BINARY = {
     aten.gt.Scalar: "GREATER", aten.ge.Tensor: "GREATER_EQUAL", aten.ge.Scalar: "GREATER_EQUAL",
     aten.logical_and.default: "LOGICAL_AND", aten.bitwise_and.Tensor: "LOGICAL_AND",
     aten.logical_or.default: "LOGICAL_OR", aten.bitwise_or.Tensor: "LOGICAL_OR",
+    aten.remainder.Scalar: "FLOOR_MOD", aten.remainder.Tensor: "FLOOR_MOD",
+    aten.floor_divide.default: "FLOOR_DIV",
 }
 # ops whose inputs broadcast (a view feeding only these needs no explicit shape)
 BROADCASTING = set(BINARY) | {aten.where.self}

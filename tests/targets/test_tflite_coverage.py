@@ -1,0 +1,63 @@
+"""TFLite converters added for the coverage matrix (bench/coverage.py): run-time gathers, and
+the emit-time load check that keeps LiteRT from ever meeting an op it cannot register."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from layerwise.base.errors import TargetError
+from layerwise.compiler.frontend import lift
+from layerwise.runtime import compare, open_runner
+from layerwise.sources import Source
+from layerwise.targets.tflite import check_loads, emit_tflite
+
+
+class TokenTypes(nn.Module):
+    """RoBERTa's token types: a buffer gathered at run-time positions (torch.gather)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("types", torch.arange(16).view(1, 16) % 3)
+        self.emb = nn.Embedding(3, 4)
+
+    def forward(self, ids, x):
+        pos = torch.cumsum(ids.ne(1).int(), dim=1) * ids.ne(1).int() + 1
+        types = torch.gather(self.types.expand(ids.shape[0], -1), 1, pos.long())
+        picked = torch.gather(x, 2, (ids % 4).unsqueeze(-1).expand(-1, -1, 2))
+        return self.emb(types), picked
+
+
+def test_gather_with_run_time_indices_is_gather_nd(tmp_path):
+    ids = torch.tensor([[0, 5, 6, 1, 1], [0, 7, 8, 9, 1]])
+    ir = lift(Source("types", TokenTypes().eval(), {"ids": ids, "x": torch.randn(2, 5, 6)},
+                     "tabular"))
+    path = tmp_path / "m.tflite"
+    stats = emit_tflite(ir, path)
+    assert stats["ops"]["GATHER_ND"] == 2, stats
+    out = open_runner("tflite", path, threads=1).run({k: v.numpy() for k, v in
+                                                     ir.example_inputs.items()})
+    for got, want in zip(out, ir.run()):
+        np.testing.assert_array_equal(got, want.numpy())
+    assert compare(out, [t.numpy() for t in ir.run()], 1e-6)["passed"]
+
+
+def test_an_op_version_litert_does_not_register_fails_at_emit(tmp_path):
+    from ai_edge_litert import schema_py_generated as fb
+
+    ir = lift(Source("lin", nn.Linear(4, 3).eval(), {"input": torch.randn(2, 4)}, "tabular"))
+    path = tmp_path / "m.tflite"
+    emit_tflite(ir, path)
+    check_loads(path)  # what emit writes loads
+    model = fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(path.read_bytes(), 0))
+    model.operatorCodes[0].version = 99  # no LiteRT registers this version
+    import flatbuffers
+
+    b = flatbuffers.Builder(0)
+    b.Finish(model.Pack(b), b"TFL3")
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(bytes(b.Output()))
+    with pytest.raises(TargetError, match="LiteRT cannot load the emitted model"):
+        check_loads(bad)
