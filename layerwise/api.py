@@ -182,11 +182,13 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
     else:
         from layerwise.judge import make_judge
         from layerwise.plan import Search, run_search, split
+        from layerwise.runtime.compare import agreement_for
 
         labelled = _load_data(opts, ir, source, progress, opts.eval) if opts.eval else None
         batches, held = split(batches)
         judge = make_judge(held, labelled, opts.metric,
-                           ir.meta.get("task") == "classification", opts.confidence)
+                           ir.meta.get("task") == "classification", opts.confidence,
+                           agree=agreement_for(ir.meta, ir.output_names))
         s = Search(spec, ir, opts, batches, judge, progress, shrink=plan, timings=timings,
                    started=t0)
         best, search = run_search(s)

@@ -49,6 +49,8 @@ def compile_summary(m: dict, out: str) -> None:
     _out.print(f"  verified with {v['runtime']}: rel_err {v['rel_err']:.2e} "
                f"(max abs {v['max_abs_err']:.2e}, tolerance {v['tolerance']:.0e}); "
                f"vs original model rel_err {f['rel_err']:.2e}")
+    if "task" in v:
+        _out.print(f"  {task_line(v['task'])}")
     ins = ", ".join(f"{i['name']}{i['shape']}" for i in m["inputs"])
     _out.print(f"  inputs: {ins}")
     d = m.get("device_ops")
@@ -59,6 +61,15 @@ def compile_summary(m: dict, out: str) -> None:
         _out.print(f"  {d['device']}: every op within its op limits")
     if "search" in m:
         search_table(m["search"])
+
+
+def task_line(t: dict) -> str:
+    """The task's own agreement figure (runtime/compare.task_agreement) in one line."""
+    if "matched" in t:
+        return (f"detections: {100 * t['matched']:.1f}% matched, box IoU {t['box_iou']:.4f} "
+                f"({t['artifact_detections']} vs {t['reference_detections']} after host NMS)")
+    return (f"masks: {100 * t['pixel_agreement']:.2f}% pixels agree, mean IoU "
+            f"{t['mean_iou']:.4f}")
 
 
 def generator_summary(m: dict, out: str) -> None:

@@ -25,6 +25,7 @@ from layerwise.base.errors import LayerwiseError
 from layerwise.compiler.plan import quality, split
 from layerwise.compiler.plan.metrics import METRICS, default_metric
 from layerwise.compiler.plan.metrics import metric as builtin
+from layerwise.runtime.compare import Agreement
 
 
 @dataclass
@@ -41,12 +42,21 @@ class Judge:
     confidence: float = 0.75
     resamples: int = 200
     source: str = "--eval"  # where the labelled examples come from
+    # a detector's or segmentation model's own agreement over every output
+    agree: Agreement | None = None
+
+    @property
+    def every_output(self) -> bool:
+        """Whether the judge reads every output (a task agreement), not just the first."""
+        return self.agree is not None and self.metric is None
 
     @property
     def labels(self) -> np.ndarray:
         return _labels(self.batches)
 
     def describe(self) -> str:
+        if self.every_output:
+            return self.agree.description
         if self.metric is None:
             return "top-1 agreement" if self.classify else "mean cosine"
         return f"{self.metric_name} on {self.source}"
@@ -85,6 +95,8 @@ class Judge:
 
     def point(self, outputs: np.ndarray) -> float:
         """The quality of `outputs` as measured, without the confidence margin."""
+        if self.every_output:
+            return float(self.agree(outputs, self.reference["outputs"])["agreement"])
         if self.metric is None:
             return quality([outputs], [self.reference["outputs"]], self.classify)
         return 1.0 + self.gain(self.score(outputs, self.batches), self.reference["search"])
@@ -133,16 +145,18 @@ class Judge:
 
 
 def make_judge(held: list, eval_batches: list | None, metric: str | None,
-               classify: bool, confidence: float = 0.75) -> Judge:
-    """The label-free judge on `held`, or the task-metric judge on `eval_batches` (labelled,
-    split in two: decide / test)."""
+               classify: bool, confidence: float = 0.75, *,
+               agree: Agreement | None = None) -> Judge:
+    """The label-free judge on `held` (by `agree` when given: a detector's or segmentation
+    model's own agreement, runtime/compare.agreement_for), or the task-metric judge on
+    `eval_batches` (labelled, split in two: decide / test)."""
     fn = resolve_metric(metric) if metric else None
     source = "--eval"
     if eval_batches is None and getattr(fn, "token_labels", False):
         eval_batches = held  # a language model's metric needs no labels: the text is its own
         source = "held-out --data"
     if eval_batches is None:
-        return Judge(held, classify)
+        return Judge(held, classify, agree=agree)
     if getattr(fn, "token_labels", False):
         eval_batches = [_token_labelled(b) for b in eval_batches]
     if any(b.labels is None for b in eval_batches):

@@ -56,7 +56,8 @@ class Search:
     _shrunk: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.judge.set_reference(lambda batches: _run_torch(self.ir, batches))
+        every = self.judge.every_output
+        self.judge.set_reference(lambda batches: _run_torch(self.ir, batches, every))
 
     @property
     def prune_ratios(self) -> tuple[float, ...]:
@@ -81,7 +82,8 @@ class Search:
         return self._shrunk[key]
 
     def torch_quality(self, drop: list[str], prune: float | None = None) -> float:
-        return self.judge.quality(_run_torch(self.shrunk(drop, prune), self.judge.batches))
+        return self.judge.quality(_run_torch(self.shrunk(drop, prune), self.judge.batches,
+                                             self.judge.every_output))
 
     def ranking(self) -> list[str]:
         """Droppable blocks, least important first (ensemble of the auto method set)."""
@@ -162,7 +164,7 @@ class Search:
                              timings=self.timings, record=False)
             self.build_s = time.perf_counter() - t0
             runner = open_runner(self.opts.target, out / manifest["model"]["file"])
-            outs = _run_runner(runner, self.judge.batches)
+            outs = _run_runner(runner, self.judge.batches, self.judge.every_output)
             cand.quality = self.judge.quality(outs)
             if self.judge.metric is not None:  # the chosen plan's figure on unseen data
                 test = _run_runner(runner, self.judge.test)
@@ -233,12 +235,19 @@ def run_search(s: Search) -> tuple[Candidate, dict]:
     return best, record
 
 
-def _run_torch(ir, batches: list) -> np.ndarray:
-    """The IR's first output on `batches`, concatenated."""
-    return np.concatenate([ir.run(b.inputs)[0].numpy() for b in batches])
+def _run_torch(ir, batches: list, every: bool = False):
+    """The IR's first output on `batches`, concatenated; `every`: the list of every output,
+    each concatenated."""
+    return _joined([[t.numpy() for t in ir.run(b.inputs)] for b in batches], every)
 
 
-def _run_runner(runner, batches: list) -> np.ndarray:
-    """The artifact's first output on `batches`, concatenated."""
-    return np.concatenate([runner.run({k: v.numpy() for k, v in b.inputs.items()})[0]
-                           for b in batches])
+def _run_runner(runner, batches: list, every: bool = False):
+    """The artifact's first output on `batches`, concatenated (`every`: as _run_torch)."""
+    return _joined([runner.run({k: v.numpy() for k, v in b.inputs.items()})
+                    for b in batches], every)
+
+
+def _joined(runs: list[list[np.ndarray]], every: bool):
+    if not every:
+        return np.concatenate([r[0] for r in runs])
+    return [np.concatenate(parts) for parts in zip(*runs)]

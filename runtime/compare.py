@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -39,30 +42,55 @@ def mask_agreement(outputs: dict[str, np.ndarray], references: dict[str, np.ndar
     want = np.argmax(references["out"], axis=1)
     ious = [float(np.sum((got == c) & (want == c)) / np.sum((got == c) | (want == c)))
             for c in np.union1d(np.unique(got), np.unique(want))]
-    return {"metric": "argmax masks of 'out'", "pixel_agreement": float(np.mean(got == want)),
+    pixels = float(np.mean(got == want))
+    return {"metric": "argmax masks of 'out'", "agreement": pixels, "pixel_agreement": pixels,
             "mean_iou": float(np.mean(ious)) if ious else 1.0}
 
 
-def _detections(meta: dict, outputs: dict, references: dict) -> dict | None:
+def _detections(meta: dict, outputs: dict, references: dict) -> dict:
     from layerwise.runtime.detection import agreement
 
-    post = meta.get("postprocess")
-    return agreement(post, outputs, references) if post else None
+    return agreement(meta["postprocess"], outputs, references)
 
 
-# task -> (the outputs it reads, its agreement figure)
+@dataclass(frozen=True)
+class Agreement:
+    """A task's own figure of agreement for one model: call it with (outputs, references),
+    lists in the order of `names`; it returns a dict with an overall `agreement` in [0, 1]."""
+
+    description: str
+    names: tuple[str, ...]
+    meta: dict
+    figure: Callable[[dict, dict, dict], dict]
+
+    def __call__(self, outputs: list[np.ndarray], references: list[np.ndarray]) -> dict:
+        return self.figure(self.meta, dict(zip(self.names, outputs)),
+                           dict(zip(self.names, references)))
+
+
+# task -> (the outputs it reads, its figure, what its overall agreement is)
 TASK_AGREEMENT = {
-    "detection": (("boxes", "scores"), _detections),
-    "segmentation": (("out",), lambda _meta, out, ref: mask_agreement(out, ref)),
+    "detection": (("boxes", "scores"), _detections,
+                  "detections matched after host NMS x their mean box IoU"),
+    "segmentation": (("out",), lambda _meta, out, ref: mask_agreement(out, ref),
+                     "pixel agreement of the argmax masks"),
 }
 
 
-def task_agreement(meta: dict, names: list[str], outputs: list[np.ndarray],
-                   references: list[np.ndarray]) -> dict | None:
+def agreement_for(meta: dict, names: list[str]) -> Agreement | None:
     """The task's own figure of agreement (detections after host NMS, segmentation masks)
     for a model whose `meta` (IR meta or manifest) names such a task and whose outputs
     `names` hold what it reads; else None."""
     task = TASK_AGREEMENT.get(meta.get("task"))
     if task is None or not set(task[0]) <= set(names):
         return None
-    return task[1](meta, dict(zip(names, outputs)), dict(zip(names, references)))
+    if meta.get("task") == "detection" and not meta.get("postprocess"):
+        return None
+    return Agreement(task[2], tuple(names), meta, task[1])
+
+
+def task_agreement(meta: dict, names: list[str], outputs: list[np.ndarray],
+                   references: list[np.ndarray]) -> dict | None:
+    """agreement_for(meta, names)(outputs, references), or None when the task has none."""
+    figure = agreement_for(meta, names)
+    return figure(outputs, references) if figure else None

@@ -173,7 +173,8 @@ def agreement(post: dict, outputs: dict[str, np.ndarray],
               references: dict[str, np.ndarray]) -> dict:
     """Detections after the host post-process, artifact against reference: `matched` (pairs
     of the same label with IoU >= 0.5, over the larger of the two counts; 1.0 when both find
-    nothing), `box_iou` (mean IoU of the matched pairs) and the counts."""
+    nothing), `box_iou` (mean IoU of the matched pairs), `agreement` (their product) and the
+    counts."""
     got = detect(outputs["boxes"], outputs["scores"], post)
     want = detect(references["boxes"], references["scores"], post)
     pairs: list[float] = []
@@ -181,9 +182,10 @@ def agreement(post: dict, outputs: dict[str, np.ndarray],
     for w, g in zip(want, got):
         pairs += match(w, g)
         most += max(len(w["labels"]), len(g["labels"]))
+    matched = len(pairs) / most if most else 1.0
+    box_iou = float(np.mean(pairs)) if pairs else (0.0 if most else 1.0)
     return {"metric": "detections after host NMS: same label, IoU >= 0.5",
-            "matched": len(pairs) / most if most else 1.0,
-            "box_iou": float(np.mean(pairs)) if pairs else (0.0 if most else 1.0),
+            "agreement": matched * box_iou, "matched": matched, "box_iou": box_iou,
             "reference_detections": sum(len(w["labels"]) for w in want),
             "artifact_detections": sum(len(g["labels"]) for g in got)}
 

@@ -117,3 +117,22 @@ def test_two_stage_detector_is_one_line(tmp_path):
     proc = run_cli("compile", "torchvision:fasterrcnn_resnet50_fpn", "--target", "onnx",
                    "--out", str(tmp_path / "x"))
     assert_user_error(proc, "two-stage", "ssdlite320_mobilenet_v3_large")
+
+
+def test_plan_judge_reads_detections():
+    from layerwise.judge import make_judge
+    from layerwise.runtime.compare import agreement_for
+
+    post = {"kind": "dense-detection", "score_thresh": 0.5, "nms_thresh": 0.5,
+            "detections_per_img": 10, "topk_candidates": 10, "topk_scope": "class",
+            "first_label": 1}
+    agree = agreement_for({"task": "detection", "postprocess": post}, ["boxes", "scores"])
+    judge = make_judge([], None, None, False, agree=agree)
+    boxes = np.array([[[0, 0, 10, 10], [20, 20, 40, 40]]], np.float32)
+    scores = np.array([[[0.1, 0.9], [0.2, 0.8]]], np.float32)
+    judge.set_reference(lambda _batches: [boxes, scores])
+    assert judge.every_output and "host NMS" in judge.describe()
+    assert judge.quality([boxes, scores]) == 1.0
+    taller = boxes + np.array([0, 0, 0, 5], np.float32)  # IoU 100/150 and 400/500
+    assert judge.quality([taller, scores]) == pytest.approx((100 / 150 + 0.8) / 2)
+    assert judge.quality([boxes, scores[..., ::-1]]) == 0.0  # below the threshold: none
