@@ -368,10 +368,11 @@ class Lowering:
         from layerwise.targets.tflite.nn import NN
         from layerwise.targets.tflite.ops import OPS
         from layerwise.targets.tflite.gather import GATHER
+        from layerwise.targets.tflite.resize import RESIZE
         from layerwise.targets.tflite.scan import SCAN
 
         assert not set(OPS) & set(NN), set(OPS) & set(NN)
-        converters = {**OPS, **NN, **SCAN, **GATHER}
+        converters = {**OPS, **NN, **SCAN, **GATHER, **RESIZE}
 
         b = self.b
         live = self._live()
