@@ -22,6 +22,8 @@ PARAMS: dict[str, type | tuple[type, ...]] = {
     "score_thresh": (int, float), "nms_thresh": (int, float), "detections_per_img": int,
     "topk_candidates": int, "topk_scope": str, "first_label": int,
 }
+# pixels two empty boxes' corners may differ by and still count as the same box (IoU 1)
+EMPTY_BOX_TOLERANCE = 0.01
 # torchvision's batched_nms offsets boxes per label up to this many coordinates, then loops
 _OFFSET_TRICK_MAX = 4000
 
@@ -146,7 +148,8 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a = np.prod(a[:, 2:] - a[:, :2], axis=-1)
     area_b = np.prod(b[:, 2:] - b[:, :2], axis=-1)
     union = area_a[:, None] + area_b[None, :] - inter
-    same = (a[:, None, :] == b[None, :, :]).all(-1)  # two equal empty boxes agree
+    # two empty boxes (a line or a point, from random weights) agree when their corners do
+    same = np.abs(a[:, None, :] - b[None, :, :]).max(-1, initial=0.0) <= EMPTY_BOX_TOLERANCE
     return np.where(union > 0, inter / np.where(union > 0, union, 1), same.astype(float))
 
 
