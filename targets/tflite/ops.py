@@ -315,6 +315,25 @@ def _prefix_reshape(x: Value, shape) -> tuple[tuple[int, ...], tuple[int, ...]] 
     return tuple(shape[:lead]) + x.shape[k:], perm
 
 
+@reg(aten.as_strided.default)
+def as_strided(cx, node):
+    """Only the as_strided that is a reshape: offset 0, a contiguous input, the same number of
+    elements, contiguous strides on every axis longer than 1 (pooling to 1x1 writes these)."""
+    src = node.args[0]
+    size, stride = list(cx.shape(node)), list(node.args[2])
+    offset = node.args[3] if len(node.args) > 3 else node.kwargs.get("storage_offset", 0)
+    val = src.meta.get("val") if hasattr(src, "meta") else None
+    want, acc = [], 1
+    for d in reversed(size):
+        want.insert(0, acc)
+        acc *= d
+    if offset or val is None or not val.is_contiguous() or acc != val.numel() or any(
+            d > 1 and int(st) != w for d, st, w in zip(size, stride, want)):
+        raise cx.fail(node, "only an as_strided that reshapes a contiguous tensor is supported")
+    x = cx.b.plain(cx.value(src))
+    return x if tuple(size) == x.shape else cx.b.reshape(x, size, node.name)
+
+
 @reg(aten.permute.default)
 def permute(cx, node):
     x = cx.value(node.args[0])

@@ -61,3 +61,30 @@ def test_an_op_version_litert_does_not_register_fails_at_emit(tmp_path):
     bad.write_bytes(bytes(b.Output()))
     with pytest.raises(TargetError, match="LiteRT cannot load the emitted model"):
         check_loads(bad)
+
+
+class Pooled(nn.Module):
+    """torchvision ConvNeXt's pooled features: an as_strided that only reshapes."""
+
+    def forward(self, x):
+        p = x.mean((2, 3), keepdim=True)
+        return p.as_strided(p.shape, (p.shape[1], 1, p.shape[1], p.shape[1])) * 2
+
+
+class Windows(nn.Module):
+    """Overlapping windows: an as_strided no reshape can express."""
+
+    def forward(self, x):
+        return x.as_strided((2, 3, 2), (6, 1, 1)) + 1
+
+
+def test_as_strided_that_reshapes_is_a_reshape(tmp_path):
+    ir = lift(Source("pooled", Pooled().eval(), {"x": torch.randn(2, 6, 4, 4)}, "vision"))
+    assert any("as_strided" in str(n.target) for n in ir.program.graph.nodes)
+    path = tmp_path / "m.tflite"
+    emit_tflite(ir, path)
+    out = open_runner("tflite", path, threads=1).run({"x": ir.example_inputs["x"].numpy()})
+    np.testing.assert_allclose(out[0], ir.run()[0].numpy(), rtol=1e-6, atol=1e-6)
+    ir = lift(Source("windows", Windows().eval(), {"x": torch.randn(2, 6)}, "tabular"))
+    with pytest.raises(TargetError, match="only an as_strided that reshapes"):
+        emit_tflite(ir, tmp_path / "w.tflite")
