@@ -1,7 +1,8 @@
 """Any model, every target: compile one model per family of timm, torchvision and transformers
 to every target, verify each artifact with its own runtime, and print the model x target matrix.
 
-    python bench/coverage_matrix.py [--targets onnx,openvino,tflite,tvm,tensorrt] [--models a,b|timm]
+    python bench/coverage_matrix.py [--targets onnx,openvino,tflite,tvm,tensorrt]
+                                     [--models a,b|timm]
                              [--jobs 2] [--timeout 1200] [--json PATH] [--redo-failed]
     python bench/coverage_matrix.py --readme README.md --json PATH   # rewrite README's matrix
 
@@ -239,12 +240,19 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="results file to merge into (and resume from)")
     ap.add_argument("--redo-failed", action="store_true", help="run failed cells again")
     ap.add_argument("--readme", type=Path, help="rewrite this README's matrix from --json")
+    ap.add_argument("--merge", type=Path, nargs="*", default=[],
+                    help="results files (of runs on other targets) merged into --json first")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     targets = [t for t in args.targets.split(",") if t]
     if args.worker:
         return worker(args.worker, targets)
     data = load(args.json)
+    for other in args.merge:  # cells of the other file win: it is the newer run
+        for model, cells in load(other)["results"].items():
+            data["results"].setdefault(model, {}).update(cells)
+    if args.merge and args.json:
+        args.json.write_text(json.dumps(data, indent=1, sort_keys=True))
     if args.readme:
         if not args.json:
             sys.exit("--readme needs --json PATH (the results to render)")
