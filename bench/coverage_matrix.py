@@ -2,8 +2,8 @@
 to every target, verify each artifact with its own runtime, and print the model x target matrix.
 
     python bench/coverage_matrix.py [--targets onnx,openvino,tflite,tvm,tensorrt]
-                                     [--models a,b|timm]
-                             [--jobs 2] [--timeout 1200] [--json PATH] [--redo-failed]
+                                     [--models a,b|timm] [--jobs 2] [--timeout 1200]
+                                     [--json PATH] [--redo-failed] [--merge FILE ...]
     python bench/coverage_matrix.py --readme README.md --json PATH   # rewrite README's matrix
 
 (Named coverage_matrix, not coverage: `coverage` is coverage.py's import name, which pytest-cov,
