@@ -21,7 +21,8 @@ from layerwise.targets import onnx as onnx_target
 # TensorRT: symmetric int8 everywhere; it fuses its own activations, so only the weighted
 # ops get Q/DQ; float bias (README: INT8 recipes)
 INFO = TargetInfo(name="tensorrt", runtime="onnx", precisions=("fp32", "fp16", "int8"),
-                  extra=None, legalize=("legalize_views", "unguard_softmax"),
+                  extra=None,
+                  legalize=("legalize_views", "legalize_copies", "unguard_softmax"),
                   recipe=QuantRecipe(symmetric_activations=True, calibration="mean_minmax",
                                      quantize_bias=False, bias_correction=False,
                                      op_types=("Conv", "MatMul", "Gemm")))

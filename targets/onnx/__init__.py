@@ -19,7 +19,7 @@ from layerwise.targets import TargetInfo
 INFO = TargetInfo(name="onnx", runtime="onnx",
                   precisions=("fp32", "int8", "int8-dynamic", "int8-weight", "int4-weight",
                               "fp16"), extra=None,
-                  legalize=("legalize_views", "unguard_softmax"),
+                  legalize=("legalize_views", "legalize_copies", "unguard_softmax"),
                   # onnxruntime CPU: U8S8 (uint8 activations, int8 per-channel weights) in QDQ;
                   # range equalization full into depthwise convs, half into pointwise ones;
                   # 7-bit weights on x86 without VNNI (README: INT8 recipes)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from layerwise.targets.tflite.graph import identity
-from layerwise.targets.tflite.ops import cast
+from layerwise.targets.tflite.ops import cast, permuted
 
 aten = torch.ops.aten
 GATHER: dict = {}
@@ -41,4 +41,16 @@ def gather(cx, node):
     cx.b.op("CONCATENATION", parts, [coords], "Concatenation", axis=rank)
     out = cx.out(node, shape, identity(rank), q=x.q)
     cx.b.op("GATHER_ND", [x, coords], [out])
+    return out
+
+
+@_reg(aten.index_select.default)
+def index_select(cx, node):
+    """x.index_select(dim, index): GATHER along dim (in x's own layout) by a 1-D index."""
+    src, dim, index = node.args[:3]
+    x = cx.value(src)
+    dim %= len(x.shape)
+    idx = cast(cx, cx.b.plain(cx.value(index)), np.int32, f"{node.name}_idx32")
+    out = cx.out(node, permuted(cx.shape(node), x.perm), x.perm, q=x.q)
+    cx.b.op("GATHER", [x, idx], [out], "Gather", axis=x.perm.index(dim))
     return out

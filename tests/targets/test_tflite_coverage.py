@@ -88,3 +88,27 @@ def test_as_strided_that_reshapes_is_a_reshape(tmp_path):
     ir = lift(Source("windows", Windows().eval(), {"x": torch.randn(2, 6)}, "tabular"))
     with pytest.raises(TargetError, match="only an as_strided that reshapes"):
         emit_tflite(ir, tmp_path / "w.tflite")
+
+
+class RelativeBias(nn.Module):
+    """Swin's relative position bias (a table indexed by a buffer) and a run-time index_select."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(9, 2))
+        self.register_buffer("index", torch.tensor([0, 4, 8, 2, 6, 1]))
+
+    def forward(self, x, ids):
+        bias = self.table.index_select(0, self.index).t()  # [2, 6]
+        return x.index_select(3, ids) + bias[:, None, :ids.shape[0]]
+
+
+def test_index_select_is_gather(tmp_path):
+    ir = lift(Source("bias", RelativeBias().eval(), {"x": torch.randn(2, 2, 3, 5),
+                                                    "ids": torch.tensor([4, 0, 2, 2, 1])},
+                     "tabular"))
+    path = tmp_path / "m.tflite"
+    emit_tflite(ir, path)
+    feeds = {k: v.numpy() for k, v in ir.example_inputs.items()}
+    out = open_runner("tflite", path, threads=1).run(feeds)
+    np.testing.assert_allclose(out[0], ir.run()[0].numpy(), rtol=1e-6, atol=1e-6)
