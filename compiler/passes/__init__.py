@@ -15,6 +15,7 @@ from layerwise.base.errors import LayerwiseError
 PASSES: dict[str, str] = {
     "legalize_views": "layerwise.compiler.passes.legalize:legalize_views",
     "legalize_copies": "layerwise.compiler.passes.legalize:legalize_copies",
+    "decompose_group_norm": "layerwise.compiler.passes.legalize:decompose_group_norm",
     "unguard_softmax": "layerwise.compiler.passes.unguard_softmax:unguard_softmax",
     "quantize": "layerwise.compiler.passes.quantize:quantize",
     "equalize": "layerwise.compiler.passes.equalize:equalize",

@@ -61,3 +61,65 @@ def legalize_copies(ir):
     ir.annotations.setdefault("passes", []).append({"name": "legalize_copies",
                                                     "rewritten": changed})
     return ir
+
+
+def _call(graph, like, target, args, kwargs=None):
+    """A call_function node before `like`, its meta value computed from its inputs' (fake)
+    values, keeping `like`'s module stack (layer table attribution)."""
+    kwargs = kwargs or {}
+    node = graph.call_function(target, tuple(args), kwargs)
+
+    def val(a):
+        return a.meta["val"] if isinstance(a, torch.fx.Node) else a
+
+    node.meta["val"] = target(*torch.fx.node.map_aggregate(tuple(args), val),
+                              **torch.fx.node.map_aggregate(kwargs, val))
+    for key in ("nn_module_stack", "stack_trace"):
+        if key in like.meta:
+            node.meta[key] = like.meta[key]
+    return node
+
+
+def decompose_group_norm(ir):
+    """Rewrite `native_group_norm` as its arithmetic (per-group mean and variance over
+    reshaped channels, then the per-channel affine) for backends without a group-norm op
+    (in place; returns the same IR). Assumes eval: only the normalised output is used."""
+    import operator
+
+    gm = ir.program.graph_module
+    graph, changed = gm.graph, 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not aten.native_group_norm.default:
+            continue
+        x, w, b, n, c, _hw, groups, eps = node.args[:8]
+        users = list(node.users)
+        if any(u.target is not operator.getitem or u.args[1] != 0 for u in users):
+            continue  # mean / rstd read by something: leave it to the backend
+        shape = list(node.meta["val"][0].shape)
+        with graph.inserting_before(node):
+            flat = _call(graph, node, aten.reshape.default, [x, [n, groups, -1]])
+            mean = _call(graph, node, aten.mean.dim, [flat, [2], True])
+            diff = _call(graph, node, aten.sub.Tensor, [flat, mean])
+            sq = _call(graph, node, aten.mul.Tensor, [diff, diff])
+            var = _call(graph, node, aten.mean.dim, [sq, [2], True])
+            rstd = _call(graph, node, aten.rsqrt.default,
+                         [_call(graph, node, aten.add.Tensor, [var, eps])])
+            y = _call(graph, node, aten.mul.Tensor, [diff, rstd])
+            y = _call(graph, node, aten.reshape.default, [y, [n, c, *shape[2:]]])
+            ones = [1] * (len(shape) - 2)
+            if w is not None:
+                y = _call(graph, node, aten.mul.Tensor,
+                          [y, _call(graph, node, aten.reshape.default, [w, [c, *ones]])])
+            if b is not None:
+                y = _call(graph, node, aten.add.Tensor,
+                          [y, _call(graph, node, aten.reshape.default, [b, [c, *ones]])])
+        for u in users:
+            u.replace_all_uses_with(y)
+            graph.erase_node(u)
+        graph.erase_node(node)
+        changed += 1
+    if changed:
+        gm.recompile()
+    ir.annotations.setdefault("passes", []).append({"name": "decompose_group_norm",
+                                                    "rewritten": changed})
+    return ir

@@ -61,3 +61,33 @@ def test_copies_become_broadcast_adds_and_onnx_loads(tmp_path):
     sess = ort.InferenceSession(str(tmp_path / entry["file"]))
     got = sess.run(None, {"x": ir.example_inputs["x"].numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(got), ref[0])
+
+
+class GroupNormHead(torch.nn.Module):
+    """FCOS / RetinaNet-v2 heads: conv, GroupNorm, ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = torch.nn.GroupNorm(4, 8)
+
+    def forward(self, x):
+        return torch.relu(self.norm(self.conv(x)))
+
+
+def test_group_norm_decomposes_and_tflite_runs_it(tmp_path):
+    from layerwise.runtime import open_runner
+    from layerwise.sources import Source
+    from layerwise.targets.tflite import emit_tflite
+
+    torch.manual_seed(0)
+    ir = lift(Source("gn", GroupNormHead().eval(), {"x": torch.randn(2, 3, 6, 6)}, "vision"))
+    assert _count(ir, aten.native_group_norm.default) == 1
+    ref = ir.run()
+    ir = get_pass("decompose_group_norm")(ir)
+    assert _count(ir, aten.native_group_norm.default) == 0
+    torch.testing.assert_close(ir.run()[0], ref[0], rtol=1e-5, atol=1e-5)
+    emit_tflite(ir, tmp_path / "m.tflite")
+    out = open_runner("tflite", tmp_path / "m.tflite", threads=1).run(
+        {"x": ir.example_inputs["x"].numpy()})
+    torch.testing.assert_close(torch.from_numpy(out[0]), ref[0], rtol=1e-5, atol=1e-5)
