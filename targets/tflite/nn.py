@@ -182,6 +182,10 @@ def convolution(cx, node):
     if one_d:
         W = W[:, :, None, :]
         stride, padding, dilation = [1, *stride], [0, *padding], [1, *dilation]
+    elif W.ndim == 5:
+        from layerwise.targets.tflite.conv3d import conv3d
+
+        return conv3d(cx, node)
     elif W.ndim != 4:
         raise cx.fail(node, f"{W.ndim - 2}-d convolution is not supported")
     chain, bn = absorb_batchnorm(cx, node)

@@ -112,3 +112,31 @@ def test_index_select_is_gather(tmp_path):
     feeds = {k: v.numpy() for k, v in ir.example_inputs.items()}
     out = open_runner("tflite", path, threads=1).run(feeds)
     np.testing.assert_allclose(out[0], ir.run()[0].numpy(), rtol=1e-6, atol=1e-6)
+
+
+class Video(nn.Module):
+    """A video ResNet's pieces: strided 3-d conv + BN + ReLU, a (2+1)-d pair, pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv3d(3, 4, (3, 5, 5), (1, 2, 2), (1, 2, 2), bias=False),
+                                  nn.BatchNorm3d(4), nn.ReLU())
+        self.spatial = nn.Conv3d(4, 4, (1, 3, 3), padding=(0, 1, 1))
+        self.temporal = nn.Conv3d(4, 4, (3, 1, 1), padding=(1, 0, 0), dilation=(1, 1, 1))
+
+    def forward(self, x):
+        x = self.stem(x)
+        return (x + self.temporal(torch.relu(self.spatial(x)))).mean((2, 3, 4))
+
+
+def test_3d_convolution_is_conv_3d(tmp_path):
+    torch.manual_seed(0)
+    model = Video().eval()
+    model.stem[1].running_mean.uniform_(-0.5, 0.5)
+    model.stem[1].running_var.uniform_(0.5, 2.0)
+    ir = lift(Source("video", model, {"x": torch.randn(2, 3, 4, 10, 10)}, "video"))
+    stats = emit_tflite(ir, tmp_path / "m.tflite")
+    assert stats["ops"]["CONV_3D"] == 3 and "BATCH_NORM" not in str(stats["ops"]), stats
+    out = open_runner("tflite", tmp_path / "m.tflite", threads=1).run(
+        {"x": ir.example_inputs["x"].numpy()})
+    np.testing.assert_allclose(out[0], ir.run()[0].numpy(), rtol=1e-4, atol=1e-5)
