@@ -176,6 +176,7 @@ UNARY = {
     aten.logical_not.default: "LOGICAL_NOT", aten.hardswish.default: "HARD_SWISH",
     aten.sin.default: "SIN", aten.cos.default: "COS", aten.floor.default: "FLOOR",
     aten.ceil.default: "CEIL", aten.sign.default: "SIGN",
+    aten.bitwise_not.default: "LOGICAL_NOT",  # of bool only (DeBERTa's masks)
 }
 # int8 outputs these kernels require
 FIXED_Q = {"LOGISTIC": QParams((1 / 256,), (-128,)), "TANH": QParams((1 / 128,), (0,)),
@@ -186,6 +187,8 @@ FIXED_Q = {"LOGISTIC": QParams((1 / 256,), (-128,)), "TANH": QParams((1 / 128,),
 def unary(cx, node):
     name = UNARY[node.target]
     x = cx.value(node.args[0])
+    if node.target is aten.bitwise_not.default and x.dtype != np.bool_:
+        raise cx.fail(node, f"bitwise_not of {x.dtype} is not supported (only of bool)")
     q = FIXED_Q.get(name) if cx.int8 else "node"
     return cx.b.unary(name, x, node.name, q=cx.qparams(node) if q == "node" else q)
 

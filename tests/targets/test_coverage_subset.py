@@ -12,6 +12,7 @@ _TEXT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, interme
              vocab_size=300, max_position_embeddings=64)
 CASES = {  # name: (model_type, config kwargs, auto class, target, what failed before)
     "roberta": ("roberta", _TEXT, "AutoModel", "tflite", "cumsum and gather"),
+    "deberta-v2": ("deberta-v2", _TEXT, "AutoModel", "tflite", "bitwise_not of masks"),
     "llama": ("llama", dict(_TEXT, num_key_value_heads=1), "AutoModelForCausalLM", "openvino",
               "unconverted_ops_report"),
     "qwen2": ("qwen2", dict(_TEXT, num_key_value_heads=1), "AutoModelForCausalLM", "openvino",
