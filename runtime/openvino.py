@@ -59,8 +59,10 @@ class OpenVinoRunner:
                               f"{str(e).splitlines()[0][:200]}; re-create the bundle") from e
         self.request = self.compiled.create_infer_request()
         self._dynamic = (self.compiled, self.request)
-        self.input_names = [p.get_any_name() for p in self.compiled.inputs]
-        self.output_names = [p.get_any_name() for p in self.compiled.outputs]
+        # the saved model's names: compiling may add tensor names to a port (GPT-2's inputs
+        # gained '33', '41'), and get_any_name() then picks another one; fed by port index
+        self.input_names = [p.get_any_name() for p in self._model.inputs]
+        self.output_names = [p.get_any_name() for p in self._model.outputs]
         self._shapes = {p.get_any_name(): p.get_partial_shape() for p in self._model.inputs}
         self.specialize = specialize and any(s.is_dynamic for s in self._shapes.values())
         self._static: dict[tuple, tuple] = {}  # input shapes -> (compiled, request)
@@ -98,7 +100,7 @@ class OpenVinoRunner:
             raise BundleError(f"missing inputs {missing}; the model takes {self.input_names}")
         self.compiled, self.request = self._request_for(feeds)
         try:
-            self.request.infer({n: feeds[n] for n in self.input_names})
+            self.request.infer({i: feeds[n] for i, n in enumerate(self.input_names)})
         except Exception as e:  # noqa: BLE001
             raise BundleError(f"OpenVINO run failed: {str(e).splitlines()[0][:300]}") from e
         if self._per_op:

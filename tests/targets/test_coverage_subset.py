@@ -17,6 +17,8 @@ CASES = {  # name: (model_type, config kwargs, auto class, target, what failed b
               "unconverted_ops_report"),
     "qwen2": ("qwen2", dict(_TEXT, num_key_value_heads=1), "AutoModelForCausalLM", "openvino",
               "unconverted_ops_report"),
+    "gpt2": ("gpt2", dict(n_embd=32, n_layer=1, n_head=2, vocab_size=300, n_positions=64),
+             "AutoModelForCausalLM", "openvino", "inputs renamed by compile_model"),
     "whisper": ("whisper", dict(d_model=32, encoder_layers=1, decoder_layers=1,
                                 encoder_attention_heads=2, decoder_attention_heads=2,
                                 encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=300,
