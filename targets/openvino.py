@@ -57,10 +57,16 @@ def emit(ir, out_dir: Path, opts=None) -> dict:
     for spec in ir.input_specs():
         dims = [-1 if isinstance(d, str) else d for d in spec["shape"]]
         shapes[spec["name"]] = ov.PartialShape(dims)
-    names = {p.get_any_name() for p in model.inputs}
-    if set(shapes) != names:
-        raise TargetError(f"OpenVINO model inputs {sorted(names)} differ from the IR's "
-                          f"{sorted(shapes)}; try --target onnx")
+    if len(model.inputs) != len(shapes):
+        names = [p.get_any_name() for p in model.inputs]
+        raise TargetError(f"OpenVINO model inputs {names} differ from the IR's "
+                          f"{list(shapes)}; try --target onnx")
+    for port, name in zip(model.inputs, shapes):
+        # the ExportedProgram's user inputs, in order: the frontend may add the names of the
+        # nodes that read an input ({'49', 'slice_1:0', 'input_values'} for Wav2Vec2), and
+        # get_any_name() would then give '49'
+        if port.get_names() != {name}:
+            port.get_tensor().set_names({name})
     model.reshape(shapes)
     for out, name in zip(model.outputs, ir.output_names):
         out.get_tensor().set_names({name})
