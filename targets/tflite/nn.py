@@ -188,6 +188,8 @@ def convolution(cx, node):
         return conv3d(cx, node)
     elif W.ndim != 4:
         raise cx.fail(node, f"{W.ndim - 2}-d convolution is not supported")
+    else:  # one value for both axes (SigLIP's padding="valid" exports as [0])
+        stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     chain, bn = absorb_batchnorm(cx, node)
     if bn is not None:
         W = W * bn[0][:, None, None, None]
