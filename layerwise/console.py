@@ -48,7 +48,8 @@ def compile_summary(m: dict, out: str) -> None:
                f"{_si(m['sizes']['params'])} params")
     _out.print(f"  verified with {v['runtime']}: rel_err {v['rel_err']:.2e} "
                f"(max abs {v['max_abs_err']:.2e}, tolerance {v['tolerance']:.0e}); "
-               f"vs original model rel_err {f['rel_err']:.2e}")
+               + (f"vs original model rel_err {f['rel_err']:.2e}" if "rel_err" in f else
+                  f"vs original model: {f.get('reason', 'not compared')}"))
     if "task" in v:
         _out.print(f"  {task_line(v['task'])}")
     ins = ", ".join(f"{i['name']}{i['shape']}" for i in m["inputs"])

@@ -573,4 +573,27 @@ def index(cx, node):
         out = cx.b.tensor(node.name, cx.shape(node), table.dtype, None, table.q)
         cx.b.op("GATHER", [table, cx.b.plain(cx.value(indices[0]))], [out], "Gather", axis=0)
         return out
-    raise cx.fail(node, "only constant indices into a tensor, or one index into a constant")
+    return _index_nd(cx, node, src, indices)
+
+
+def _index_nd(cx, node, src, indices):
+    """x[i0, i1, ...] with run-time indices (CLIP pools its text at each row's argmax): the
+    indices, broadcast to one shape, stacked as GATHER_ND coordinates."""
+    shapes = [tuple(np.shape(cx.concrete(i))) for i in indices]
+    common = np.broadcast_shapes(*shapes)
+    parts = []
+    for k, (i, shape) in enumerate(zip(indices, shapes)):
+        if cx.is_const(i):
+            a = np.broadcast_to(np.asarray(cx.concrete(i)), common).astype(np.int32)
+            parts.append(cx.b.const(np.ascontiguousarray(a[..., None]), f"{node.name}_i{k}"))
+            continue
+        if shape != common:
+            raise cx.fail(node, "run-time indices of different shapes are not supported")
+        v = cast(cx, cx.b.plain(cx.value(i)), np.int32, f"{node.name}_i{k}_32")
+        parts.append(cx.b.reshape(v, (*common, 1), f"{node.name}_i{k}_col"))
+    coords = cx.b.tensor(f"{node.name}_coords", (*common, len(indices)), np.int32)
+    cx.b.op("CONCATENATION", parts, [coords], "Concatenation", axis=len(common))
+    x = cx.b.plain(cx.value(src))
+    out = cx.out(node, cx.shape(node), identity(len(cx.shape(node))), q=x.q)
+    cx.b.op("GATHER_ND", [x, coords], [out])
+    return out

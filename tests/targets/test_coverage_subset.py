@@ -23,6 +23,10 @@ CASES = {  # name: (model_type, config kwargs, auto class, target, what failed b
                                   conv_kernel=(10, 3), num_conv_pos_embeddings=8,
                                   num_conv_pos_embedding_groups=2), "AutoModel", "openvino",
                  "input named after its first reader"),
+    "clip": ("clip", dict(text_config=_TEXT, vision_config=dict(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        image_size=32, patch_size=16), projection_dim=16), "AutoModel", "tflite",
+             "pooling at each row's argmax (run-time index), image-text logits at batch 1"),
     "whisper": ("whisper", dict(d_model=32, encoder_layers=1, decoder_layers=1,
                                 encoder_attention_heads=2, decoder_attention_heads=2,
                                 encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=300,
