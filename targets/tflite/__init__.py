@@ -43,7 +43,7 @@ from layerwise.targets.tflite.calibrate import calibrate_ranges
 # correction, float logits, range equalization on the IR (README: INT8 recipes)
 INFO = TargetInfo(name="tflite", runtime="tflite", precisions=("fp32", "int8"),
                   extra="ai-edge-litert",
-                  legalize=("unguard_softmax", "decompose_group_norm"),
+                  legalize=("unguard_softmax", "decompose_group_norm", "legalize_copies"),
                   recipe=QuantRecipe(calibration="mean_minmax", equalize_depthwise=1.0,
                                      equalize_pointwise=0.5))
 FILE = "model.tflite"

@@ -408,6 +408,30 @@ def slice_(cx, node):
     return _strided(cx, node, x, {dim: (start, end, step)}, shrink=())
 
 
+@reg(aten.slice_scatter.default)
+def slice_scatter(cx, node):
+    """dst with dst[start:end] along dim replaced by src (step 1): the kept head and tail of
+    dst and src, concatenated (GhostNet writes its cheap features into a slice)."""
+    args = list(node.args) + [None] * (6 - len(node.args))
+    x = cx.value(args[0])
+    ts = cx.shape(node)
+    dim = (args[2] or 0) % len(ts)
+    start, end, step = slice(args[3], args[4], args[5] or 1).indices(ts[dim])
+    if step != 1:
+        raise cx.fail(node, "a slice_scatter with a step is not supported")
+    q = cx.qparams(node)
+    parts = []
+    if start > 0:
+        parts.append(_strided(cx, node, x, {dim: (0, start, 1)}, (), f"{node.name}_head"))
+    parts.append(cx.b.relayout(cx.value(args[1]), x.perm))
+    if end < ts[dim]:
+        parts.append(_strided(cx, node, x, {dim: (end, ts[dim], 1)}, (), f"{node.name}_tail"))
+    parts = [cx.b.requantize(p, q, f"{node.name}_rq") for p in parts]
+    out = cx.out(node, permuted(ts, x.perm), x.perm, q=q)
+    cx.b.op("CONCATENATION", parts, [out], "Concatenation", axis=x.perm.index(dim))
+    return out
+
+
 @reg(aten.select.int)
 def select(cx, node):
     x = cx.value(node.args[0])

@@ -140,3 +140,27 @@ def test_3d_convolution_is_conv_3d(tmp_path):
     out = open_runner("tflite", tmp_path / "m.tflite", threads=1).run(
         {"x": ir.example_inputs["x"].numpy()})
     np.testing.assert_allclose(out[0], ir.run()[0].numpy(), rtol=1e-4, atol=1e-5)
+
+
+class SliceWrite(nn.Module):
+    """GhostNet-style: features written into a slice of a larger tensor."""
+
+    def forward(self, x):
+        out = torch.zeros(x.shape[0], 6, x.shape[2], x.shape[3])
+        out[:, 1:4] = torch.relu(x)
+        out[:, 4:] = x[:, :2] * 2
+        return out
+
+
+def test_slice_scatter_is_concatenation(tmp_path):
+    from layerwise.compiler.passes import run_passes
+    from layerwise.targets.tflite import INFO
+
+    ir = lift(Source("write", SliceWrite().eval(), {"x": torch.randn(2, 3, 4, 4)}, "vision"))
+    assert any("slice_scatter" in str(n.target) for n in ir.program.graph.nodes)
+    ir = run_passes(ir, list(INFO.legalize))  # copies into slices become adds
+    stats = emit_tflite(ir, tmp_path / "m.tflite")
+    assert "CONCATENATION" in stats["ops"], stats
+    out = open_runner("tflite", tmp_path / "m.tflite", threads=1).run(
+        {"x": ir.example_inputs["x"].numpy()})
+    np.testing.assert_array_equal(out[0], ir.run()[0].numpy())
