@@ -193,6 +193,16 @@ def unary(cx, node):
     return cx.b.unary(name, x, node.name, q=cx.qparams(node) if q == "node" else q)
 
 
+@reg(aten.leaky_relu.default)
+def leaky_relu(cx, node):
+    """LEAKY_RELU with torch's slope (0.01 by default; CSPDarkNet's 0.1)."""
+    x = cx.value(node.args[0])
+    alpha = float(node.args[1]) if len(node.args) > 1 else 0.01
+    out = cx.out(node, x.shape, x.perm)
+    cx.b.op("LEAKY_RELU", [x], [out], "LeakyRelu", alpha=alpha)
+    return out
+
+
 @reg(aten.gelu.default)
 def gelu(cx, node):
     x = cx.value(node.args[0])

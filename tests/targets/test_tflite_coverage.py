@@ -164,3 +164,14 @@ def test_slice_scatter_is_concatenation(tmp_path):
     out = open_runner("tflite", tmp_path / "m.tflite", threads=1).run(
         {"x": ir.example_inputs["x"].numpy()})
     np.testing.assert_array_equal(out[0], ir.run()[0].numpy())
+
+
+@pytest.mark.parametrize("slope", [0.01, 0.1])
+def test_leaky_relu(tmp_path, slope):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LeakyReLU(slope)).eval()
+    ir = lift(Source("leaky", model, {"input": torch.randn(2, 3, 6, 6)}, "vision"))
+    stats = emit_tflite(ir, tmp_path / "m.tflite")
+    assert stats["ops"]["LEAKY_RELU"] == 1, stats
+    out = open_runner("tflite", tmp_path / "m.tflite", threads=1).run(
+        {"input": ir.example_inputs["input"].numpy()})
+    np.testing.assert_allclose(out[0], ir.run()[0].numpy(), rtol=1e-5, atol=1e-6)
