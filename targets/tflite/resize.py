@@ -5,6 +5,7 @@ at 0); align_corners=True is TFLite's align_corners."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from layerwise.targets.tflite.nn import NHWC
@@ -33,10 +34,30 @@ def bilinear(cx, node):
 def nearest(cx, node):
     h, w = cx.shape(node)[2:]
     src = cx.shape(node.args[0])[2:]
-    if h % src[0] or w % src[1]:  # torch's nearest floors dst * in / out; TFLite rounds
-        raise cx.fail(node, "nearest resizing by a non-integer factor is not supported")
+    if h % src[0] or w % src[1]:
+        return _nearest_by_gather(cx, node, (h, w), src)
     return _resize(cx, node, "RESIZE_NEAREST_NEIGHBOR", "ResizeNearestNeighbor",
                    alignCorners=False, halfPixelCenters=False)
+
+
+def _nearest_by_gather(cx, node, size, src):
+    """A non-integer factor (GhostNetV2 resizes 7 to 14 and 4 to 7): the source rows and
+    columns torch picks, floor(dst * scale) in float32 with scale = in / out or 1 / the
+    given scale factor, taken by two GATHERs, so no kernel's own rounding enters."""
+    factors = node.args[2] if len(node.args) > 2 else None
+    x = cx.b.relayout(cx.value(node.args[0]), NHWC)
+    for axis, (n_out, n_in) in enumerate(zip(size, src)):
+        scale = np.float32(1.0 / factors[axis]) if factors else np.float32(n_in / n_out)
+        idx = np.minimum(np.floor(np.arange(n_out, dtype=np.float32) * scale), n_in - 1)
+        shape = list(x.shape)
+        shape[axis + 1] = n_out
+        last = axis == 1
+        out = cx.out(node, shape, NHWC) if last else \
+            cx.b.tensor(f"{node.name}_rows", shape, x.dtype, NHWC, x.q)
+        cx.b.op("GATHER", [x, cx.b.const(idx.astype(np.int32), f"{node.name}_idx{axis}")],
+                [out], "Gather", axis=axis + 1)
+        x = out
+    return x
 
 
 def _resize(cx, node, op: str, options: str, **fields):

@@ -175,3 +175,20 @@ def test_leaky_relu(tmp_path, slope):
     out = open_runner("tflite", tmp_path / "m.tflite", threads=1).run(
         {"input": ir.example_inputs["input"].numpy()})
     np.testing.assert_allclose(out[0], ir.run()[0].numpy(), rtol=1e-5, atol=1e-6)
+
+
+class Resize(nn.Module):
+    """GhostNetV2's attention branch: nearest resizing back to a size that is no multiple."""
+
+    def forward(self, x):
+        small = nn.functional.avg_pool2d(x, 2)  # 7 -> 3
+        return x * nn.functional.interpolate(small, size=x.shape[-2:], mode="nearest")
+
+
+def test_nearest_resize_by_a_non_integer_factor(tmp_path):
+    ir = lift(Source("resize", Resize().eval(), {"x": torch.randn(2, 3, 7, 7)}, "vision"))
+    stats = emit_tflite(ir, tmp_path / "m.tflite")
+    assert stats["ops"].get("GATHER") == 2, stats
+    out = open_runner("tflite", tmp_path / "m.tflite", threads=1).run(
+        {"x": ir.example_inputs["x"].numpy()})
+    np.testing.assert_allclose(out[0], ir.run()[0].numpy(), rtol=1e-6, atol=1e-6)
