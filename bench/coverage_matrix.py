@@ -112,6 +112,8 @@ def run_model(spec: str, targets: list[str], timeout: float) -> dict[str, dict]:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
                               check=False, cwd=tempfile.gettempdir())
         out, err, why = proc.stdout, proc.stderr, f"worker exited with {proc.returncode}"
+        if proc.returncode == -9:  # SIGKILL: on this machine, the kernel's out-of-memory killer
+            why = "worker killed by SIGKILL (out of memory: the machine has 24 GiB)"
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
         err, why = "", f"timed out after {timeout:.0f} s"
