@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from layerwise.targets.tflite.fuse import absorb_activation
+from layerwise.targets.tflite.fuse import absorb_activation, absorb_batchnorm, bind
 from layerwise.targets.tflite.ops import permuted
 
 NDHWC = (0, 2, 3, 4, 1)
@@ -14,8 +14,6 @@ NDHWC = (0, 2, 3, 4, 1)
 
 def conv3d(cx, node):
     """Emit aten.convolution with 5-d weights (not transposed, groups 1)."""
-    from layerwise.targets.tflite.nn import _bind, absorb_batchnorm
-
     x_arg, w_arg, b_arg, stride, padding, dilation, _transposed, _, groups = node.args
     if cx.int8:
         raise cx.fail(node, "3-d convolution in int8 is not supported (LiteRT's CONV_3D is "
@@ -47,5 +45,5 @@ def conv3d(cx, node):
             strideH=int(stride[1]), strideW=int(stride[2]), dilationDFactor=int(dilation[0]),
             dilationHFactor=int(dilation[1]), dilationWFactor=int(dilation[2]),
             fusedActivationFunction=act)
-    _bind(cx, chain, out)
+    bind(cx, chain, out)
     return out

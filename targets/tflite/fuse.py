@@ -4,6 +4,7 @@ code, and the x * relu6(x + 3) / 6 pattern as one HARD_SWISH."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 aten = torch.ops.aten
@@ -83,3 +84,31 @@ def match_hardswish(cx, node):
     for n in [node, *chain, m, d]:
         cx.env[n] = out
     return out
+
+
+def absorb_batchnorm(cx, node):
+    """(chain, (scale, shift) | None): an inference batch norm right after node."""
+    u = cx.sole_user(node)
+    if u is None or u.target is not aten._native_batch_norm_legit_no_training.default \
+            or u.args[0] is not node:
+        return [node], None
+    w, b, mean, var = u.args[1:5]
+    eps = float(u.args[6])
+    if not all(cx.is_const(a) for a in (w, b, mean, var)):
+        return [node], None
+    gets = list(u.users)
+    if len(gets) != 1 or gets[0].args[1] != 0:
+        return [node], None
+    mean = np.asarray(cx.concrete(mean), np.float64)
+    scale = 1.0 / np.sqrt(np.asarray(cx.concrete(var), np.float64) + eps)
+    if w is not None:
+        scale = scale * np.asarray(cx.concrete(w), np.float64)
+    shift = -mean * scale + (np.asarray(cx.concrete(b), np.float64) if b is not None else 0.0)
+    return [node, u, gets[0]], (scale, shift)
+
+
+def bind(cx, chain, out):
+    """Every node of a fused chain reads as `out` (a batch norm as its output triple)."""
+    for n in chain:
+        cx.env[n] = [out, None, None] if n.target is \
+            aten._native_batch_norm_legit_no_training.default else out

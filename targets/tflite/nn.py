@@ -16,7 +16,7 @@ import operator
 import numpy as np
 import torch
 
-from layerwise.targets.tflite.fuse import absorb_activation
+from layerwise.targets.tflite.fuse import absorb_activation, absorb_batchnorm, bind
 from layerwise.targets.tflite.graph import QParams, symmetric_per_channel
 from layerwise.targets.tflite.ops import permuted
 
@@ -32,33 +32,6 @@ def nn(*targets):
             NN[t] = fn
         return fn
     return deco
-
-
-def absorb_batchnorm(cx, node):
-    """(chain, (scale, shift) | None): an inference batch norm right after node."""
-    u = cx.sole_user(node)
-    if u is None or u.target is not aten._native_batch_norm_legit_no_training.default \
-            or u.args[0] is not node:
-        return [node], None
-    w, b, mean, var = u.args[1:5]
-    eps = float(u.args[6])
-    if not all(cx.is_const(a) for a in (w, b, mean, var)):
-        return [node], None
-    gets = list(u.users)
-    if len(gets) != 1 or gets[0].args[1] != 0:
-        return [node], None
-    mean = np.asarray(cx.concrete(mean), np.float64)
-    scale = 1.0 / np.sqrt(np.asarray(cx.concrete(var), np.float64) + eps)
-    if w is not None:
-        scale = scale * np.asarray(cx.concrete(w), np.float64)
-    shift = -mean * scale + (np.asarray(cx.concrete(b), np.float64) if b is not None else 0.0)
-    return [node, u, gets[0]], (scale, shift)
-
-
-def _bind(cx, chain, out):
-    for n in chain:
-        cx.env[n] = [out, None, None] if n.target is \
-            aten._native_batch_norm_legit_no_training.default else out
 
 
 # ---------------------------------------------------------------- weights
@@ -231,7 +204,7 @@ def convolution(cx, node):
             fusedActivationFunction=act, **opts)
     if one_d:
         out = cx.b.reshape(out, (ts[0], ts[2], ts[1]), last.name, (0, 2, 1))
-    _bind(cx, chain, out)
+    bind(cx, chain, out)
     return out
 
 
@@ -330,7 +303,7 @@ def matmul_2d(cx, node):
                  q=None if float_out else _output_q(cx, chain[-1], x, wv))
     cx.b.op("FULLY_CONNECTED", [x, wv, bv], [out], "FullyConnected",
             fusedActivationFunction=act)
-    _bind(cx, chain, out)
+    bind(cx, chain, out)
     return out
 
 
@@ -395,7 +368,7 @@ def _bmm_as_linear(cx, node, x_arg, y_arg):
     out = cx.out(last, shape, None, q=None if float_out else _output_q(cx, last, x, wv))
     cx.b.op("FULLY_CONNECTED", [x, wv, bv], [out], "FullyConnected",
             fusedActivationFunction=act, keepNumDims=True)
-    _bind(cx, chain, out)
+    bind(cx, chain, out)
     return out
 
 
