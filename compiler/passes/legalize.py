@@ -7,6 +7,14 @@ import torch
 aten = torch.ops.aten
 
 
+def _record(ir, name: str, changed: int):
+    """Recompile after `changed` rewrites and note the pass in the IR's annotations."""
+    if changed:
+        ir.program.graph_module.recompile()
+    ir.annotations.setdefault("passes", []).append({"name": name, "rewritten": changed})
+    return ir
+
+
 def legalize_views(ir):
     """Rewrite every `aten.view` to `aten.reshape` (in place; returns the same IR).
 
@@ -19,10 +27,7 @@ def legalize_views(ir):
         if node.op == "call_function" and node.target is aten.view.default:
             node.target = aten.reshape.default
             changed += 1
-    if changed:
-        gm.recompile()
-    ir.annotations.setdefault("passes", []).append({"name": "legalize_views", "rewritten": changed})
-    return ir
+    return _record(ir, "legalize_views", changed)
 
 
 def legalize_copies(ir):
@@ -56,11 +61,7 @@ def legalize_copies(ir):
         node.replace_all_uses_with(new)
         graph.erase_node(node)
         changed += 1
-    if changed:
-        gm.recompile()
-    ir.annotations.setdefault("passes", []).append({"name": "legalize_copies",
-                                                    "rewritten": changed})
-    return ir
+    return _record(ir, "legalize_copies", changed)
 
 
 def _call(graph, like, target, args, kwargs=None):
@@ -118,8 +119,4 @@ def decompose_group_norm(ir):
             graph.erase_node(u)
         graph.erase_node(node)
         changed += 1
-    if changed:
-        gm.recompile()
-    ir.annotations.setdefault("passes", []).append({"name": "decompose_group_norm",
-                                                    "rewritten": changed})
-    return ir
+    return _record(ir, "decompose_group_norm", changed)
