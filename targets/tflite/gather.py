@@ -8,18 +8,12 @@ import numpy as np
 import torch
 
 from layerwise.targets.tflite.graph import identity
-from layerwise.targets.tflite.ops import cast, permuted
+from layerwise.targets.tflite.ops import cast, permuted, registrar
 
 aten = torch.ops.aten
 GATHER: dict = {}
 
-
-def _reg(*targets):
-    def deco(fn):
-        for t in targets:
-            GATHER[t] = fn
-        return fn
-    return deco
+_reg = registrar(GATHER)
 
 
 @_reg(aten.gather.default)

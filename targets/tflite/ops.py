@@ -20,13 +20,19 @@ aten = torch.ops.aten
 OPS: dict = {}
 
 
-def reg(*targets):
-    def deco(fn):
-        for t in targets:
-            assert t not in OPS, t
-            OPS[t] = fn
-        return fn
-    return deco
+def registrar(table: dict):
+    """A decorator registering a converter in `table` for each ATen target (no duplicates)."""
+    def reg(*targets):
+        def deco(fn):
+            for t in targets:
+                assert t not in table, t
+                table[t] = fn
+            return fn
+        return deco
+    return reg
+
+
+reg = registrar(OPS)
 
 
 def dims_of(dims, rank: int) -> list[int]:

@@ -9,18 +9,12 @@ import numpy as np
 import torch
 
 from layerwise.targets.tflite.nn import NHWC
-from layerwise.targets.tflite.ops import permuted
+from layerwise.targets.tflite.ops import permuted, registrar
 
 aten = torch.ops.aten
 RESIZE: dict = {}
 
-
-def _reg(*targets):
-    def deco(fn):
-        for t in targets:
-            RESIZE[t] = fn
-        return fn
-    return deco
+_reg = registrar(RESIZE)
 
 
 @_reg(aten.upsample_bilinear2d.vec, aten.upsample_bilinear2d.default)

@@ -7,18 +7,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from layerwise.targets.tflite.ops import cast, permuted
+from layerwise.targets.tflite.ops import cast, permuted, registrar
 
 aten = torch.ops.aten
 SCAN: dict = {}
 
-
-def _reg(*targets):
-    def deco(fn):
-        for t in targets:
-            SCAN[t] = fn
-        return fn
-    return deco
+_reg = registrar(SCAN)
 
 
 @_reg(aten.cumsum.default)
