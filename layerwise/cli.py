@@ -1,5 +1,6 @@
 """The `layerwise` command: inspect, compile, profile. Exit codes: 0 ok, 2 user error,
-1 internal error. User errors print one line and no traceback."""
+1 internal error. User errors print one line and no traceback. LAYERWISE_PROGRESS=stderr
+keeps the progress lines on stderr under --json (the hub's jobs log them)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ COMPILE_SIDE = {"torch", "torchvision", "onnx", "onnxscript", "timm", "transform
 
 def _parser() -> argparse.ArgumentParser:
     from layerwise.options import AnalyzeOptions, CompileOptions, ProfileOptions
+    from layerwise.hub.serve import add_serve_parsers
     from layerwise.runtime.agent import add_agent_parser
     from layerwise.spec import SCHEMES, SourceOptions
 
@@ -46,8 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     prof.add_argument("bundle", help="bundle directory written by `layerwise compile`")
     add_arguments(prof, ProfileOptions)
 
-    # its own --quiet; not in the --json/--quiet loop below
+    # their own --quiet / --json; not in the --json/--quiet loop below
     add_agent_parser(sub)
+    add_serve_parsers(sub)
 
     dev = sub.add_parser("devices", help="list the device profiles (peaks, precisions, recipe)")
     pred = sub.add_parser("predict", help="predict a model's latency on a device (roofline)")
@@ -195,7 +198,12 @@ def _run(args: argparse.Namespace) -> int:
         from layerwise.runtime.agent import run_agent
 
         return run_agent(args)
-    show = not (args.quiet or args.json)
+    if args.command in ("serve", "users"):
+        from layerwise.hub.serve import run_serve, run_users
+
+        return run_serve(args) if args.command == "serve" else run_users(args)
+    # the hub's jobs print --json on stdout and their progress on stderr (their log)
+    show = not args.quiet and (not args.json or os.environ.get("LAYERWISE_PROGRESS") == "stderr")
     if args.command == "inspect":
         with _progress(show) as step:
             result = api.inspect(args.spec, from_namespace(SourceOptions, args), step)

@@ -6,7 +6,9 @@ import html
 from pathlib import Path
 
 
-def _plot(cands: list[dict], frontier: list[dict], bound: float) -> str:
+def pareto_svg(cands: list[dict], frontier: list[dict], bound: float) -> str:
+    """Quality loss against latency of the measured candidates, the frontier joined, the
+    bound dashed (inline SVG)."""
     w, h, m = 560, 340, 50
     pts = [c for c in cands if c["latency_ms"] is not None]
     if not pts:
@@ -168,7 +170,7 @@ def plan_report(search: dict, spec: str, passes: list[dict] | None = None) -> st
         f"{html.escape(str(chosen.get('drop', [])))}, {chosen.get('precision', '')}.</p>"
         f"{_task(search)}"
         f"<h2>Pareto frontier (quality loss vs latency)</h2>"
-        f"{_plot(search['candidates'], search['pareto'], search['bound']['max_drop'])}"
+        f"{pareto_svg(search['candidates'], search['pareto'], search['bound']['max_drop'])}"
         "<h2>Candidates</h2><table><tr><th>dropped</th><th>precision</th><th>fp32 kept</th>"
         "<th>quality loss</th><th>measured on</th><th>p50 ms</th><th>MiB</th></tr>"
         f"{rows}</table>{_heal(passes or [], search)}{_layers(search)}</body></html>")

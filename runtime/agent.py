@@ -48,14 +48,12 @@ from layerwise.runtime.agent_wire import (
     decode_options,
     event_line,
     read_token,
+    receive_upload,
     unpack_archive,
 )
 from layerwise.runtime.agent_workdir import JOB_PREFIX, WorkDir, claim
 
 AGENT_VERSION = __version__
-# How much of an oversized streamed upload is read and dropped before answering 413, so the
-# client can read the answer (closing on unread data would reset the connection).
-DRAIN_BYTES = 8 << 20
 # Distributions that provide each target's runtime (the first installed one is reported).
 RUNTIME_DISTS: dict[str, tuple[str, ...]] = {
     "onnx": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
@@ -252,26 +250,6 @@ class Job:
                 self.task.cancel()
 
 
-async def _receive_upload(request, dest: Path, limit: int) -> None:
-    """Stream the body to DEST; past `limit` bytes stop writing, drain a little, refuse 413."""
-    size = 0
-    with open(dest, "wb") as f:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                break
-            f.write(chunk)
-    if size <= limit:
-        return
-    dropped = 0
-    async for chunk in request.stream():
-        dropped += len(chunk)
-        if dropped > DRAIN_BYTES:
-            break
-    raise RequestError(413, f"upload over the agent's limit of {limit / (1 << 20):g} MB; "
-                       "start the agent with a larger --max-upload-mb")
-
-
 def _prepare(archive: Path, bundle_dir: Path, options: dict, max_unpacked: int) -> None:
     """Unpack and check the bundle before it is queued (runs in a worker thread)."""
     from layerwise.runtime.bundle import open_bundle
@@ -296,7 +274,10 @@ async def _accept(request, cfg: AgentConfig, options: dict) -> Path:
     job_dir = Path(tempfile.mkdtemp(prefix=JOB_PREFIX, dir=cfg.work_dir))
     try:
         archive = job_dir / "upload.tar.gz"
-        await _receive_upload(request, archive, cfg.max_upload_bytes)
+        if not await receive_upload(request, archive, cfg.max_upload_bytes):
+            raise RequestError(413, "upload over the agent's limit of "
+                               f"{cfg.max_upload_bytes / (1 << 20):g} MB; start the agent "
+                               "with a larger --max-upload-mb")
         await to_thread.run_sync(_prepare, archive, job_dir / "bundle", options,
                                  4 * cfg.max_upload_bytes)
     except LayerwiseError as e:  # ArchiveError, BundleError, a batch the bundle refuses
@@ -437,7 +418,8 @@ def add_agent_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on HOST:PORT; a one-line error when it cannot be had."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         return socket.create_server((host, port), family=family)
@@ -468,7 +450,7 @@ def _serve(args: argparse.Namespace, token: str, work: WorkDir, swept: int, uvic
                       max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
                       max_queue=args.max_queue, job_timeout_s=args.job_timeout,
                       allow_native=args.allow_native)
-    sock = _listen(args.host, args.port)
+    sock = listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
     if host not in ("127.0.0.1", "::1"):
         print(f"layerwise agent: listening on {host}, beyond this machine: the token travels "

@@ -128,6 +128,32 @@ def _plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
+# How much of an oversized streamed upload is read and dropped before answering 413, so the
+# client can read the answer (closing on unread data would reset the connection).
+DRAIN_BYTES = 8 << 20
+
+
+async def receive_upload(request: Any, dest: Path, limit: int) -> bool:
+    """Stream a server request's body to DEST; False when it is over `limit` bytes (then
+    what was written is partial, and a little more of the body was read and dropped so the
+    client can read the 413 the caller answers)."""
+    size = 0
+    with open(dest, "wb") as f:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                break
+            f.write(chunk)
+    if size <= limit:
+        return True
+    dropped = 0
+    async for chunk in request.stream():
+        dropped += len(chunk)
+        if dropped > DRAIN_BYTES:
+            break
+    return False
+
+
 def pack_bundle(bundle_dir: str | Path, dest: Path) -> int:
     """Write the bundle's manifest and listed files to DEST as tar.gz; returns its size."""
     d = Path(bundle_dir)
