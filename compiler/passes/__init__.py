@@ -16,6 +16,9 @@ PASSES: dict[str, str] = {
     "legalize_views": "layerwise.compiler.passes.legalize:legalize_views",
     "legalize_copies": "layerwise.compiler.passes.legalize:legalize_copies",
     "decompose_group_norm": "layerwise.compiler.passes.legalize:decompose_group_norm",
+    "legalize_float_floor_divide":
+        "layerwise.compiler.passes.legalize:legalize_float_floor_divide",
+    "legalize_slice_scatter": "layerwise.compiler.passes.legalize:legalize_slice_scatter",
     "unguard_softmax": "layerwise.compiler.passes.unguard_softmax:unguard_softmax",
     "quantize": "layerwise.compiler.passes.quantize:quantize",
     "equalize": "layerwise.compiler.passes.equalize:equalize",

@@ -120,3 +120,72 @@ def decompose_group_norm(ir):
         graph.erase_node(node)
         changed += 1
     return _record(ir, "decompose_group_norm", changed)
+
+
+def legalize_float_floor_divide(ir):
+    """Rewrite a floor division of floating-point values (`floor_divide`, `div` with
+    rounding_mode='floor') as `floor(a / b)` (in place; returns the same IR). TVM's importer
+    emits a floor_divide whose float tensor meets an int constant and refuses it."""
+    gm = ir.program.graph_module
+    graph, changed = gm.graph, 0
+    floor_divs = {aten.floor_divide.default, aten.floor_divide.Scalar}
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        mode = node.kwargs.get("rounding_mode") if node.target is aten.div.Tensor_mode else None
+        if node.target not in floor_divs and mode != "floor":
+            continue
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor) or not val.dtype.is_floating_point:
+            continue
+        a, b = node.args[:2]
+        with graph.inserting_before(node):
+            div = aten.div.Tensor if isinstance(b, torch.fx.Node) else aten.div.Scalar
+            q = _call(graph, node, div, [a, float(b) if isinstance(b, (int, float)) else b])
+            new = _call(graph, node, aten.floor.default, [q])
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        changed += 1
+    return _record(ir, "legalize_float_floor_divide", changed)
+
+
+def legalize_slice_scatter(ir):
+    """Rewrite `slice_scatter(base, src, dim, start, end, 1)` as the concatenation of base's
+    part before `start`, src, and base's part from `end` (in place; returns the same IR).
+    TVM's slice_scatter needs every dimension constant, so a dynamic batch fails it (GhostNet
+    writes its channel halves with it). Steps other than 1 are left alone."""
+    gm = ir.program.graph_module
+    graph, changed = gm.graph, 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not aten.slice_scatter.default:
+            continue
+        base, src = node.args[:2]
+        rank = len(node.meta["val"].shape)
+        given = list(node.args[2:6])
+        dim, start, end, step = [node.kwargs.get(k, d) for k, d in
+                                 zip(("dim", "start", "end", "step"),
+                                     given + [0, None, None, 1][len(given):], strict=True)]
+        size = node.meta["val"].shape[dim % rank]
+        whole = step == 1 and start in (None, 0) and (end is None or end >= 2**62)
+        if whole:  # the whole axis (a dynamic batch's, too): the result is src itself
+            node.replace_all_uses_with(src)
+            graph.erase_node(node)
+            changed += 1
+            continue
+        if step != 1 or not isinstance(size, int):
+            continue
+        start = 0 if start is None else (start + size if start < 0 else min(start, size))
+        end = size if end is None else (end + size if end < 0 else min(end, size))
+        with graph.inserting_before(node):
+            parts = []
+            if start > 0:
+                parts.append(_call(graph, node, aten.slice.Tensor, [base, dim, 0, start]))
+            parts.append(src)
+            if end < size:
+                parts.append(_call(graph, node, aten.slice.Tensor, [base, dim, end, size]))
+            new = parts[0] if len(parts) == 1 else _call(graph, node, aten.cat.default,
+                                                         [parts, dim])
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        changed += 1
+    return _record(ir, "legalize_slice_scatter", changed)

@@ -37,7 +37,8 @@ from layerwise.targets import TargetInfo
 from layerwise.targets.tvm.tune import DB_FILES
 
 INFO = TargetInfo(name="tvm", runtime="tvm", precisions=("fp32",), extra="tvm",
-                  legalize=("unguard_softmax",))
+                  legalize=("unguard_softmax", "legalize_float_floor_divide",
+                            "legalize_slice_scatter"))
 MODEL = "model.so"
 SIDECAR = "model.json"
 TUNING = "tuning"

@@ -91,3 +91,51 @@ def test_group_norm_decomposes_and_tflite_runs_it(tmp_path):
     out = open_runner("tflite", tmp_path / "m.tflite", threads=1).run(
         {"x": ir.example_inputs["x"].numpy()})
     torch.testing.assert_close(torch.from_numpy(out[0]), ref[0], rtol=1e-5, atol=1e-5)
+
+
+class FloorDivide(torch.nn.Module):
+    """EdgeNeXt's and DETR's position encodings: a float tensor floor-divided by an int."""
+
+    def forward(self, x):
+        return torch.div(x, 2, rounding_mode="floor") + torch.floor_divide(x * 3, 0.7)
+
+
+class HalvesScattered(torch.nn.Module):
+    """GhostNet's write of channel halves: slices of a buffer replaced by computed parts."""
+
+    def forward(self, x):
+        out = torch.cat([x, x], 1)
+        out[:, 2:4] = x[:, :2] * 2
+        out[:] = out + 1  # a scatter over the whole (dynamic) batch axis
+        return out
+
+
+def test_float_floor_divide_becomes_floor_of_a_division():
+    from layerwise.sources import Source
+
+    ir = lift(Source("fd", FloorDivide().eval(), {"x": torch.randn(2, 8) * 10}, "tabular"))
+    ref = ir.run()
+    ir = get_pass("legalize_float_floor_divide")(ir)
+    assert _count(ir, aten.floor_divide.default) == 0
+    assert _count(ir, aten.div.Tensor_mode) == 0 and _count(ir, aten.floor.default) == 2
+    for a, b in zip(ir.run(), ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_slice_scatters_become_concatenations_and_tvm_builds(tmp_path):
+    from layerwise.finish import Choice, build
+    from layerwise.options import CompileOptions, check_compile
+    from layerwise.sources import Source
+
+    ir = lift(Source("gh", HalvesScattered().eval(), {"x": torch.randn(2, 4, 3)}, "tabular"))
+    assert _count(ir, aten.slice_scatter.default) >= 2
+    ref = ir.run()
+    ir = get_pass("legalize_slice_scatter")(ir)
+    assert _count(ir, aten.slice_scatter.default) == 0
+    for a, b in zip(ir.run(), ref):
+        torch.testing.assert_close(a, b)
+    opts = check_compile(CompileOptions(target="tvm", out=str(tmp_path / "b"), db="none"))
+    source = Source("gh", HalvesScattered().eval(), {"x": torch.randn(2, 4, 3)}, "tabular")
+    man = build("gh", lift(source), opts, Choice(), [], out=tmp_path / "b", force=False,
+                progress=lambda _m: None, timings={}, record=False)
+    assert man["verification"]["passed"]
