@@ -90,3 +90,39 @@ def test_pages_render_for_each_role(hub, browser):
     token = admin.inner_text("#new-token").strip()
     assert hub.call("GET", "/whoami", token)[1] == {"name": "erin", "role": "engineer"}
     assert errors == []
+
+
+def test_a_plan_search_job_shows_its_pareto_plot(hub, browser, tmp_path):
+    import io
+
+    import numpy as np
+    import torch
+
+    from tests.fixtures.models import residual_mlp
+
+    model, inputs, _task = residual_mlp()
+    path = tmp_path / "mlp.pt2"
+    batch = {"x": {0: torch.export.Dim("batch", min=1, max=1024)}}
+    torch.export.save(torch.export.export(model.eval(), tuple(inputs.values()),
+                                          dynamic_shapes=batch), path)
+    data = io.BytesIO()
+    np.savez(data, **{next(iter(inputs)): np.random.default_rng(0).normal(
+        size=(96, 16)).astype(np.float32)})
+    eng = hub.tokens["engineer"]
+    model_ref = hub.call("POST", "/uploads?name=mlp.pt2", eng, raw_body=path.read_bytes())[1]
+    data_ref = hub.call("POST", "/uploads?name=x.npz", eng, raw_body=data.getvalue())[1]
+    status, job = hub.call("POST", "/jobs", eng, {
+        "kind": "compile", "spec": model_ref["ref"],
+        "options": {"data": data_ref["ref"], "max_drop": "2%", "search_budget": "5m"}})
+    assert status == 201, job
+    done = hub.wait(job["id"], eng)
+    assert done["state"] == "done", done["error"]
+    assert set(done["result"]["search"]["chosen"]["drop"]) == {"blocks.1", "blocks.3",
+                                                               "blocks.5"}
+    errors: list = []
+    page = _signed_in(browser, hub, "viewer", errors)
+    page.goto(f"{hub.url}/jobs/{job['id']}")
+    assert page.locator("svg[aria-label=pareto] circle").count() >= 2
+    page.click("text=bundle/report.html")
+    assert "Plan search" in page.inner_text("h1")
+    assert errors == []
