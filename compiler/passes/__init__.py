@@ -19,6 +19,7 @@ PASSES: dict[str, str] = {
     "legalize_float_floor_divide":
         "layerwise.compiler.passes.legalize:legalize_float_floor_divide",
     "legalize_slice_scatter": "layerwise.compiler.passes.legalize:legalize_slice_scatter",
+    "legalize_symbolic_repeat": "layerwise.compiler.passes.legalize:legalize_symbolic_repeat",
     "unguard_softmax": "layerwise.compiler.passes.unguard_softmax:unguard_softmax",
     "quantize": "layerwise.compiler.passes.quantize:quantize",
     "equalize": "layerwise.compiler.passes.equalize:equalize",

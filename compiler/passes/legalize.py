@@ -189,3 +189,34 @@ def legalize_slice_scatter(ir):
         graph.erase_node(node)
         changed += 1
     return _record(ir, "legalize_slice_scatter", changed)
+
+
+def legalize_symbolic_repeat(ir):
+    """Rewrite `repeat(x, reps)` whose run-time repeat counts (a dynamic batch) fall on axes
+    of size 1 as a repeat by the static counts, then `expand` to the run-time sizes (in
+    place; returns the same IR). TVM's tile needs constant repeats (WavLM's position bias,
+    SigLIP's pooling probe repeat by the batch). Other repeats are left alone."""
+    gm = ir.program.graph_module
+    graph, changed = gm.graph, 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not aten.repeat.default:
+            continue
+        x, reps = node.args[:2]
+        sym = [isinstance(r, torch.fx.Node) for r in reps]
+        shape = [1] * (len(reps) - x.meta["val"].dim()) + list(x.meta["val"].shape)
+        if not any(sym) or any(s and d != 1 for s, d in zip(sym, shape, strict=True)):
+            continue
+        static = [1 if s else r for s, r in zip(sym, reps, strict=True)]
+        with graph.inserting_before(node):
+            y = x
+            if static != [1] * len(reps) or len(reps) != x.meta["val"].dim():
+                y = _call(graph, node, aten.repeat.default, [x, static])
+            wide = _call(graph, node, aten.expand.default,
+                         [y, [r if s else -1 for s, r in zip(sym, reps, strict=True)]])
+            # repeat's result is contiguous (a later view relies on it); expand's is not
+            new = _call(graph, node, aten.clone.default, [wide],
+                        {"memory_format": torch.contiguous_format})
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        changed += 1
+    return _record(ir, "legalize_symbolic_repeat", changed)

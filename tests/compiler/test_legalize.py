@@ -139,3 +139,34 @@ def test_slice_scatters_become_concatenations_and_tvm_builds(tmp_path):
     man = build("gh", lift(source), opts, Choice(), [], out=tmp_path / "b", force=False,
                 progress=lambda _m: None, timings={}, record=False)
     assert man["verification"]["passed"]
+
+
+class RepeatByBatch(torch.nn.Module):
+    """WavLM's position bias: a shared tensor repeated once per row of a dynamic batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.randn(3, 5, 5))
+
+    def forward(self, x):
+        rep = self.bias.unsqueeze(0).repeat(x.shape[0], 1, 1, 1)
+        return x + rep.view(x.shape[0] * 3, 5, 5).sum(0)
+
+
+def test_repeats_by_the_batch_become_expands_and_tvm_builds(tmp_path):
+    from layerwise.finish import Choice, build
+    from layerwise.options import CompileOptions, check_compile
+    from layerwise.sources import Source
+
+    ir = lift(Source("rep", RepeatByBatch().eval(), {"x": torch.randn(2, 5, 5)}, "tabular"))
+    assert _count(ir, aten.repeat.default) == 1
+    ref = ir.run()
+    ir = get_pass("legalize_symbolic_repeat")(ir)
+    assert _count(ir, aten.repeat.default) == 0 and _count(ir, aten.expand.default) >= 1
+    for a, b in zip(ir.run(), ref):
+        torch.testing.assert_close(a, b)
+    opts = check_compile(CompileOptions(target="tvm", out=str(tmp_path / "b"), db="none"))
+    source = Source("rep", RepeatByBatch().eval(), {"x": torch.randn(2, 5, 5)}, "tabular")
+    man = build("rep", lift(source), opts, Choice(), [], out=tmp_path / "b", force=False,
+                progress=lambda _m: None, timings={}, record=False)
+    assert man["verification"]["passed"]
