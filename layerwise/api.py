@@ -191,7 +191,14 @@ def compile(spec: str, options: CompileOptions | None = None, source_options=Non
                            agree=agreement_for(ir.meta, ir.output_names))
         s = Search(spec, ir, opts, batches, judge, progress, shrink=plan, timings=timings,
                    started=t0)
-        best, search = run_search(s)
+        if opts.executor == "local":
+            best, search = run_search(s)
+        else:
+            from layerwise.plan_ray import RayExecutor
+
+            progress(f"starting the candidates' workers on {opts.executor}")
+            with RayExecutor(s, opts.executor) as executor:
+                best, search = run_search(s, executor)
         small = s.shrunk(best.drop, best.prune)
         choice = Choice(best.precision, tuple(best.keep_fp32))
     return build(spec, small, opts, choice, batches, out=Path(opts.out), force=opts.force,

@@ -4,6 +4,8 @@ the CLI adds a flag per field, the API takes the dataclass, the server will read
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import re
 from dataclasses import dataclass
 
 from layerwise.base.errors import LayerwiseError
@@ -87,6 +89,10 @@ class CompileOptions:
     remote: str | None = opt(None, "plan search: measure candidates' latency on the device "
                              "agent at this URL (see `layerwise agent`) instead of here")
     token_file: str | None = opt(None, TOKEN_HELP)
+    executor: str = opt("local", "plan search: where the candidates are healed, built, "
+                        "verified and timed: local (here, one after another), ray (a local "
+                        "Ray cluster, one worker per CPU) or ray://HOST:PORT (a running one); "
+                        "the choice is the same given the same measurements")
     db: str | None = opt(None, DB_HELP)
 
 
@@ -231,7 +237,29 @@ def check_compile(opts: CompileOptions) -> CompileOptions:
     if names(opts.drop) and opts.max_drop is not None:
         raise LayerwiseError("give either --drop (your blocks) or --max-drop (the search "
                              "chooses), not both")
+    _check_executor(opts)
     return opts
+
+
+def _check_executor(opts: CompileOptions) -> None:
+    """--executor: local, ray or ray://HOST:PORT, for a plan search, with Ray installed."""
+    ex = opts.executor
+    if ex == "local":
+        return
+    if ex != "ray" and not re.fullmatch(r"ray://[^\s/:]+:\d+", str(ex)):
+        raise LayerwiseError(f"--executor {ex!r}: give local, ray (a local Ray cluster) or "
+                             "ray://HOST:PORT")
+    if opts.max_drop is None:
+        raise LayerwiseError(f"--executor {ex} runs the plan search's candidates on Ray: add "
+                             "--max-drop")
+    if opts.task == "text-generation":
+        raise LayerwiseError(f"--executor {ex}: a text-generation compile chooses its blocks "
+                             "in-process; leave --executor out")
+    if importlib.util.find_spec("ray") is None:
+        raise LayerwiseError(f"--executor {ex} needs Ray: pip install 'layerwise[ray]'")
+    if ex.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise LayerwiseError(f"--executor {ex} connects through Ray Client: pip install "
+                             "'layerwise[ray]'")
 
 
 def _resolve_device(opts: CompileOptions) -> CompileOptions:

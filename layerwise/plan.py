@@ -7,6 +7,10 @@ device profile).
 
 Quality comes from the judge (layerwise/judge.py): label-free fidelity to the original
 model on the held-out split of --data, or the task metric on labelled --eval data.
+
+The candidates are shrunk, built and measured here, one after another, unless `run_search`
+is given an executor (layerwise/plan_ray.py: on Ray workers, side by side); a `Search` is
+itself the in-process executor.
 """
 
 from __future__ import annotations
@@ -54,10 +58,12 @@ class Search:
     started: float | None = None  # perf_counter time the compile started
     build_s: float = 0.0  # the last candidate's build (emit, verify, write), seconds
     _shrunk: dict = field(default_factory=dict)
+    _measured: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         every = self.judge.every_output
-        self.judge.set_reference(lambda batches: _run_torch(self.ir, batches, every))
+        if "outputs" not in self.judge.reference:  # a worker's copy keeps the driver's
+            self.judge.set_reference(lambda batches: _run_torch(self.ir, batches, every))
 
     @property
     def prune_ratios(self) -> tuple[float, ...]:
@@ -70,6 +76,18 @@ class Search:
         return Bounds(fraction(self.opts.max_drop), self.opts.max_latency_ms,
                       self.opts.max_size_mb)
 
+    def ahead(self, plans: list, candidates: list[Candidate]) -> None:
+        """In-process, nothing is started ahead: each plan is measured when asked for."""
+
+    def executor_record(self) -> dict:
+        return {"name": "local", "workers": 1}
+
+    def remember(self, drop: list[str], prune: float | None, ir) -> None:
+        """Take `ir` as the shrunk IR of (drop, prune) (built elsewhere, by a worker)."""
+        self._shrunk[(tuple(drop), prune)] = ir
+
+    def has_shrunk(self, drop: list[str], prune: float | None) -> bool:
+        return (tuple(drop), prune) in self._shrunk
 
     def shrunk(self, drop: list[str], prune: float | None = None):
         """The IR with `drop` removed and `prune` of its channels pruned (healed when the
@@ -151,7 +169,14 @@ class Search:
 
     def measure(self, cand: Candidate) -> Candidate:
         """Build cand's artifact, then measure its quality on the held-out split and its
-        latency with the target's runtime (or on the agent, or predicted for the device)."""
+        latency with the target's runtime (or on the agent, or predicted for the device);
+        once per plan (asked again, the candidate measured then)."""
+        key = (tuple(cand.drop), cand.prune, cand.precision, tuple(cand.keep_fp32))
+        if key not in self._measured:
+            self._measured[key] = self._measure(cand)
+        return self._measured[key]
+
+    def _measure(self, cand: Candidate) -> Candidate:
         from layerwise.runtime import open_runner, profile
 
         remote, device = self.opts.remote, self.opts.device
@@ -195,11 +220,16 @@ class Search:
         return cand
 
 
-def run_search(s: Search) -> tuple[Candidate, dict]:
+def run_search(s: Search, executor=None) -> tuple[Candidate, dict]:
     """Run compiler/plan's search over `s`: depth, width, then int8 where the target has it
     (and dynamic int8 for a transformer's linears); returns the chosen candidate and the
-    search record."""
+    search record. `executor` (default `s`: here, in turn) shrinks, builds and measures the
+    candidates: torch_quality, measure, ahead, layer_table (a list or a function returning
+    it), shrunk, executor_record as on `Search`; the choice depends only on what it
+    measures. The chosen plan's shrunk IR is left in `s` (`s.shrunk`)."""
     from layerwise.targets import get_target
+
+    ex = executor or s
 
     precisions = get_target(s.opts.target).INFO.precisions
     attention = any(layer.kind == "attention" for layer in s.ir.layers)
@@ -210,7 +240,12 @@ def run_search(s: Search) -> tuple[Candidate, dict]:
     # stays a candidate: a search out of time still has what one compile gives
     s.progress("measuring the plain compile the search must beat")
     plain_precision = "int8" if "int8" in precisions else "fp32"
-    seed = (s.measure(Candidate([], plain_precision)),)
+    first = Candidate([], plain_precision)
+    ex.ahead([], [first])
+    # the default budget needs its build time now; else an executor measures it while the
+    # blocks are ranked and the search goes on (the search reads it through `measure`)
+    if budget is None or ex is s:
+        ex.measure(first)
     basis = "--search-budget"
     if budget is None:
         # the default: the whole compile within 3x that plain compile (lift, load --data,
@@ -218,20 +253,25 @@ def run_search(s: Search) -> tuple[Candidate, dict]:
         # ending in time for the chosen plan's own build
         plain = s.timings.get("lift_s", 0.0) + s.timings.get("data_s", 0.0) + s.build_s
         start = s.started if s.started is not None else t0 - s.timings.get("lift_s", 0.0)
+        start += ex.executor_record().get("start_s", 0.0)  # starting the workers is left out
         budget = start + 3 * plain - s.build_s - t0
         basis = (f"default: the compile within 3x a plain {plain_precision} compile "
                  f"({plain:.1f} s: lift, data and its build of {s.build_s:.1f} s)")
     s.deadline = t0 + budget
     order = s.ranking()
-    layers = s.layer_table() if "int8" in precisions and not s.past_deadline() else []
-    best, record = search_plan(order, s.torch_quality, s.measure, s.bounds(),
+    table = ex.layer_table() if "int8" in precisions and not s.past_deadline() else []
+    rows = table if callable(table) else (lambda: table)
+    best, record = search_plan(order, ex.torch_quality, ex.measure, s.bounds(),
                                prune_ratios=s.prune_ratios, int8="int8" in precisions,
                                others=others, progress=s.progress, budget_s=budget,
-                               started=t0, keep_order=[r["layer"] for r in layers] or None,
-                               seed=seed)
-    record.update({**s.judge.record(), "drop_order_basis": s.order_basis, "layers": layers,
+                               started=t0, keep_order=lambda: [r["layer"] for r in rows()]
+                               or None, seed=(first,), ahead=ex.ahead)
+    if ex is not s:
+        s.remember(best.drop, best.prune, ex.shrunk(best.drop, best.prune))
+    record.update({**s.judge.record(), "drop_order_basis": s.order_basis, "layers": rows(),
                    "wall_s": time.perf_counter() - t0, "budget_basis": basis,
-                   "importance_methods": s.importance.get("methods", [])})
+                   "importance_methods": s.importance.get("methods", []),
+                   "executor": ex.executor_record()})
     return best, record
 
 

@@ -126,3 +126,13 @@ def lm_bundle(tiny_lms, tmp_path_factory) -> Path:
     api.compile(f"hf:{tiny_lms['llama']}", api.CompileOptions(
         task="text-generation", out=str(out), db="none"))
     return out
+
+
+@pytest.fixture(scope="session")
+def mlp_data(tmp_path_factory) -> Path:
+    """96 random rows for tests/fixtures/models.py's residual_mlp (16 features), as .npz."""
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("mlp-data") / "x.npz"
+    np.savez(path, x=np.random.default_rng(0).normal(size=(96, 16)).astype(np.float32))
+    return path

@@ -116,3 +116,33 @@ def test_int8_keeps_the_most_sensitive_layers_given():
     assert tried == [[], ["b4.fc"], ["b4.fc", "b3.fc", "b4.proj"]]  # b0.fc: b0 was dropped
     assert best.precision == "int8" and best.keep_fp32 == ["b4.fc", "b3.fc", "b4.proj"]
 
+
+def test_everything_measured_was_named_ahead_and_ahead_changes_nothing():
+    """What an executor may start early (`ahead`) covers each structural plan and candidate
+    the search asks for, named by the latest call before it asks (an executor drops what
+    that call leaves out); the choice and the record are the same with it."""
+    latest: set = set()
+    asked: list = []
+
+    def ahead(plans, cands):
+        latest.clear()
+        latest.update((tuple(d), p, "torch") for d, p in plans)
+        latest.update((tuple(c.drop), c.prune, c.precision, tuple(c.keep_fp32)) for c in cands)
+
+    def q(drop, prune):
+        asked.append((tuple(drop), prune, "torch"))
+        assert asked[-1] in latest
+        return quality_of(drop, prune)
+
+    def m(c):
+        asked.append((tuple(c.drop), c.prune, c.precision, tuple(c.keep_fp32)))
+        assert asked[-1] in latest
+        return measure(c)
+
+    kw = {"prune_ratios": (0.5, 0.25), "int8": True, "others": ("int8-dynamic",)}
+    for bound in (0.004, 0.008, 0.012, 0.03):
+        asked.clear()
+        best, record = run_search(ORDER, q, m, Bounds(bound), ahead=ahead, **kw)
+        plain, plain_record = run_search(ORDER, quality_of, measure, Bounds(bound), **kw)
+        assert asked and best.to_json() == plain.to_json()
+        assert record["candidates"] == plain_record["candidates"]

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from tests.conftest import FIXTURES, ROOT
@@ -16,22 +15,15 @@ from tests.fixtures.models import residual_mlp
 SPEC = f"{FIXTURES}:residual_mlp"
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "x.npz"
-    np.savez(path, x=np.random.default_rng(0).normal(size=(96, 16)).astype(np.float32))
-    return path
-
-
 def _compile(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "layerwise", "compile", SPEC, "--db", "none",
                            *args], capture_output=True, text=True, cwd=ROOT, check=False,
                           timeout=900)
 
 
-def test_reachable_bound_drops_identity_like_blocks(tmp_path, data):
+def test_reachable_bound_drops_identity_like_blocks(tmp_path, mlp_data):
     out = tmp_path / "b"
-    proc = _compile("--data", str(data), "--max-drop", "2%", "--search-budget", "10m",
+    proc = _compile("--data", str(mlp_data), "--max-drop", "2%", "--search-budget", "10m",
                     "--out", str(out), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())
@@ -57,11 +49,11 @@ def test_reachable_bound_drops_identity_like_blocks(tmp_path, data):
     assert m["verification"]["passed"]
 
 
-def test_default_budget_measures_the_plain_compile_first(tmp_path, data):
+def test_default_budget_measures_the_plain_compile_first(tmp_path, mlp_data):
     """Without --search-budget a plain int8 compile is measured first (and is a candidate);
     the search stops in time for the whole compile to end within 3x that compile."""
     out = tmp_path / "b"
-    proc = _compile("--data", str(data), "--max-drop", "2%", "--out", str(out))
+    proc = _compile("--data", str(mlp_data), "--max-drop", "2%", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads((out / "manifest.json").read_text())["search"]
     assert s["budget_basis"].startswith("default: the compile within 3x a plain int8")
@@ -71,9 +63,9 @@ def test_default_budget_measures_the_plain_compile_first(tmp_path, data):
     assert s["budget_s"] > 0 and s["wall_s"] >= s["seconds"]
 
 
-def test_an_explicit_budget_replaces_the_default(tmp_path, data):
+def test_an_explicit_budget_replaces_the_default(tmp_path, mlp_data):
     out = tmp_path / "b"
-    proc = _compile("--data", str(data), "--max-drop", "2%", "--search-budget", "1s",
+    proc = _compile("--data", str(mlp_data), "--max-drop", "2%", "--search-budget", "1s",
                     "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads((out / "manifest.json").read_text())["search"]
@@ -84,9 +76,9 @@ def test_an_explicit_budget_replaces_the_default(tmp_path, data):
     assert set(s["chosen"]["drop"]) <= {"blocks.1", "blocks.3", "blocks.5"}
 
 
-def test_impossible_bound_exits_2(tmp_path, data):
+def test_impossible_bound_exits_2(tmp_path, mlp_data):
     out = tmp_path / "b"
-    proc = _compile("--data", str(data), "--max-drop", "0%", "--max-latency-ms", "0.000001",
+    proc = _compile("--data", str(mlp_data), "--max-drop", "0%", "--max-latency-ms", "0.000001",
                     "--out", str(out))
     assert proc.returncode == 2, proc.stderr[-3000:]
     line, = [ln for ln in proc.stderr.splitlines() if ln.startswith("layerwise:")]
@@ -94,7 +86,7 @@ def test_impossible_bound_exits_2(tmp_path, data):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_search_measures_latency_on_the_agent(tmp_path, data):
+def test_search_measures_latency_on_the_agent(tmp_path, mlp_data):
     pytest.importorskip("uvicorn", reason="the agent extra is not installed")
     import secrets
 
@@ -105,7 +97,7 @@ def test_search_measures_latency_on_the_agent(tmp_path, data):
     agent = Agent(tmp_path / "work", token, tmp_path)
     try:
         out = tmp_path / "b"
-        proc = _compile("--data", str(data), "--max-drop", "2%", "--out", str(out),
+        proc = _compile("--data", str(mlp_data), "--max-drop", "2%", "--out", str(out),
                         "--remote", agent.url, "--token-file", str(token), "--json")
         assert proc.returncode == 0, proc.stderr[-3000:]
         s = json.loads((out / "manifest.json").read_text())["search"]
@@ -117,7 +109,7 @@ def test_search_measures_latency_on_the_agent(tmp_path, data):
         bad = tmp_path / "bad"
         bad.write_text(secrets.token_urlsafe(32))
         bad.chmod(0o600)
-        proc = _compile("--data", str(data), "--max-drop", "2%", "--out", str(tmp_path / "c"),
+        proc = _compile("--data", str(mlp_data), "--max-drop", "2%", "--out", str(tmp_path / "c"),
                         "--remote", agent.url, "--token-file", str(bad))
         assert proc.returncode == 2 and not (tmp_path / "c").exists()
         assert len([ln for ln in proc.stderr.splitlines() if ln.startswith("layerwise:")]) == 1
@@ -125,9 +117,9 @@ def test_search_measures_latency_on_the_agent(tmp_path, data):
         agent.stop()
 
 
-def test_drop_and_heal_from_the_cli(tmp_path, data):
+def test_drop_and_heal_from_the_cli(tmp_path, mlp_data):
     out = tmp_path / "b"
-    proc = _compile("--data", str(data), "--drop", "blocks.0,blocks.2", "--heal-steps", "120",
+    proc = _compile("--data", str(mlp_data), "--drop", "blocks.0,blocks.2", "--heal-steps", "120",
                     "--heal-lr", "1e-3", "--heal-budget", "5m", "--out", str(out), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())
@@ -142,18 +134,18 @@ def test_drop_and_heal_from_the_cli(tmp_path, data):
                                                          "blocks.5"]
     assert m["verification"]["passed"]
     # healing without a smaller model is refused before any work
-    proc = _compile("--data", str(data), "--heal-steps", "10", "--out", str(tmp_path / "c"))
+    proc = _compile("--data", str(mlp_data), "--heal-steps", "10", "--out", str(tmp_path / "c"))
     assert proc.returncode == 2 and "--heal-steps heals a model made smaller" in proc.stderr
-    proc = _compile("--data", str(data), "--drop", "blocks.0", "--heal-steps", "10",
+    proc = _compile("--data", str(mlp_data), "--drop", "blocks.0", "--heal-steps", "10",
                     "--heal-budget", "2x", "--out", str(tmp_path / "c"))
     assert proc.returncode == 2 and "--heal-budget '2x'" in proc.stderr
 
 
-def test_search_prunes_the_dead_half(tmp_path, data):
+def test_search_prunes_the_dead_half(tmp_path, mlp_data):
     out = tmp_path / "b"
     proc = subprocess.run(
         [sys.executable, "-m", "layerwise", "compile", f"{FIXTURES}:half_dead_mlp",
-         "--db", "none", "--data", str(data), "--max-drop", "2%", "--search-budget", "10m",
+         "--db", "none", "--data", str(mlp_data), "--max-drop", "2%", "--search-budget", "10m",
          "--out", str(out)],
         capture_output=True, text=True, cwd=ROOT, check=False, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -167,9 +159,9 @@ def test_search_prunes_the_dead_half(tmp_path, data):
     assert m["verification"]["passed"]
 
 
-def test_search_predicts_latency_for_a_device_not_at_hand(tmp_path, data):
+def test_search_predicts_latency_for_a_device_not_at_hand(tmp_path, mlp_data):
     out = tmp_path / "b"
-    proc = _compile("--data", str(data), "--max-drop", "2%", "--device", "rpi5", "--target",
+    proc = _compile("--data", str(mlp_data), "--max-drop", "2%", "--device", "rpi5", "--target",
                     "onnx", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())
@@ -178,7 +170,7 @@ def test_search_predicts_latency_for_a_device_not_at_hand(tmp_path, data):
     assert measured and all(c["latency_measured_on"].startswith("predicted for rpi5")
                             for c in measured)
     # the device's rules apply before any work: Coral runs full-integer models only
-    proc = _compile("--data", str(data), "--device", "coral-edgetpu", "--out",
+    proc = _compile("--data", str(mlp_data), "--device", "coral-edgetpu", "--out",
                     str(tmp_path / "c"))
     assert proc.returncode == 2 and "int8" in proc.stderr and not (tmp_path / "c").exists()
 
@@ -199,11 +191,11 @@ def test_search_tries_dynamic_int8_on_a_transformer(tmp_path, hf_folders):
     assert {"fp32", "int8", "int8-dynamic"} <= measured
 
 
-def test_search_heals_its_candidates(tmp_path, data):
+def test_search_heals_its_candidates(tmp_path, mlp_data):
     """With --heal-steps every shrunk candidate is healed (from one set of teacher outputs)
     before it is judged; the chosen plan carries the heal record."""
     out = tmp_path / "b"
-    proc = _compile("--data", str(data), "--max-drop", "2%", "--search-budget", "10m",
+    proc = _compile("--data", str(mlp_data), "--max-drop", "2%", "--search-budget", "10m",
                     "--heal-steps", "5",
                     "--heal-lr", "1e-4", "--out", str(out), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
