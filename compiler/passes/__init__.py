@@ -20,6 +20,7 @@ PASSES: dict[str, str] = {
         "layerwise.compiler.passes.legalize:legalize_float_floor_divide",
     "legalize_slice_scatter": "layerwise.compiler.passes.legalize:legalize_slice_scatter",
     "legalize_symbolic_repeat": "layerwise.compiler.passes.legalize:legalize_symbolic_repeat",
+    "legalize_negative_select": "layerwise.compiler.passes.legalize:legalize_negative_select",
     "unguard_softmax": "layerwise.compiler.passes.unguard_softmax:unguard_softmax",
     "quantize": "layerwise.compiler.passes.quantize:quantize",
     "equalize": "layerwise.compiler.passes.equalize:equalize",

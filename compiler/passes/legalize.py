@@ -220,3 +220,31 @@ def legalize_symbolic_repeat(ir):
         graph.erase_node(node)
         changed += 1
     return _record(ir, "legalize_symbolic_repeat", changed)
+
+
+def legalize_negative_select(ir):
+    """Rewrite `select(x, dim, i)` with a negative index counted from the end (`x[:, -1]`)
+    as the same select with the index counted from the start where the axis has a static
+    size, else as `slice(x, dim, i, i + 1)` then `squeeze(dim)` (in place; returns the same
+    IR). TVM's frontend takes a negative index as is, out of bounds, which reads garbage
+    (NaN in SigLIP's text pooler)."""
+    gm = ir.program.graph_module
+    graph, changed = gm.graph, 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not aten.select.int:
+            continue
+        x, dim, index = node.args[:3]
+        if not isinstance(index, int) or index >= 0:
+            continue
+        size = x.meta["val"].shape[dim]
+        if isinstance(size, int):
+            node.args = (x, dim, index + size)
+        else:
+            with graph.inserting_before(node):
+                end = index + 1 if index + 1 < 0 else 2**63 - 1
+                part = _call(graph, node, aten.slice.Tensor, [x, dim, index, end])
+                new = _call(graph, node, aten.squeeze.dims, [part, [dim]])
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+        changed += 1
+    return _record(ir, "legalize_negative_select", changed)

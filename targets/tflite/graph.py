@@ -101,7 +101,7 @@ class ModelBuilder:
         self.inputs: list[int] = []
         self.outputs: list[int] = []
         self._names: set[str] = set()
-        self._relayout: dict[tuple[int, tuple[int, ...]], Value] = {}
+        self._relayout: dict[tuple, Value] = {}
         self._consts: dict[tuple, Value] = {}
 
     # ------------------------------------------------------------ tensors
@@ -214,7 +214,7 @@ class ModelBuilder:
         perm = tuple(perm)
         if perm == x.perm:
             return x
-        key = (x.index, perm)
+        key = (x.index, x.perm, perm)  # a permute shares the index, not the layout
         if key in self._relayout:
             return self._relayout[key]
         t = tuple(x.perm.index(p) for p in perm)  # new tflite axis i = old tflite axis t[i]

@@ -170,3 +170,32 @@ def test_repeats_by_the_batch_become_expands_and_tvm_builds(tmp_path):
     man = build("rep", lift(source), opts, Choice(), [], out=tmp_path / "b", force=False,
                 progress=lambda _m: None, timings={}, record=False)
     assert man["verification"]["passed"]
+
+
+class LastOfEach(torch.nn.Module):
+    """x[:, -1] on a static axis and x[-1] on the dynamic batch axis."""
+
+    def forward(self, x):
+        return x[:, -1] * 2, x[-1] + 1
+
+
+def test_negative_selects_count_from_the_start_and_tvm_verifies(tmp_path):
+    from layerwise.finish import Choice, build
+    from layerwise.options import CompileOptions, check_compile
+    from layerwise.sources import Source
+
+    def source():
+        return Source("last", LastOfEach().eval(), {"x": torch.randn(3, 4, 5)}, "tabular")
+
+    ir = lift(source())
+    ref = ir.run()
+    ir = get_pass("legalize_negative_select")(ir)
+    selects = [n.args[2] for n in ir.program.graph.nodes if n.target is aten.select.int]
+    assert all(i >= 0 for i in selects)
+    assert ir.annotations["passes"][-1] == {"name": "legalize_negative_select", "rewritten": 2}
+    for a, b in zip(ir.run(), ref):
+        torch.testing.assert_close(a, b)
+    opts = check_compile(CompileOptions(target="tvm", out=str(tmp_path / "b"), db="none"))
+    man = build("last", lift(source()), opts, Choice(), [], out=tmp_path / "b", force=False,
+                progress=lambda _m: None, timings={}, record=False)
+    assert man["verification"]["passed"]

@@ -192,3 +192,26 @@ def test_nearest_resize_by_a_non_integer_factor(tmp_path):
     out = open_runner("tflite", tmp_path / "m.tflite", threads=1).run(
         {"x": ir.example_inputs["x"].numpy()})
     np.testing.assert_allclose(out[0], ir.run()[0].numpy(), rtol=1e-6, atol=1e-6)
+
+
+class ViewAndOutput(nn.Module):
+    """A conv's output (laid out NHWC in the .tflite) is a model output, and a transposed
+    view of it is flattened first (SigLIP's pooling head reads its encoder output so)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        a = self.conv(x)
+        return a, a.transpose(2, 3).reshape(x.shape[0], -1) * 2
+
+
+def test_a_transposed_view_and_its_source_keep_their_own_layouts(tmp_path):
+    torch.manual_seed(0)
+    ir = lift(Source("view", ViewAndOutput().eval(), {"x": torch.randn(1, 3, 5, 7)}, "image"))
+    emit_tflite(ir, tmp_path / "m.tflite")
+    out = open_runner("tflite", tmp_path / "m.tflite", threads=1).run(
+        {"x": ir.example_inputs["x"].numpy()})
+    for got, want in zip(out, ir.run(), strict=True):
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
