@@ -1,14 +1,19 @@
 """3-d convolution (torchvision's video ResNets: r3d, mc3, r2plus1d) as LiteRT's CONV_3D on
 NDHWC tensors, filters DHWIO, with a following batch norm and ReLU folded in. LiteRT's
-CONV_3D is float only: an int8 model with one is refused in one line."""
+CONV_3D is float only and takes no groups: a depthwise one (MViT's pooling) becomes one
+DEPTHWISE_CONV_2D per temporal tap over the frames it reads, summed; other groups are split
+along the channels, convolved and concatenated. An int8 model with one is refused in one
+line. 3-d max pooling (S3D) is two MAX_POOL_2Ds: over each frame's H x W, then over time."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from layerwise.targets.tflite.fuse import absorb_activation, absorb_batchnorm, bind
 from layerwise.targets.tflite.ops import permuted
 
+aten = torch.ops.aten
 NDHWC = (0, 2, 3, 4, 1)
 
 
@@ -18,8 +23,6 @@ def conv3d(cx, node):
     if cx.int8:
         raise cx.fail(node, "3-d convolution in int8 is not supported (LiteRT's CONV_3D is "
                       "float only)", "Compile at --precision fp32, or use --target onnx")
-    if groups != 1:
-        raise cx.fail(node, "grouped 3-d convolution is not supported")
     W = np.asarray(cx.concrete(w_arg), np.float64)  # O, I, kd, kh, kw
     bias = np.asarray(cx.concrete(b_arg), np.float64) if b_arg is not None else \
         np.zeros(W.shape[0])
@@ -37,13 +40,124 @@ def conv3d(cx, node):
         padded = cx.b.tensor(f"{node.name}_pad", shape, x.dtype, x.perm)
         cx.b.op("PAD", [x, cx.b.const(pads, "pads")], [padded])
         x = padded
-    w = cx.b.const(np.ascontiguousarray(W.transpose(2, 3, 4, 1, 0), np.float32),
-                   f"{node.name}_w")
-    b = cx.b.const(bias.astype(np.float32), f"{node.name}_b")
-    out = cx.b.tensor(last.name, permuted(cx.shape(node), NDHWC), np.float32, NDHWC)
+    shape = permuted(cx.shape(node), NDHWC)
+    C = x.shape[4]
+    how = {"stride": stride, "dilation": dilation, "act": act}
+    if groups == 1:
+        out = _conv3d(cx, x, W, bias, name=last.name, shape=shape, **how)
+    elif groups == C and W.shape[0] == C:
+        out = _depthwise(cx, x, W, bias, name=last.name, shape=shape, **how)
+    else:
+        og, cg = W.shape[0] // groups, C // groups
+        parts = []
+        for g in range(groups):
+            begin, end = [0, 0, 0, 0, g * cg], [*x.shape[:4], (g + 1) * cg]
+            xg = cx.b.tensor(f"{node.name}_in{g}", (*x.shape[:4], cg), x.dtype, NDHWC)
+            cx.b.op("STRIDED_SLICE", [x, cx.b.int_const(begin), cx.b.int_const(end),
+                                      cx.b.int_const([1] * 5)], [xg], "StridedSlice",
+                    endMask=0b1111)
+            parts.append(_conv3d(cx, xg, W[g * og:(g + 1) * og], bias[g * og:(g + 1) * og],
+                                 name=f"{node.name}_g{g}", shape=(*shape[:4], og), **how))
+        out = cx.b.tensor(last.name, shape, np.float32, NDHWC)
+        cx.b.op("CONCATENATION", parts, [out], "Concatenation", axis=4)
+    bind(cx, chain, out)
+    return out
+
+
+def _conv3d(cx, x, W, bias, *, stride, dilation, act, name, shape):
+    """CONV_3D (VALID: x is padded) of NDHWC x with torch weights W [O, I, kd, kh, kw]."""
+    w = cx.b.const(np.ascontiguousarray(W.transpose(2, 3, 4, 1, 0), np.float32), f"{name}_w")
+    b = cx.b.const(bias.astype(np.float32), f"{name}_b")
+    out = cx.b.tensor(name, shape, np.float32, NDHWC)
     cx.b.op("CONV_3D", [x, w, b], [out], "Conv3D", padding=1, strideD=int(stride[0]),
             strideH=int(stride[1]), strideW=int(stride[2]), dilationDFactor=int(dilation[0]),
             dilationHFactor=int(dilation[1]), dilationWFactor=int(dilation[2]),
             fusedActivationFunction=act)
-    bind(cx, chain, out)
     return out
+
+
+def _depthwise(cx, x, W, bias, *, stride, dilation, act, name, shape):
+    """A depthwise 3-d convolution (W [C, 1, kd, kh, kw]) of padded NDHWC x: for each
+    temporal tap, the frames it reads (a strided slice), batch and time merged, one
+    DEPTHWISE_CONV_2D with that tap's filter; the taps summed, the activation on the last
+    sum."""
+    N, _, Hp, Wp, C = x.shape
+    Do, Ho, Wo = shape[1:4]
+    taps = []
+    for kd in range(W.shape[2]):
+        first = kd * int(dilation[0])
+        frames = cx.b.tensor(f"{name}_f{kd}", (N, Do, Hp, Wp, C), x.dtype, NDHWC)
+        cx.b.op("STRIDED_SLICE", [x, cx.b.int_const([0, first, 0, 0, 0]),
+                                  cx.b.int_const([N, first + (Do - 1) * int(stride[0]) + 1,
+                                                  Hp, Wp, C]),
+                                  cx.b.int_const([1, int(stride[0]), 1, 1, 1])], [frames],
+                "StridedSlice", endMask=0b1)
+        flat = cx.b.reshape(frames, (N * Do, Hp, Wp, C), f"{name}_f{kd}_2d", (0, 1, 2, 3),
+                            new_shape=[-1, Hp, Wp, C])
+        w = cx.b.const(np.ascontiguousarray(W[:, 0, kd].transpose(1, 2, 0)[None], np.float32),
+                       f"{name}_w{kd}")
+        b = cx.b.const((bias if kd == 0 else np.zeros_like(bias)).astype(np.float32),
+                       f"{name}_b{kd}")
+        y = cx.b.tensor(f"{name}_t{kd}", (N * Do, Ho, Wo, C), np.float32, (0, 1, 2, 3))
+        cx.b.op("DEPTHWISE_CONV_2D", [flat, w, b], [y], "DepthwiseConv2D", padding=1,
+                strideH=int(stride[1]), strideW=int(stride[2]),
+                dilationHFactor=int(dilation[1]), dilationWFactor=int(dilation[2]),
+                depthMultiplier=1, fusedActivationFunction=act if W.shape[2] == 1 else 0)
+        if taps:
+            last = W.shape[2] - 1 == kd
+            total = cx.b.tensor(f"{name}_sum{kd}", y.shape, np.float32, (0, 1, 2, 3))
+            cx.b.op("ADD", [taps[-1], y], [total], "Add",
+                    fusedActivationFunction=act if last else 0)
+            y = total
+        taps.append(y)
+    return cx.b.reshape(taps[-1], shape, name, NDHWC, new_shape=[-1, *shape[1:]])
+
+
+def max_pool3d(cx, node):
+    """aten.max_pool3d(_with_indices): the window's max over H x W per frame (batch and time
+    merged), then over time (H x W flattened); padding and ceil_mode's overhang padded with
+    the lowest value first."""
+    a = list(node.args) + [None] * (6 - len(node.args))
+    k = _triple(a[1])
+    s, p, d = _triple(a[2]) or k, _triple(a[3] or 0), _triple(a[4] or 1)
+    if d != [1, 1, 1]:
+        raise cx.fail(node, "dilated 3-d pooling is not supported")
+    x = cx.b.relayout(cx.value(a[0]), NDHWC)
+    ts = tuple(cx.values[node][0].shape) if node.target is aten.max_pool3d_with_indices.default \
+        else cx.shape(node)
+    N, C, (Do, Ho, Wo) = x.shape[0], x.shape[4], ts[2:]
+    after = [max((ts[2 + i] - 1) * s[i] + k[i] - x.shape[1 + i] - 2 * p[i], 0) for i in range(3)]
+    if any(p) or any(after):
+        pads = np.asarray([[0, 0], *[[p[i], p[i] + after[i]] for i in range(3)], [0, 0]],
+                          np.int32)
+        shape = (N, *[x.shape[1 + i] + 2 * p[i] + after[i] for i in range(3)], C)
+        padded = cx.b.tensor(f"{node.name}_pad", shape, x.dtype, NDHWC, x.q)
+        low = cx.b.const(np.asarray(np.finfo(np.float32).min, np.float32), "pad_value", q=x.q)
+        cx.b.op("PADV2", [x, cx.b.const(pads, "pads"), low], [padded])
+        x = padded
+    _, Dp, Hp, Wp, _ = x.shape
+    y = cx.b.reshape(x, (N * Dp, Hp, Wp, C), f"{node.name}_frames", (0, 1, 2, 3),
+                     new_shape=[-1, Hp, Wp, C])
+    y = _pool2d(cx, y, (k[1], k[2]), (s[1], s[2]), shape=(N * Dp, Ho, Wo, C),
+                name=f"{node.name}_hw")
+    y = cx.b.reshape(y, (N, Dp, Ho * Wo, C), f"{node.name}_time", (0, 1, 2, 3),
+                     new_shape=[-1, Dp, Ho * Wo, C])
+    y = _pool2d(cx, y, (k[0], 1), (s[0], 1), shape=(N, Do, Ho * Wo, C), name=f"{node.name}_t")
+    out = cx.b.reshape(y, (N, Do, Ho, Wo, C), node.name, NDHWC, new_shape=[-1, Do, Ho, Wo, C])
+    return out if node.target is aten.max_pool3d.default else [out, None]
+
+
+def _pool2d(cx, x, k, s, *, shape, name):
+    """MAX_POOL_2D (VALID) of NHWC x; x itself for a 1 x 1 window of stride 1."""
+    if tuple(k) == (1, 1) and tuple(s) == (1, 1):
+        return x
+    out = cx.b.tensor(name, shape, x.dtype, (0, 1, 2, 3), x.q)
+    cx.b.op("MAX_POOL_2D", [x], [out], "Pool2D", padding=1, strideH=int(s[0]),
+            strideW=int(s[1]), filterHeight=int(k[0]), filterWidth=int(k[1]))
+    return out
+
+
+def _triple(v) -> list[int] | None:
+    if v is None or (isinstance(v, (list, tuple)) and len(v) == 0):
+        return None
+    return [int(v)] * 3 if isinstance(v, int) else [int(i) for i in v] * (3 // len(v))

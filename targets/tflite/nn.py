@@ -234,6 +234,13 @@ def max_pool(cx, node):
     return out if node.target is aten.max_pool2d.default else [out, None]
 
 
+@nn(aten.max_pool3d_with_indices.default, aten.max_pool3d.default)
+def max_pool_3d(cx, node):
+    from layerwise.targets.tflite.conv3d import max_pool3d
+
+    return max_pool3d(cx, node)
+
+
 @nn(aten.avg_pool2d.default)
 def avg_pool(cx, node):
     a = list(node.args) + [None] * (7 - len(node.args))

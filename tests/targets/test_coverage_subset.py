@@ -27,6 +27,14 @@ CASES = {  # name: (model_type, config kwargs, auto class, target, what failed b
         hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
         image_size=32, patch_size=16), projection_dim=16), "AutoModel", "tflite",
              "pooling at each row's argmax (run-time index), image-text logits at batch 1"),
+    "siglip": ("siglip", dict(text_config=_TEXT, vision_config=dict(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        image_size=32, patch_size=16)), "AutoModel", "tvm",
+               "text pooler x[:, -1]: TVM read the negative index out of bounds (NaN)"),
+    "siglip-tflite": ("siglip", dict(text_config=_TEXT, vision_config=dict(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        image_size=32, patch_size=16)), "AutoModel", "tflite",
+                      "pooling head's transposed view handed its layout to its source"),
     "whisper": ("whisper", dict(d_model=32, encoder_layers=1, decoder_layers=1,
                                 encoder_attention_heads=2, decoder_attention_heads=2,
                                 encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=300,

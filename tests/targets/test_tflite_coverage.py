@@ -215,3 +215,50 @@ def test_a_transposed_view_and_its_source_keep_their_own_layouts(tmp_path):
         {"x": ir.example_inputs["x"].numpy()})
     for got, want in zip(out, ir.run(), strict=True):
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+class GroupedVideo(nn.Module):
+    """MViT's pooling (a depthwise 3-d conv, strided in space) and a 2-group 3-d conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = nn.Conv3d(4, 4, 3, (1, 2, 2), 1, groups=4, bias=False)
+        self.grouped = nn.Conv3d(4, 6, (3, 1, 1), padding=(1, 0, 0), dilation=(1, 1, 1),
+                                 groups=2)
+
+    def forward(self, x):
+        return torch.relu(self.grouped(self.pool(x)))
+
+
+def test_grouped_3d_convolutions(tmp_path):
+    torch.manual_seed(0)
+    ir = lift(Source("gvideo", GroupedVideo().eval(), {"x": torch.randn(2, 4, 5, 8, 6)},
+                     "video"))
+    stats = emit_tflite(ir, tmp_path / "m.tflite")
+    assert stats["ops"]["DEPTHWISE_CONV_2D"] == 3 and stats["ops"]["CONV_3D"] == 2, stats
+    out = open_runner("tflite", tmp_path / "m.tflite", threads=1).run(
+        {"x": ir.example_inputs["x"].numpy()})
+    np.testing.assert_allclose(out[0], ir.run()[0].numpy(), rtol=1e-4, atol=1e-5)
+
+
+class Pool3d(nn.Module):
+    def __init__(self, pool: nn.Module) -> None:
+        super().__init__()
+        self.conv, self.pool = nn.Conv3d(3, 4, 1), pool
+
+    def forward(self, x):
+        return self.pool(self.conv(x))
+
+
+@pytest.mark.parametrize("pool", [
+    nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),  # S3D's stem
+    nn.MaxPool3d(3, 1, 1),
+    nn.MaxPool3d(2, 2, ceil_mode=True)])
+def test_3d_max_pooling_is_two_2d_poolings(tmp_path, pool):
+    ir = lift(Source("pool3d", Pool3d(pool).eval(),
+                     {"x": torch.randn(2, 3, 5, 9, 7)}, "video"))
+    stats = emit_tflite(ir, tmp_path / "m.tflite")
+    assert "MAX_POOL_2D" in stats["ops"], stats
+    out = open_runner("tflite", tmp_path / "m.tflite", threads=1).run(
+        {"x": ir.example_inputs["x"].numpy()})
+    np.testing.assert_allclose(out[0], ir.run()[0].numpy(), rtol=1e-5, atol=1e-5)
