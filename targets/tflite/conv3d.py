@@ -3,7 +3,8 @@ NDHWC tensors, filters DHWIO, with a following batch norm and ReLU folded in. Li
 CONV_3D is float only and takes no groups: a depthwise one (MViT's pooling) becomes one
 DEPTHWISE_CONV_2D per temporal tap over the frames it reads, summed; other groups are split
 along the channels, convolved and concatenated. An int8 model with one is refused in one
-line. 3-d max pooling (S3D) is two MAX_POOL_2Ds: over each frame's H x W, then over time."""
+line. 3-d max and average pooling (S3D) are two 2-d poolings: over each frame's H x W, then over
+time."""
 
 from __future__ import annotations
 
@@ -122,9 +123,34 @@ def max_pool3d(cx, node):
     s, p, d = _triple(a[2]) or k, _triple(a[3] or 0), _triple(a[4] or 1)
     if d != [1, 1, 1]:
         raise cx.fail(node, "dilated 3-d pooling is not supported")
-    x = cx.b.relayout(cx.value(a[0]), NDHWC)
     ts = tuple(cx.values[node][0].shape) if node.target is aten.max_pool3d_with_indices.default \
         else cx.shape(node)
+    out = _pool3d(cx, node, "MAX_POOL_2D", k=k, s=s, p=p, ts=ts,
+                  fill=float(np.finfo(np.float32).min))
+    return out if node.target is aten.max_pool3d.default else [out, None]
+
+
+def avg_pool3d(cx, node):
+    """aten.avg_pool3d: the mean over H x W per frame, then over time (the mean of equal
+    windows' means); padding counted in the mean is zeros padded first."""
+    a = list(node.args) + [None] * (7 - len(node.args))
+    k = _triple(a[1])
+    s, p = _triple(a[2]) or k, _triple(a[3] or 0)
+    if a[6] is not None:
+        raise cx.fail(node, "divisor_override is not supported")
+    if any(p) and a[5] is False:
+        raise cx.fail(node, "3-d average pooling that excludes the padding is not supported")
+    ts = cx.shape(node)
+    x = cx.value(node.args[0])
+    if any((ts[2 + i] - 1) * s[i] + k[i] > x.torch_shape[2 + i] + 2 * p[i] for i in range(3)):
+        raise cx.fail(node, "ceil_mode pooling that changes the output size is not supported")
+    return _pool3d(cx, node, "AVERAGE_POOL_2D", k=k, s=s, p=p, ts=ts, fill=0.0)
+
+
+def _pool3d(cx, node, op: str, *, k, s, p, ts, fill: float):
+    """op over each frame's H x W window, then over time; padding (and a max pool's ceil_mode
+    overhang) filled with `fill` first."""
+    x = cx.b.relayout(cx.value(node.args[0]), NDHWC)
     N, C, (Do, Ho, Wo) = x.shape[0], x.shape[4], ts[2:]
     after = [max((ts[2 + i] - 1) * s[i] + k[i] - x.shape[1 + i] - 2 * p[i], 0) for i in range(3)]
     if any(p) or any(after):
@@ -132,27 +158,27 @@ def max_pool3d(cx, node):
                           np.int32)
         shape = (N, *[x.shape[1 + i] + 2 * p[i] + after[i] for i in range(3)], C)
         padded = cx.b.tensor(f"{node.name}_pad", shape, x.dtype, NDHWC, x.q)
-        low = cx.b.const(np.asarray(np.finfo(np.float32).min, np.float32), "pad_value", q=x.q)
-        cx.b.op("PADV2", [x, cx.b.const(pads, "pads"), low], [padded])
+        value = cx.b.const(np.asarray(fill, np.float32), "pad_value", q=x.q)
+        cx.b.op("PADV2", [x, cx.b.const(pads, "pads"), value], [padded])
         x = padded
     _, Dp, Hp, Wp, _ = x.shape
     y = cx.b.reshape(x, (N * Dp, Hp, Wp, C), f"{node.name}_frames", (0, 1, 2, 3),
                      new_shape=[-1, Hp, Wp, C])
-    y = _pool2d(cx, y, (k[1], k[2]), (s[1], s[2]), shape=(N * Dp, Ho, Wo, C),
+    y = _pool2d(cx, y, op, (k[1], k[2]), (s[1], s[2]), shape=(N * Dp, Ho, Wo, C),
                 name=f"{node.name}_hw")
     y = cx.b.reshape(y, (N, Dp, Ho * Wo, C), f"{node.name}_time", (0, 1, 2, 3),
                      new_shape=[-1, Dp, Ho * Wo, C])
-    y = _pool2d(cx, y, (k[0], 1), (s[0], 1), shape=(N, Do, Ho * Wo, C), name=f"{node.name}_t")
-    out = cx.b.reshape(y, (N, Do, Ho, Wo, C), node.name, NDHWC, new_shape=[-1, Do, Ho, Wo, C])
-    return out if node.target is aten.max_pool3d.default else [out, None]
+    y = _pool2d(cx, y, op, (k[0], 1), (s[0], 1), shape=(N, Do, Ho * Wo, C),
+                name=f"{node.name}_t")
+    return cx.b.reshape(y, (N, Do, Ho, Wo, C), node.name, NDHWC, new_shape=[-1, Do, Ho, Wo, C])
 
 
-def _pool2d(cx, x, k, s, *, shape, name):
-    """MAX_POOL_2D (VALID) of NHWC x; x itself for a 1 x 1 window of stride 1."""
+def _pool2d(cx, x, op: str, k, s, *, shape, name):
+    """op (VALID) of NHWC x; x itself for a 1 x 1 window of stride 1."""
     if tuple(k) == (1, 1) and tuple(s) == (1, 1):
         return x
     out = cx.b.tensor(name, shape, x.dtype, (0, 1, 2, 3), x.q)
-    cx.b.op("MAX_POOL_2D", [x], [out], "Pool2D", padding=1, strideH=int(s[0]),
+    cx.b.op(op, [x], [out], "Pool2D", padding=1, strideH=int(s[0]),
             strideW=int(s[1]), filterHeight=int(k[0]), filterWidth=int(k[1]))
     return out
 

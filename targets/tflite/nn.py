@@ -241,6 +241,13 @@ def max_pool_3d(cx, node):
     return max_pool3d(cx, node)
 
 
+@nn(aten.avg_pool3d.default)
+def avg_pool_3d(cx, node):
+    from layerwise.targets.tflite.conv3d import avg_pool3d
+
+    return avg_pool3d(cx, node)
+
+
 @nn(aten.avg_pool2d.default)
 def avg_pool(cx, node):
     a = list(node.args) + [None] * (7 - len(node.args))

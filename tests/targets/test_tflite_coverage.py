@@ -253,12 +253,16 @@ class Pool3d(nn.Module):
 @pytest.mark.parametrize("pool", [
     nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),  # S3D's stem
     nn.MaxPool3d(3, 1, 1),
-    nn.MaxPool3d(2, 2, ceil_mode=True)])
-def test_3d_max_pooling_is_two_2d_poolings(tmp_path, pool):
+    nn.MaxPool3d(2, 2, ceil_mode=True),
+    nn.AvgPool3d((2, 7, 7), 1),  # S3D's head
+    nn.AvgPool3d(3, 2, 1)])
+def test_3d_pooling_is_two_2d_poolings(tmp_path, pool):
     ir = lift(Source("pool3d", Pool3d(pool).eval(),
                      {"x": torch.randn(2, 3, 5, 9, 7)}, "video"))
     stats = emit_tflite(ir, tmp_path / "m.tflite")
-    assert "MAX_POOL_2D" in stats["ops"], stats
+    op = "MAX_POOL_2D" if isinstance(pool, nn.MaxPool3d) else "AVERAGE_POOL_2D"
+    k = pool.kernel_size
+    assert stats["ops"][op] == 1 + ((k if isinstance(k, int) else k[0]) > 1), stats
     out = open_runner("tflite", tmp_path / "m.tflite", threads=1).run(
         {"x": ir.example_inputs["x"].numpy()})
     np.testing.assert_allclose(out[0], ir.run()[0].numpy(), rtol=1e-5, atol=1e-5)
