@@ -21,6 +21,8 @@ PASSES: dict[str, str] = {
     "legalize_slice_scatter": "layerwise.compiler.passes.legalize:legalize_slice_scatter",
     "legalize_symbolic_repeat": "layerwise.compiler.passes.legalize:legalize_symbolic_repeat",
     "legalize_negative_select": "layerwise.compiler.passes.legalize:legalize_negative_select",
+    "legalize_shared_weight_bmm":
+        "layerwise.compiler.passes.legalize:legalize_shared_weight_bmm",
     "unguard_softmax": "layerwise.compiler.passes.unguard_softmax:unguard_softmax",
     "quantize": "layerwise.compiler.passes.quantize:quantize",
     "equalize": "layerwise.compiler.passes.equalize:equalize",

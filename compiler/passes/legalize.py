@@ -248,3 +248,39 @@ def legalize_negative_select(ir):
             graph.erase_node(node)
         changed += 1
     return _record(ir, "legalize_negative_select", changed)
+
+
+def legalize_shared_weight_bmm(ir):
+    """Rewrite `bmm(x, expand(w, [n, K, M]))`, a 2-d w (or [1, K, M]) expanded over the
+    batch, possibly viewed to the same shape, as `matmul(x, w)` (in place; returns the same
+    IR). nn.MultiheadAttention with a key apart from the query projects so; TVM's constant
+    folding would write the expanded weights out, n copies each (ViT-B/16: 12 x 1.4 GB)."""
+    gm = ir.program.graph_module
+    graph, changed = gm.graph, 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not aten.bmm.default:
+            continue
+        x, b = node.args[:2]
+        chain = [b]
+        while chain[-1].op == "call_function" and chain[-1].target in (
+                aten.view.default, aten.reshape.default, aten._unsafe_view.default):
+            chain.append(chain[-1].args[0])
+        wide = chain[-1]
+        if wide.op != "call_function" or wide.target is not aten.expand.default:
+            continue
+        w = wide.args[0]
+        shape = tuple(b.meta["val"].shape)
+        if tuple(wide.meta["val"].shape) != shape or tuple(w.meta["val"].shape) not in (
+                shape[1:], (1, *shape[1:])):
+            continue
+        with graph.inserting_before(node):
+            if w.meta["val"].dim() == 3:
+                w = _call(graph, node, aten.squeeze.dims, [w, [0]])
+            new = _call(graph, node, aten.matmul.default, [x, w])
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        for dead in chain:
+            if not dead.users:
+                graph.erase_node(dead)
+        changed += 1
+    return _record(ir, "legalize_shared_weight_bmm", changed)

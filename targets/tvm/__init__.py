@@ -39,7 +39,7 @@ from layerwise.targets.tvm.tune import DB_FILES
 INFO = TargetInfo(name="tvm", runtime="tvm", precisions=("fp32",), extra="tvm",
                   legalize=("unguard_softmax", "legalize_float_floor_divide",
                             "legalize_slice_scatter", "legalize_symbolic_repeat",
-                            "legalize_negative_select"))
+                            "legalize_negative_select", "legalize_shared_weight_bmm"))
 MODEL = "model.so"
 SIDECAR = "model.json"
 TUNING = "tuning"

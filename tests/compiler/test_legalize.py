@@ -199,3 +199,40 @@ def test_negative_selects_count_from_the_start_and_tvm_verifies(tmp_path):
     man = build("last", lift(source()), opts, Choice(), [], out=tmp_path / "b", force=False,
                 progress=lambda _m: None, timings={}, record=False)
     assert man["verification"]["passed"]
+
+
+class CrossAttention(torch.nn.Module):
+    """nn.MultiheadAttention whose key is not its query (SigLIP's pooling head, ViT's encoder
+    as torchvision exports it): the key/value projection is a bmm by an expanded weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.probe = torch.nn.Parameter(torch.randn(1, 1, 8))
+        self.attn = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x):
+        return self.attn(self.probe.repeat(x.shape[0], 1, 1), x, x)[0]
+
+
+def test_bmm_by_an_expanded_weight_becomes_a_matmul_and_tvm_verifies(tmp_path):
+    from layerwise.finish import Choice, build
+    from layerwise.options import CompileOptions, check_compile
+    from layerwise.sources import Source
+
+    def source():
+        torch.manual_seed(0)
+        return Source("xattn", CrossAttention().eval(), {"x": torch.randn(2, 5, 8)}, "tabular")
+
+    ir = lift(source())
+    assert _count(ir, aten.bmm.default) == 3  # the kv projection, scores, weighted values
+    expands = _count(ir, aten.expand.default)
+    ref = ir.run()
+    ir = get_pass("legalize_shared_weight_bmm")(ir)
+    assert _count(ir, aten.bmm.default) == 2 and _count(ir, aten.matmul.default) == 1
+    assert _count(ir, aten.expand.default) == expands - 1  # the weight's, gone with its bmm
+    for a, b in zip(ir.run(), ref):
+        torch.testing.assert_close(a, b)
+    opts = check_compile(CompileOptions(target="tvm", out=str(tmp_path / "b"), db="none"))
+    man = build("xattn", lift(source()), opts, Choice(), [], out=tmp_path / "b", force=False,
+                progress=lambda _m: None, timings={}, record=False)
+    assert man["verification"]["passed"]
