@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import tarfile
 import zlib
@@ -177,27 +178,55 @@ def _check_member(m: tarfile.TarInfo) -> None:
 
 
 def unpack_archive(archive: Path, dest: Path, max_bytes: int) -> None:
-    """Unpack a tar.gz into DEST, refusing absolute or `..` paths, links, device files, more
-    than MAX_MEMBERS members or more than MAX_BYTES unpacked; tarfile's 'data' filter checks
-    the same again while extracting. DEST must not exist yet."""
+    """Unpack a tar.gz into DEST, refusing absolute or `..` paths, links, device files, a name
+    twice, more than MAX_MEMBERS members or more than MAX_BYTES unpacked; tarfile's 'data'
+    filter (where Python has it) checks the same again while extracting. DEST must not exist
+    yet."""
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            members, total = [], 0
+            members, total, seen = [], 0, set()
             for m in tar:
                 _check_member(m)
+                if PurePosixPath(m.name) in seen:
+                    raise ArchiveError(f"archive member {m.name!r} appears twice; upload a "
+                                       "bundle packed by `layerwise profile --remote`")
+                seen.add(PurePosixPath(m.name))
                 total += m.size
                 members.append(m)
                 if total > max_bytes or len(members) > MAX_MEMBERS:
                     raise ArchiveError(f"the archive unpacks to more than {max_bytes >> 20} MB "
                                        f"or {MAX_MEMBERS} files; it is not a bundle")
             dest.mkdir(mode=0o700)
-            tar.extractall(dest, members=members, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, members=members, filter="data")
+            else:  # Python before 3.11.4 (Debian bookworm's, Raspberry Pi OS's 3.11.2)
+                _extract_plain(tar, members, dest)
     except ArchiveError:
         raise
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         first = (str(e).splitlines() or [""])[0]
         raise ArchiveError(f"the upload is not a readable tar.gz bundle archive "
                            f"({e.__class__.__name__}: {first})") from e
+
+
+def _extract_plain(tar: tarfile.TarFile, members: list[tarfile.TarInfo], dest: Path) -> None:
+    """Write checked members (plain files and folders, relative paths) under dest as the
+    'data' filter would: nothing outside dest, no file replaced, no set-id or world-writable
+    bits."""
+    root = dest.resolve()
+    for m in members:
+        target = (dest / m.name).resolve()
+        if target != root and root not in target.parents:
+            raise ArchiveError(f"archive member {m.name!r} points outside the bundle folder; "
+                               "upload a bundle packed by `layerwise profile --remote`")
+        if m.isdir():
+            target.mkdir(mode=0o700, parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        src = tar.extractfile(m)
+        with src, open(target, "xb") as out:
+            shutil.copyfileobj(src, out)
+        target.chmod((m.mode & 0o755) | 0o600)
 
 
 def event_line(event: dict[str, Any]) -> bytes:

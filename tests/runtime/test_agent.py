@@ -404,3 +404,28 @@ def test_remote_profile_of_a_generator(agent, lm_bundle, token_file):
     assert r["task"] == "text-generation" and r["prompt_len"] == 8 and r["new_tokens"] == 4
     assert r["ttft_ms"] > 0 and r["decode_tokens_per_s"] > 0
     assert [row["layer"] for row in r["per_layer"]][-1] == "other"
+
+
+@pytest.mark.parametrize("filters", [True, False], ids=["data-filter", "python-3.11.2"])
+def test_unpack_without_tarfile_filters_checks_the_same(tmp_path, monkeypatch, filters):
+    """Python before 3.11.4 (Debian bookworm, Raspberry Pi OS) has no extraction filters:
+    the agent writes the checked members itself, with the same refusals."""
+    from layerwise.runtime.agent_wire import ArchiveError, unpack_archive
+
+    if not filters:
+        monkeypatch.delattr(tarfile, "data_filter")
+    good = tmp_path / "good.tar.gz"
+    info = _member("sub/model.onnx")
+    info.mode = 0o4777
+    good.write_bytes(_archive([(_member("manifest.json"), b"{}"), (info, b"onnx")]))
+    unpack_archive(good, tmp_path / "out", 1 << 20)
+    assert (tmp_path / "out" / "sub" / "model.onnx").read_bytes() == b"onnx"
+    assert (tmp_path / "out" / "sub" / "model.onnx").stat().st_mode & 0o7022 == 0
+    for name, member in (("dotdot", (_member("../evil"), b"x")),
+                         ("link", (_member("m", tarfile.SYMTYPE, "/etc/passwd"), None)),
+                         ("twice", (_member("manifest.json"), b"[]"))):
+        bad = tmp_path / f"{name}.tar.gz"
+        bad.write_bytes(_archive([(_member("manifest.json"), b"{}"), member]))
+        with pytest.raises(ArchiveError):
+            unpack_archive(bad, tmp_path / f"out-{name}", 1 << 20)
+    assert not (tmp_path / "evil").exists()
