@@ -31,6 +31,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -207,18 +208,26 @@ class Job:
             json.dumps({**self.options, "trust_native": self.cfg.allow_native}),
             str(result_path), cwd=self.dir,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE)
+            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        reader = asyncio.ensure_future(proc.stderr.read())
         try:
-            _, err = await asyncio.wait_for(
-                asyncio.gather(proc.wait(), proc.stderr.read()), self.cfg.job_timeout_s)
+            await asyncio.wait_for(_exit_of(proc), self.cfg.job_timeout_s)
         except TimeoutError:
             raise RequestError(504, f"the profile ran past the agent's --job-timeout of "
                                f"{self.cfg.job_timeout_s:g} s; use fewer --runs") from None
         finally:
             if proc.returncode is None:
                 proc.kill()
-                await proc.wait()
+                await _exit_of(proc)
+            # what the job left running (OpenVINO's telemetry sender, forked from a thread,
+            # can hang holding stderr open) goes with it: the job is over when it exits
+            _kill_group(proc.pid)
             proc.stdin.close()
+        try:
+            err = await asyncio.wait_for(reader, 10)
+        except TimeoutError:
+            reader.cancel()
+            err = b""
         if proc.returncode in (0, 2) and result_path.is_file():
             result = json.loads(result_path.read_text())
             if "error" in result:
@@ -287,6 +296,20 @@ async def _accept(request, cfg: AgentConfig, options: dict) -> Path:
         shutil.rmtree(job_dir, ignore_errors=True)
         raise
     return job_dir
+
+
+async def _exit_of(proc: asyncio.subprocess.Process) -> int:
+    """The child's exit code once it has exited. (asyncio's wait() answers only once its
+    pipes close too, which a process it left behind may keep open.)"""
+    while proc.returncode is None:
+        await asyncio.sleep(0.05)
+    return proc.returncode
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL every process left in the job's process group (none: nothing to do)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 class TokenAuth:

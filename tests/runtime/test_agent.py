@@ -429,3 +429,42 @@ def test_unpack_without_tarfile_filters_checks_the_same(tmp_path, monkeypatch, f
         with pytest.raises(ArchiveError):
             unpack_archive(bad, tmp_path / f"out-{name}", 1 << 20)
     assert not (tmp_path / "evil").exists()
+
+
+def test_a_job_is_over_when_its_process_exits_whatever_it_left_running(tmp_path, monkeypatch):
+    """A runtime may leave a helper holding the job's stderr (OpenVINO's telemetry sender,
+    forked from a thread, hung in the device image): the agent answers when the job process
+    exits and kills what it left in its process group."""
+    import asyncio
+    import sys
+
+    from layerwise.runtime.agent import AgentConfig, Job, JobQueue
+
+    fake = tmp_path / "python"  # stands in for `python -m layerwise.runtime.agent_job ...`
+    fake.write_text("#!/bin/sh\n"
+                    "(sleep 300; echo late >&2) &\n"
+                    "echo $! > \"$PWD/helper.pid\"\n"
+                    'echo \'{"p50_ms": 1.0}\' > "$5"\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    cfg = AgentConfig(token=b"t" * 32, work_dir=tmp_path, max_upload_bytes=1 << 20,
+                      job_timeout_s=60)
+    job = Job(cfg, JobQueue(), job_dir, {"runs": 1})
+    async def run() -> dict:
+        out = await job._run_child()
+        await asyncio.sleep(0.2)  # the pipes' transports close on the loop
+        return out
+
+    t0 = time.monotonic()
+    result = asyncio.run(run())
+    assert result == {"p50_ms": 1.0} and time.monotonic() - t0 < 30
+    helper = int((job_dir / "helper.pid").read_text())
+    for _ in range(50):  # killed (a zombie until its parent, gone, is reaped by init)
+        state = Path(f"/proc/{helper}/stat")
+        if not state.exists() or state.read_text().split(") ")[1][0] == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the job's helper is still running")
