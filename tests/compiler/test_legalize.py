@@ -16,6 +16,17 @@ def _count(ir, op) -> int:
     return sum(1 for n in ir.program.graph.nodes if n.target is op)
 
 
+def _verifies_on_tvm(name: str, ir, tmp_path) -> None:
+    """compile's build step for the tvm target (its legalizations, emit, verification)."""
+    from layerwise.finish import Choice, build
+    from layerwise.options import CompileOptions, check_compile
+
+    opts = check_compile(CompileOptions(target="tvm", out=str(tmp_path / "b"), db="none"))
+    man = build(name, ir, opts, Choice(), [], out=tmp_path / "b", force=False,
+                progress=lambda _m: None, timings={}, record=False)
+    assert man["verification"]["passed"]
+
+
 def test_views_become_reshapes():
     ir = lift(load_source(f"{FIXTURES}:lstm_classifier"))
     before_views, before_reshapes = _count(ir, aten.view.default), _count(ir, aten.reshape.default)
@@ -123,8 +134,6 @@ def test_float_floor_divide_becomes_floor_of_a_division():
 
 
 def test_slice_scatters_become_concatenations_and_tvm_builds(tmp_path):
-    from layerwise.finish import Choice, build
-    from layerwise.options import CompileOptions, check_compile
     from layerwise.sources import Source
 
     ir = lift(Source("gh", HalvesScattered().eval(), {"x": torch.randn(2, 4, 3)}, "tabular"))
@@ -134,11 +143,8 @@ def test_slice_scatters_become_concatenations_and_tvm_builds(tmp_path):
     assert _count(ir, aten.slice_scatter.default) == 0
     for a, b in zip(ir.run(), ref):
         torch.testing.assert_close(a, b)
-    opts = check_compile(CompileOptions(target="tvm", out=str(tmp_path / "b"), db="none"))
     source = Source("gh", HalvesScattered().eval(), {"x": torch.randn(2, 4, 3)}, "tabular")
-    man = build("gh", lift(source), opts, Choice(), [], out=tmp_path / "b", force=False,
-                progress=lambda _m: None, timings={}, record=False)
-    assert man["verification"]["passed"]
+    _verifies_on_tvm("gh", lift(source), tmp_path)
 
 
 class RepeatByBatch(torch.nn.Module):
@@ -154,8 +160,6 @@ class RepeatByBatch(torch.nn.Module):
 
 
 def test_repeats_by_the_batch_become_expands_and_tvm_builds(tmp_path):
-    from layerwise.finish import Choice, build
-    from layerwise.options import CompileOptions, check_compile
     from layerwise.sources import Source
 
     ir = lift(Source("rep", RepeatByBatch().eval(), {"x": torch.randn(2, 5, 5)}, "tabular"))
@@ -165,11 +169,8 @@ def test_repeats_by_the_batch_become_expands_and_tvm_builds(tmp_path):
     assert _count(ir, aten.repeat.default) == 0 and _count(ir, aten.expand.default) >= 1
     for a, b in zip(ir.run(), ref):
         torch.testing.assert_close(a, b)
-    opts = check_compile(CompileOptions(target="tvm", out=str(tmp_path / "b"), db="none"))
     source = Source("rep", RepeatByBatch().eval(), {"x": torch.randn(2, 5, 5)}, "tabular")
-    man = build("rep", lift(source), opts, Choice(), [], out=tmp_path / "b", force=False,
-                progress=lambda _m: None, timings={}, record=False)
-    assert man["verification"]["passed"]
+    _verifies_on_tvm("rep", lift(source), tmp_path)
 
 
 class LastOfEach(torch.nn.Module):
@@ -180,8 +181,6 @@ class LastOfEach(torch.nn.Module):
 
 
 def test_negative_selects_count_from_the_start_and_tvm_verifies(tmp_path):
-    from layerwise.finish import Choice, build
-    from layerwise.options import CompileOptions, check_compile
     from layerwise.sources import Source
 
     def source():
@@ -195,10 +194,7 @@ def test_negative_selects_count_from_the_start_and_tvm_verifies(tmp_path):
     assert ir.annotations["passes"][-1] == {"name": "legalize_negative_select", "rewritten": 2}
     for a, b in zip(ir.run(), ref):
         torch.testing.assert_close(a, b)
-    opts = check_compile(CompileOptions(target="tvm", out=str(tmp_path / "b"), db="none"))
-    man = build("last", lift(source()), opts, Choice(), [], out=tmp_path / "b", force=False,
-                progress=lambda _m: None, timings={}, record=False)
-    assert man["verification"]["passed"]
+    _verifies_on_tvm("last", lift(source()), tmp_path)
 
 
 class CrossAttention(torch.nn.Module):
@@ -215,8 +211,6 @@ class CrossAttention(torch.nn.Module):
 
 
 def test_bmm_by_an_expanded_weight_becomes_a_matmul_and_tvm_verifies(tmp_path):
-    from layerwise.finish import Choice, build
-    from layerwise.options import CompileOptions, check_compile
     from layerwise.sources import Source
 
     def source():
@@ -232,7 +226,4 @@ def test_bmm_by_an_expanded_weight_becomes_a_matmul_and_tvm_verifies(tmp_path):
     assert _count(ir, aten.expand.default) == expands - 1  # the weight's, gone with its bmm
     for a, b in zip(ir.run(), ref):
         torch.testing.assert_close(a, b)
-    opts = check_compile(CompileOptions(target="tvm", out=str(tmp_path / "b"), db="none"))
-    man = build("xattn", lift(source()), opts, Choice(), [], out=tmp_path / "b", force=False,
-                progress=lambda _m: None, timings={}, record=False)
-    assert man["verification"]["passed"]
+    _verifies_on_tvm("xattn", lift(source()), tmp_path)
