@@ -134,8 +134,8 @@ def emit(ir, out_dir: Path, opts=None) -> dict:
 
 def _check_ops(ir) -> None:
     """Refuse, before any compiling, ops TVM's frontend has no converter for. (Ops it maps
-    but computes wrongly, like the decomposed LSTM of tests/fixtures (NaN or far off, run to
-    run), are caught by verification.)"""
+    but computes wrongly, like the decomposed LSTM's negative indices read out of bounds
+    without legalize_negative_select, are caught by verification.)"""
     from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
 
     known = ExportedProgramImporter().create_convert_map()
