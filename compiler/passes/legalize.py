@@ -15,6 +15,11 @@ def _record(ir, name: str, changed: int):
     return ir
 
 
+def _calls(graph, target) -> list:
+    """The graph's calls of `target`, listed first (a pass may rewrite them as it goes)."""
+    return [n for n in graph.nodes if n.op == "call_function" and n.target is target]
+
+
 def legalize_views(ir):
     """Rewrite every `aten.view` to `aten.reshape` (in place; returns the same IR).
 
@@ -23,10 +28,9 @@ def legalize_views(ir):
     """
     gm = ir.program.graph_module
     changed = 0
-    for node in gm.graph.nodes:
-        if node.op == "call_function" and node.target is aten.view.default:
-            node.target = aten.reshape.default
-            changed += 1
+    for node in _calls(gm.graph, aten.view.default):
+        node.target = aten.reshape.default
+        changed += 1
     return _record(ir, "legalize_views", changed)
 
 
@@ -39,9 +43,7 @@ def legalize_copies(ir):
     """
     gm = ir.program.graph_module
     graph, changed = gm.graph, 0
-    for node in list(graph.nodes):
-        if node.op != "call_function" or node.target is not aten.copy.default:
-            continue
+    for node in _calls(graph, aten.copy.default):
         dst, src = node.args[0], node.args[1]
         dtype = node.meta["val"].dtype
         with graph.inserting_before(node):
@@ -89,9 +91,7 @@ def decompose_group_norm(ir):
 
     gm = ir.program.graph_module
     graph, changed = gm.graph, 0
-    for node in list(graph.nodes):
-        if node.op != "call_function" or node.target is not aten.native_group_norm.default:
-            continue
+    for node in _calls(graph, aten.native_group_norm.default):
         x, w, b, n, c, _hw, groups, eps = node.args[:8]
         users = list(node.users)
         if any(u.target is not operator.getitem or u.args[1] != 0 for u in users):
@@ -156,9 +156,7 @@ def legalize_slice_scatter(ir):
     writes its channel halves with it). Steps other than 1 are left alone."""
     gm = ir.program.graph_module
     graph, changed = gm.graph, 0
-    for node in list(graph.nodes):
-        if node.op != "call_function" or node.target is not aten.slice_scatter.default:
-            continue
+    for node in _calls(graph, aten.slice_scatter.default):
         base, src = node.args[:2]
         rank = len(node.meta["val"].shape)
         given = list(node.args[2:6])
@@ -198,9 +196,7 @@ def legalize_symbolic_repeat(ir):
     SigLIP's pooling probe repeat by the batch). Other repeats are left alone."""
     gm = ir.program.graph_module
     graph, changed = gm.graph, 0
-    for node in list(graph.nodes):
-        if node.op != "call_function" or node.target is not aten.repeat.default:
-            continue
+    for node in _calls(graph, aten.repeat.default):
         x, reps = node.args[:2]
         sym = [isinstance(r, torch.fx.Node) for r in reps]
         shape = [1] * (len(reps) - x.meta["val"].dim()) + list(x.meta["val"].shape)
@@ -230,9 +226,7 @@ def legalize_negative_select(ir):
     (NaN in SigLIP's text pooler)."""
     gm = ir.program.graph_module
     graph, changed = gm.graph, 0
-    for node in list(graph.nodes):
-        if node.op != "call_function" or node.target is not aten.select.int:
-            continue
+    for node in _calls(graph, aten.select.int):
         x, dim, index = node.args[:3]
         if not isinstance(index, int) or index >= 0:
             continue
@@ -257,9 +251,7 @@ def legalize_shared_weight_bmm(ir):
     folding would write the expanded weights out, n copies each (ViT-B/16: 12 x 1.4 GB)."""
     gm = ir.program.graph_module
     graph, changed = gm.graph, 0
-    for node in list(graph.nodes):
-        if node.op != "call_function" or node.target is not aten.bmm.default:
-            continue
+    for node in _calls(graph, aten.bmm.default):
         x, b = node.args[:2]
         chain = [b]
         while chain[-1].op == "call_function" and chain[-1].target in (

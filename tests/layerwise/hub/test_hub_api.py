@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.fixtures.agent import Agent, write_token
-from tests.fixtures.hub import MAX_UPLOAD_MB, Hub, add_user
+from tests.fixtures.hub import MAX_UPLOAD_MB, Hub, add_user, hub_with_roles
 
 
 class Tiny(torch.nn.Module):
@@ -36,12 +36,7 @@ def pt2(tmp_path_factory) -> bytes:
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    data = tmp_path_factory.mktemp("hub")
-    tokens = {role: add_user(data, role, role) for role in ("viewer", "engineer", "admin")}
-    h = Hub(data, tmp_path_factory.mktemp("hub-logs"))
-    h.tokens = tokens
-    yield h
-    h.stop()
+    yield from hub_with_roles(tmp_path_factory)
 
 
 def _upload(hub: Hub, token: str, name: str, data: bytes) -> tuple[int, dict]:

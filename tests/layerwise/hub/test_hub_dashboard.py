@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tests.fixtures.hub import Hub, add_user
+from tests.fixtures.hub import Hub, hub_with_roles
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
@@ -17,12 +17,7 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    data = tmp_path_factory.mktemp("hub")
-    tokens = {role: add_user(data, role, role) for role in ("viewer", "engineer", "admin")}
-    h = Hub(data, tmp_path_factory.mktemp("hub-logs"))
-    h.tokens = tokens
-    yield h
-    h.stop()
+    yield from hub_with_roles(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
